@@ -1,0 +1,71 @@
+"""`serve`: wire config, store, schemas and the listener together; stop cleanly on a signal."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import trio
+
+from appliance import __version__
+from appliance.config import Config
+from appliance.rpc import DIALECTS, SchemaSet
+from appliance.store import Store, TransactionIds
+from appliance.transport import Server
+
+log = logging.getLogger("appliance")
+
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def setup_logging(level: str) -> None:
+    """One line per event on stderr (journald adds its own timestamps under systemd)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # The appliance logs every connection event itself, once, with the identity; the
+    # library's own lines (one per open, tracebacks for bad handshakes) would repeat them.
+    logging.getLogger("websockets").setLevel(logging.CRITICAL)
+
+
+def compile_schemas(config: Config) -> dict[str, SchemaSet]:
+    """Validators for every enabled version, compiled once at start."""
+    return {name: SchemaSet(DIALECTS[name]) for name in config.subprotocols}
+
+
+async def serve(config: Config) -> None:
+    store = Store(config.database_path, config.storage.commit_interval_ms)
+    opened = await trio.to_thread.run_sync(store.open)
+    try:
+        schemas = compile_schemas(config)
+        server = Server(config, store, schemas, TransactionIds(store, opened))
+        listeners = await trio.open_tcp_listeners(config.port, host=config.host or None)
+        with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.run, listeners)
+                port = listeners[0].socket.getsockname()[1]
+                log.info(
+                    "ocpp-appliance %s listening on ws://%s:%d/<identity> (%s), database %s",
+                    __version__,
+                    config.host,
+                    port,
+                    ", ".join(config.subprotocols),
+                    config.database_path,
+                )
+                async for signum in signals:
+                    log.info("%s: closing connections", signal.Signals(signum).name)
+                    break
+                await server.shutdown()
+                # connections got CLOSE_GRACE_SEC to answer the close frame
+                with trio.move_on_after(2):
+                    while server.connections or server.streams:
+                        await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(store.close)
+    log.info("database flushed; bye")

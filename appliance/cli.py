@@ -1,0 +1,108 @@
+"""The `ocpp-appliance` command. Exit status: 0 success, 1 failure, 2 bad usage or config."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from appliance import __version__
+from appliance import config as configuration
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _version() -> str:
+    try:
+        from appliance._build import COMMIT  # type: ignore[import-not-found]
+    except ImportError:
+        return f"ocpp-appliance {__version__}"
+    return f"ocpp-appliance {__version__} (commit {COMMIT})"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from appliance.app import serve, setup_logging
+    from appliance.store import StoreError
+
+    config = configuration.load(args.config)
+    setup_logging(config.log_level)
+    try:
+        trio.run(serve, config)
+    except StoreError as exc:
+        print(f"ocpp-appliance: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        where = f"{config.host}:{config.port}"
+        print(f"ocpp-appliance: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = configuration.find(args.config)
+    config = configuration.load(args.config)
+    origin = str(path) if path else "no config file found: built-in defaults"
+    print(f"# effective config ({origin})")
+    print(configuration.to_toml(config), end="")
+    return EXIT_OK
+
+
+def cmd_example_config(args: argparse.Namespace) -> int:
+    print(configuration.EXAMPLE, end="")
+    return EXIT_OK
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str]] = {
+    "serve": (
+        cmd_serve,
+        "run the central system",
+        "example: ocpp-appliance serve --config /etc/ocpp-appliance/appliance.toml",
+    ),
+    "check-config": (
+        cmd_check_config,
+        "validate the config and print the effective values",
+        "example: ocpp-appliance check-config --config appliance.toml",
+    ),
+    "example-config": (
+        cmd_example_config,
+        "print a commented example config",
+        "example: ocpp-appliance example-config > appliance.toml",
+    ),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocpp-appliance",
+        description="An OCPP 1.6J / 2.0.1 / 2.1 central system that keeps everything in SQLite.",
+        epilog="example: ocpp-appliance serve",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, summary, example) in COMMANDS.items():
+        sub = commands.add_parser(name, help=summary, description=summary, epilog=example)
+        sub.add_argument(
+            "--config",
+            metavar="PATH",
+            help="config file (default: $OCPP_APPLIANCE_CONFIG, ./appliance.toml, "
+            "/etc/ocpp-appliance/appliance.toml, else built-in defaults)",
+        )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = COMMANDS[args.command][0]
+    try:
+        return handler(args)
+    except configuration.ConfigError as exc:
+        print(f"ocpp-appliance: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

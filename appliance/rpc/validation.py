@@ -1,0 +1,116 @@
+"""Official-schema validation with jsonschema-rs, compiled once at start.
+
+A violation is classified into the `Fault` whose OCPP-J error code the spec prescribes
+(SPEC §2 table). Unknown fields are always tolerated: vendors extend payloads and newer
+editions add fields, so `additionalProperties: false` is never held against a peer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+
+import jsonschema_rs
+
+from appliance.rpc.dialects import Dialect, Fault
+
+# jsonschema-rs error kinds → the OCPP-J fault (OCPP-J 1.6 §4.2.3, 2.x Part 4 §4.3)
+_FAULT_OF_KIND: dict[str, Fault] = {
+    "Required": Fault.OCCURRENCE,
+    "MinItems": Fault.OCCURRENCE,
+    "MaxItems": Fault.OCCURRENCE,
+    "MinProperties": Fault.OCCURRENCE,
+    "MaxProperties": Fault.OCCURRENCE,
+    "Type": Fault.TYPE,
+}
+_IGNORED_KINDS = frozenset({"AdditionalProperties", "UnevaluatedProperties"})
+#: how many violations one frame's record names; the rest are counted
+_MAX_NAMED_VIOLATIONS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """The schema violations of one payload, worst first."""
+
+    fault: Fault
+    #: validator kind of the worst violation (``MaxLength``, ``Enum``…): de-duplicates logs
+    kind: str
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def schema_root() -> Traversable:
+    """The verbatim OCA schemas: package data when installed, the top-level folder in a checkout."""
+    packaged = resources.files("appliance") / "schemas"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "schemas"
+
+
+def _fault_rank(fault: Fault) -> int:
+    # The code answered is the most basic thing wrong: a missing field before a bad type
+    # before a bad value.
+    return (Fault.FORMAT, Fault.OCCURRENCE, Fault.TYPE, Fault.PROPERTY).index(fault)
+
+
+class SchemaSet:
+    """Compiled request and response validators of one OCPP version."""
+
+    def __init__(self, dialect: Dialect, root: Traversable | None = None) -> None:
+        self.dialect = dialect
+        self.requests: dict[str, jsonschema_rs.Validator] = {}
+        self.responses: dict[str, jsonschema_rs.Validator] = {}
+        folder = (root or schema_root()) / dialect.schema_folder
+        for entry in folder.iterdir():
+            name = entry.name
+            if not name.endswith(".json"):
+                continue
+            stem = name.removesuffix(".json")
+            validator = jsonschema_rs.validator_for(json.loads(entry.read_text("utf-8")))
+            if stem.endswith("Response"):
+                self.responses[stem.removesuffix("Response")] = validator
+            else:
+                # 2.x: "<Action>Request"; 1.6 and 2.1's SEND messages: the bare action
+                self.requests[stem.removesuffix("Request")] = validator
+        if not self.requests:
+            raise RuntimeError(f"no schemas found for {dialect.subprotocol} in {folder}")
+
+    def knows(self, action: str) -> bool:
+        return action in self.requests
+
+    def check_request(self, action: str, payload: object) -> Violation | None:
+        return _check(self.dialect, self.requests[action], payload)
+
+    def check_response(self, action: str, payload: object) -> Violation | None:
+        return _check(self.dialect, self.responses[action], payload)
+
+
+def _check(
+    dialect: Dialect, validator: jsonschema_rs.Validator, payload: object
+) -> Violation | None:
+    if not isinstance(payload, dict):
+        text = f"payload is {type(payload).__name__}, not an object"
+        return Violation(Fault.FORMAT, "Type", f"{dialect.error_code(Fault.FORMAT)}: {text}")
+    if validator.is_valid(payload):
+        return None
+    found: list[tuple[Fault, str, str]] = []
+    for error in validator.iter_errors(payload):
+        kind = type(error.kind).__name__
+        if kind in _IGNORED_KINDS:
+            continue
+        fault = _FAULT_OF_KIND.get(kind, Fault.PROPERTY)
+        where = ".".join(str(p) for p in error.instance_path) or "payload"
+        found.append((fault, kind, f"{where}: {error.message}"))
+    if not found:
+        return None
+    found.sort(key=lambda f: _fault_rank(f[0]))
+    fault, kind, _ = found[0]
+    texts = [text for _, _, text in found[:_MAX_NAMED_VIOLATIONS]]
+    if len(found) > _MAX_NAMED_VIOLATIONS:
+        texts.append(f"and {len(found) - _MAX_NAMED_VIOLATIONS} more")
+    return Violation(fault, kind, f"{dialect.error_code(fault)}: " + "; ".join(texts))

@@ -1,0 +1,314 @@
+"""The only code that touches SQLite.
+
+One writer thread owns the write connection. The event loop hands it rows through a
+thread-safe queue (`put` never blocks the loop) and the thread commits them together at
+most every `commit_interval_ms`: one transaction, one fsync (WAL, synchronous=FULL) per
+interval whatever the load. The write transaction itself is short (rows are gathered in
+memory first), so another process writing a control, or reading, waits at most one
+commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.store.schema import MIGRATIONS, SCHEMA_VERSION
+
+log = logging.getLogger("appliance.store")
+
+#: SQLite waits this long for another process's lock before the batch is retried later
+BUSY_TIMEOUT_MS = 5000
+
+
+class StoreError(Exception):
+    """The database cannot be used (newer schema, not a database, unwritable)."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# Statements the writer runs; the queue carries (statement, parameters).
+INSERT_MESSAGE = (
+    "INSERT INTO messages (ts, identity, protocol, direction, message_type, message_id,"
+    " action, payload, violation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_CONNECTION = (
+    "INSERT INTO connection_log (ts, identity, remote_addr, protocol, event, reason)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+START_TRANSACTION = (
+    "INSERT INTO transactions (identity, transaction_id, evse_id, connector_id, id_token,"
+    " started_at, meter_start_wh, received_at, time_suspect) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (identity, transaction_id) WHERE transaction_id <> '-1' DO NOTHING"
+)
+# A stop for a transaction the appliance never saw is recorded as a row of its own.
+STOP_TRANSACTION = (
+    "INSERT INTO transactions (identity, transaction_id, stopped_at, meter_stop_wh,"
+    " stop_reason, received_at, time_suspect) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    " ON CONFLICT (identity, transaction_id) WHERE transaction_id <> '-1' DO UPDATE SET"
+    " stopped_at = excluded.stopped_at, meter_stop_wh = excluded.meter_stop_wh,"
+    " energy_wh = excluded.meter_stop_wh - meter_start_wh, stop_reason = excluded.stop_reason,"
+    " time_suspect = time_suspect OR excluded.time_suspect"
+)
+SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
+
+_STOP = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """What the appliance reads once at start, before serving."""
+
+    #: 1.6 transaction ids above this and up to `transaction_id_reserved` are free
+    transaction_id_floor: int
+    transaction_id_reserved: int
+    recent_starts: dict[tuple[Any, ...], int]
+
+
+class Store:
+    def __init__(self, path: Path, commit_interval_ms: int = 1000) -> None:
+        self.path = path
+        self.commit_interval = commit_interval_ms / 1000
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._failing: str | None = None
+        self.commits = 0
+
+    # ------------------------------------------------------------------ life cycle
+
+    def open(self) -> Opened:
+        """Create or migrate the database and start the writer thread. Blocking: call it
+        before serving (or from a worker thread)."""
+        _create_private(self.path)
+        try:
+            connection = connect(self.path)
+            migrate(connection, self.path)
+            opened = self._read_start_state(connection)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
+        self._thread = threading.Thread(
+            target=self._run, args=(connection,), name="sqlite-writer", daemon=True
+        )
+        self._thread.start()
+        return opened
+
+    def close(self) -> None:
+        """Write everything still queued, commit, and stop the writer. Blocking."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        self._thread.join()
+        self._thread = None
+
+    # -------------------------------------------------------------------- writing
+
+    def put(self, statement: str, params: tuple[Any, ...]) -> None:
+        """Queue one row; never blocks. Committed within one commit interval."""
+        self._queue.put((statement, params))
+
+    def record_frame(
+        self,
+        identity: str,
+        protocol: str | None,
+        direction: str,
+        text: str,
+        message_type: int | None,
+        message_id: str | None,
+        action: str | None,
+        violation: str | None,
+        ts: int | None = None,
+    ) -> None:
+        self.put(
+            INSERT_MESSAGE,
+            (
+                ts or now_ms(),
+                identity,
+                protocol,
+                direction,
+                message_type,
+                message_id,
+                action,
+                text,
+                violation,
+            ),
+        )
+
+    def log_connection(
+        self,
+        event: str,
+        identity: str | None,
+        remote_addr: str | None,
+        protocol: str | None,
+        reason: str | None,
+    ) -> None:
+        self.put(INSERT_CONNECTION, (now_ms(), identity, remote_addr, protocol, event, reason))
+
+    # -------------------------------------------------------------- writer thread
+
+    def _run(self, connection: sqlite3.Connection) -> None:
+        pending: list[tuple[str, tuple[Any, ...]]] = []
+        stopping = False
+        while not stopping:
+            if not pending:
+                first = self._queue.get()
+                if first is _STOP:
+                    break
+                pending.append(first)
+            # Group commit: let the interval's rows gather, then write them in one go.
+            time.sleep(self.commit_interval)
+            stopping = self._drain(pending)
+            if self._write(connection, pending):
+                pending = []
+            elif stopping:
+                # One last chance on shutdown: another process may hold the lock briefly.
+                time.sleep(self.commit_interval)
+                if not self._write(connection, pending):
+                    log.error("database: %d rows could not be written at exit", len(pending))
+        try:
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("database: checkpoint at exit failed: %s", exc)
+        connection.close()
+
+    def _drain(self, pending: list[tuple[str, tuple[Any, ...]]]) -> bool:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if item is _STOP:
+                return True
+            pending.append(item)
+
+    def _write(
+        self, connection: sqlite3.Connection, rows: list[tuple[str, tuple[Any, ...]]]
+    ) -> bool:
+        try:
+            with connection:  # one transaction: commit, or roll back on error
+                for statement, group in _runs(rows):
+                    connection.executemany(statement, group)
+        except sqlite3.OperationalError as exc:
+            # Locked by another process, disk full: keep the rows, retry next interval.
+            if self._failing != str(exc):
+                log.error("database: cannot write %d rows (%s); will retry", len(rows), exc)
+                self._failing = str(exc)
+            return False
+        if self._failing is not None:
+            log.warning("database: writing again (%s cleared)", self._failing)
+            self._failing = None
+        self.commits += 1
+        return True
+
+    # ------------------------------------------------------------------ start state
+
+    def _read_start_state(self, connection: sqlite3.Connection) -> Opened:
+        row = connection.execute(
+            "SELECT value FROM meta WHERE key = 'transaction_id_reserved'"
+        ).fetchone()
+        floor = int(row[0]) if row else 0
+        # Reserve the next block durably before any id of it is handed out: ids answered
+        # but lost in a crash can then never be handed out again.
+        with connection:
+            connection.execute(SET_META, ("transaction_id_reserved", floor + TRANSACTION_ID_BLOCK))
+        starts = connection.execute(
+            "SELECT identity, evse_id, id_token, meter_start_wh, started_at, transaction_id"
+            " FROM transactions WHERE started_at IS NOT NULL ORDER BY seq DESC LIMIT ?",
+            (RECENT_STARTS,),
+        ).fetchall()
+        recent = {tuple(r[:5]): int(r[5]) for r in starts if str(r[5]).isdigit()}
+        return Opened(floor, floor + TRANSACTION_ID_BLOCK, recent)
+
+
+class TransactionIds:
+    """OCPP 1.6 transactionId: unique per appliance, monotonic, and it survives restarts
+    (a restart skips the rest of the reserved block). A StartTransaction repeated after a
+    lost answer gets its first id again."""
+
+    def __init__(self, store: Store, opened: Opened) -> None:
+        self._store = store
+        self._next = opened.transaction_id_floor + 1
+        self._reserved = opened.transaction_id_reserved
+        self._recent: dict[tuple[Any, ...], int] = dict(opened.recent_starts)
+
+    def start(self, key: tuple[Any, ...]) -> tuple[int, bool]:
+        """The id for a start identified by `key`, and whether it is new."""
+        known = self._recent.get(key)
+        if known is not None:
+            return known, False
+        transaction_id = self._next
+        self._next += 1
+        if self._reserved - transaction_id < TRANSACTION_ID_BLOCK // 2:
+            self._reserved += TRANSACTION_ID_BLOCK
+            self._store.put(SET_META, ("transaction_id_reserved", self._reserved))
+        self._recent[key] = transaction_id
+        if len(self._recent) > RECENT_STARTS:
+            del self._recent[next(iter(self._recent))]
+        return transaction_id, True
+
+
+#: ids reserved ahead; renewed half-way, so the renewal has hundreds of starts to commit
+TRANSACTION_ID_BLOCK = 1000
+#: how many 1.6 starts are remembered to recognise a StartTransaction repeated after a
+#: lost answer; repeats come within minutes, a charger's offline queue is far shorter.
+RECENT_STARTS = 1000
+
+
+def _runs(
+    rows: Iterable[tuple[str, tuple[Any, ...]]],
+) -> Iterable[tuple[str, list[tuple[Any, ...]]]]:
+    """Consecutive rows of the same statement, so each run is one executemany and the
+    order between statements is kept."""
+    statement: str | None = None
+    group: list[tuple[Any, ...]] = []
+    for row_statement, params in rows:
+        if row_statement != statement:
+            if group and statement is not None:
+                yield statement, group
+            statement, group = row_statement, []
+        group.append(params)
+    if group and statement is not None:
+        yield statement, group
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    connection.execute("PRAGMA journal_mode = WAL")
+    # FULL: each commit is fsynced, so at most one commit interval is lost on power loss.
+    connection.execute("PRAGMA synchronous = FULL")
+    connection.isolation_level = "DEFERRED"
+    return connection
+
+
+def migrate(connection: sqlite3.Connection, path: Path) -> None:
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has schema version {version}, newer than this appliance knows"
+            f" ({SCHEMA_VERSION}): refusing to touch it; run a newer ocpp-appliance"
+        )
+    for number in range(version, SCHEMA_VERSION):
+        with connection:
+            connection.executescript(
+                "BEGIN IMMEDIATE;" + MIGRATIONS[number] + f";PRAGMA user_version = {number + 1};"
+            )
+        log.info("database: migrated %s to schema version %d", path, number + 1)
+
+
+def _create_private(path: Path) -> None:
+    """Create the file group-readable/writable, never world-readable (SPEC §9); SQLite
+    gives the -wal and -shm files the same mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o660))
+        os.chmod(path, 0o660)  # the umask may have taken the group's write bit

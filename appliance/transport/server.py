@@ -1,0 +1,462 @@
+"""The listener: handshake and refusal before the upgrade, one nursery per charge point,
+keep-alive, replacement of a duplicate identity, and the orderly close on shutdown."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import trio
+from websockets.frames import Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from appliance.config import Config
+from appliance.rpc import (
+    CallReceived,
+    CallTimedOut,
+    ErrorReceived,
+    Fault,
+    Frame,
+    LocalProtocolError,
+    ProtocolViolation,
+    ResultReceived,
+    SchemaSet,
+    SendReceived,
+    Session,
+    Validation,
+)
+from appliance.store import Store, TransactionIds
+from appliance.transport.websocket import WebSocket
+from appliance.versions import PROTOCOLS, Context, Protocol, Unprocessable
+
+log = logging.getLogger("appliance")
+
+#: how long a peer gets to answer our close frame before the TCP stream is cut; short
+#: enough that shutdown (SPEC §2: exit within 5 s) has time left to flush the database
+CLOSE_GRACE_SEC = 1.5
+
+
+class CallFailed(Exception):
+    """An outgoing call got no usable answer; the message says why in plain words."""
+
+
+class Refusal(Exception):
+    def __init__(self, status: int, reason: str, protocol: str | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.protocol = protocol
+
+
+@dataclass(slots=True, eq=False)
+class _Waiter:
+    done: trio.Event = field(default_factory=trio.Event)
+    payload: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def identity_from_path(target: str) -> str:
+    """The last path segment of the request target, percent-decoded (SPEC §2)."""
+    path = urlsplit(target).path
+    return unquote(path.rsplit("/", 1)[-1])
+
+
+class Server:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        schemas: dict[str, SchemaSet],
+        transaction_ids: TransactionIds,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.schemas = schemas
+        self.transaction_ids = transaction_ids
+        self.connections: dict[str, Connection] = {}
+        self.streams = 0
+        self._logged_violations: set[tuple[str, str | None, str]] = set()
+        self._nursery: trio.Nursery | None = None
+        self._listening = trio.CancelScope()
+
+    # ------------------------------------------------------------------- listening
+
+    async def run(
+        self,
+        listeners: Sequence[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until `shutdown`; connections live in this task's nursery."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            with self._listening:
+                task_status.started()
+                await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+
+    async def shutdown(self) -> None:
+        """Stop accepting, close every connection with 1001, wait for them to end."""
+        self._listening.cancel()
+        for connection in list(self.connections.values()):
+            await connection.close(1001, "server shutting down")
+
+    # ------------------------------------------------------------------ handshake
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        self.streams += 1
+        try:
+            remote = _address(stream)
+            protocol = ServerProtocol(
+                select_subprotocol=self._subprotocol_selector,
+                max_size=self.config.limits.max_frame_bytes,
+            )
+            ws = WebSocket(stream, protocol)
+            request = None
+            with trio.move_on_after(self.config.limits.handshake_timeout_sec):
+                request = await _read_request(ws)
+            if request is None:
+                reason = (
+                    f"handshake not completed within {self.config.limits.handshake_timeout_sec:g} s"
+                    if not ws.done
+                    else "connection closed before the handshake"
+                )
+                if protocol.handshake_exc is not None:
+                    reason = f"bad HTTP request: {protocol.handshake_exc}"
+                self._refused(None, remote, None, reason)
+                await ws.aclose()
+                return
+            connection = self._upgrade(ws, request, remote)
+            await ws.flush()
+            if connection is not None:
+                await connection.run()
+            else:
+                await ws.aclose()
+        finally:
+            self.streams -= 1
+
+    @property
+    def _subprotocol_selector(self) -> Any:
+        enabled = self.config.subprotocols
+
+        # websockets binds this plain function to its protocol object as a method
+        def select(_: ServerProtocol, offered: Sequence[str]) -> str | None:
+            # newest enabled version the charge point offers; some firmware varies the case
+            lowered = {name.lower(): name for name in offered}
+            return next((lowered[name] for name in enabled if name in lowered), None)
+
+        return select
+
+    def _upgrade(self, ws: WebSocket, request: Request, remote: str) -> Connection | None:
+        """Answer the upgrade: 101 and a Connection, or an HTTP refusal (SPEC §2)."""
+        protocol = ws.protocol
+        assert isinstance(protocol, ServerProtocol)
+        identity = identity_from_path(request.path)
+        response = protocol.accept(request)
+        try:
+            if response.status_code != 101:
+                raise Refusal(
+                    response.status_code, f"not a WebSocket upgrade: {response.reason_phrase}"
+                )
+            chosen = self._chosen_subprotocol(
+                request, response.headers.get("Sec-WebSocket-Protocol")
+            )
+            self._admit(identity, chosen)
+        except Refusal as refusal:
+            if response.status_code == 101:
+                response = protocol.reject(refusal.status, refusal.reason + "\n")
+            protocol.send_response(response)
+            self._refused(identity or None, remote, refusal.protocol, refusal.reason)
+            return None
+        protocol.send_response(response)
+        return Connection(self, ws, identity, remote, PROTOCOLS[chosen])
+
+    def _chosen_subprotocol(self, request: Request, selected: str | None) -> str:
+        if selected is not None:
+            return selected.lower()
+        offered = request.headers.get_all("Sec-WebSocket-Protocol")
+        if not "".join(offered).strip(", ") and "ocpp1.6" in self.config.subprotocols:
+            return "ocpp1.6"  # old firmware offers no subprotocol at all
+        enabled = ", ".join(self.config.subprotocols)
+        raise Refusal(400, f"no common subprotocol: offered {offered or 'none'}, enabled {enabled}")
+
+    def _admit(self, identity: str, subprotocol: str) -> None:
+        if not identity:
+            raise Refusal(404, "no charge point identity in the URL path", subprotocol)
+        allowlist = self.config.identity_allowlist
+        if allowlist and identity not in allowlist:
+            raise Refusal(403, "identity not in identity_allowlist", subprotocol)
+        if self.streams > self.config.limits.max_connections:
+            limit = self.config.limits.max_connections
+            raise Refusal(503, f"connection limit reached (max_connections = {limit})", subprotocol)
+
+    def _refused(
+        self, identity: str | None, remote: str, protocol: str | None, reason: str
+    ) -> None:
+        log.warning("%s: refused from %s: %s", identity or "-", remote, reason)
+        self.store.log_connection("refused", identity, remote, protocol, reason)
+
+    # ---------------------------------------------------------------- registry
+
+    def register(self, connection: Connection) -> Connection | None:
+        """Make `connection` the one for its identity; returns the one it replaces."""
+        old = self.connections.get(connection.identity)
+        self.connections[connection.identity] = connection
+        return old
+
+    def unregister(self, connection: Connection) -> bool:
+        """Forget `connection` unless a newer one replaced it; True if it was current."""
+        if self.connections.get(connection.identity) is connection:
+            del self.connections[connection.identity]
+            return True
+        return False
+
+    def log_violation_once(self, identity: str, action: str | None, kind: str, text: str) -> None:
+        """One log line per identity, action and kind of violation (SPEC §2)."""
+        key = (identity, action, kind)
+        if key not in self._logged_violations:
+            self._logged_violations.add(key)
+            log.warning("%s: %s: %s (logged once)", identity, action or "frame", text)
+
+
+class Connection:
+    """One charge point's WebSocket: a nursery of reader, pinger and call timer."""
+
+    def __init__(
+        self, server: Server, ws: WebSocket, identity: str, remote: str, protocol: Protocol
+    ) -> None:
+        config = server.config
+        name = protocol.dialect.subprotocol
+        self.server = server
+        self.ws = ws
+        self.identity = identity
+        self.remote = remote
+        self.protocol = protocol
+        self.subprotocol = name
+        self.session = Session(
+            protocol.dialect,
+            server.schemas[name],
+            protocol.from_charge_point,
+            validation=Validation(config.validation_for(identity)),
+            call_timeout=config.call_timeout_sec,
+            max_depth=config.limits.max_json_depth,
+        )
+        self.context = Context(
+            identity, name, config.heartbeat_interval_sec, server.store, server.transaction_ids
+        )
+        self.close_reason: str | None = None
+        self._scope = trio.CancelScope()
+        self._waiters: dict[str, _Waiter] = {}
+        self._deadline_changed = trio.Event()
+        self._awaiting_pong = False
+
+    # --------------------------------------------------------------- life cycle
+
+    async def run(self) -> None:
+        old = self.server.register(self)
+        self.server.store.log_connection(
+            "connect", self.identity, self.remote, self.subprotocol, None
+        )
+        log.info("%s: connected from %s (%s)", self.identity, self.remote, self.subprotocol)
+        try:
+            if old is not None:
+                await old.close(1000, "replaced by a new connection")
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._keep_alive)
+                    nursery.start_soon(self._expire_calls)
+                    await self._read()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._finish()
+            with trio.CancelScope(shield=True):
+                await self.ws.aclose()
+
+    async def close(self, code: int, reason: str) -> None:
+        """Send a close frame; the peer has CLOSE_GRACE_SEC to answer before the cut."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self._scope.deadline = min(self._scope.deadline, trio.current_time() + CLOSE_GRACE_SEC)
+        if self.ws.protocol.state is State.OPEN:
+            self.ws.protocol.send_close(code, reason)
+            await self.ws.flush()
+
+    def _finish(self) -> None:
+        for call in self.session.close():
+            self._resolve(call.message_id, error="connection closed before the answer")
+        current = self.server.unregister(self)
+        reason = self.close_reason or _close_reason(self.ws)
+        self.server.store.log_connection(
+            "disconnect", self.identity, self.remote, self.subprotocol, reason
+        )
+        suffix = "" if current else " (a newer connection replaced it)"
+        log.info("%s: disconnected: %s%s", self.identity, reason, suffix)
+
+    # ---------------------------------------------------------------- reading
+
+    async def _read(self) -> None:
+        ws = self.ws
+        while not ws.done:
+            for event in await ws.receive():
+                opcode = event.opcode
+                if opcode is Opcode.TEXT:
+                    self._on_text(event.data.decode())
+                elif opcode is Opcode.PONG:
+                    self._awaiting_pong = False
+                elif opcode is Opcode.BINARY:
+                    # OCPP-J travels in text frames only: 1003 is "cannot accept this data type"
+                    await self.close(1003, "OCPP-J uses text frames, not binary")
+            await self._send_outgoing()
+
+    def _on_text(self, text: str) -> None:
+        session = self.session
+        received = session.receive(text, trio.current_time())
+        self._record(received.frame)
+        event = received.event
+        if isinstance(event, CallReceived):
+            if event.violation is not None:
+                self._note_violation(event.action, event.violation.kind, event.violation.text)
+            self._answer(event)
+        elif isinstance(event, ResultReceived):
+            if event.violation is not None:
+                self._note_violation(event.call.action, event.violation.kind, event.violation.text)
+            self._resolve(event.call.message_id, payload=event.payload)
+        elif isinstance(event, ErrorReceived):
+            error = f"CALLERROR {event.code}: {event.description}".rstrip(": ")
+            self._resolve(event.call.message_id, error=error)
+        elif isinstance(event, SendReceived):
+            if event.violation is not None:
+                self._note_violation(event.action, event.violation.kind, event.violation.text)
+        elif isinstance(event, ProtocolViolation):
+            kind = event.fault.name if event.fault else "reply"
+            self.server.log_violation_once(self.identity, received.frame.action, kind, event.reason)
+
+    def _answer(self, call: CallReceived) -> None:
+        try:
+            payload = self.protocol.respond(self.context, call.action, call.payload)
+        except Unprocessable as exc:
+            self.session.fail(call, exc.fault, str(exc))
+            return
+        except Exception:
+            log.exception("%s: %s: handler failed", self.identity, call.action)
+            self.session.fail(call, Fault.INTERNAL, "the central system failed to process it")
+            return
+        try:
+            self.session.answer(call, payload)
+        except LocalProtocolError as exc:
+            log.error("%s: %s", self.identity, exc)
+
+    def _note_violation(self, action: str, kind: str, text: str) -> None:
+        self.server.log_violation_once(self.identity, action, kind, text)
+
+    # ---------------------------------------------------------------- writing
+
+    def _record(self, frame: Frame) -> None:
+        self.server.store.record_frame(
+            self.identity,
+            self.subprotocol,
+            frame.direction,
+            frame.text,
+            frame.message_type,
+            frame.message_id,
+            frame.action,
+            frame.violation,
+        )
+
+    async def _send_outgoing(self) -> None:
+        frames = self.session.take_outgoing()
+        if not frames:
+            return
+        protocol = self.ws.protocol
+        for frame in frames:
+            self._record(frame)
+            protocol.send_text(frame.text.encode())
+        await self.ws.flush()
+
+    # ------------------------------------------------------------ outgoing calls
+
+    async def call(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send a CALL and wait for its result. Raises CallFailed with the reason (schema
+        violation, CALLERROR, timeout, connection closed)."""
+        try:
+            call = self.session.call(action, payload, trio.current_time())
+        except LocalProtocolError as exc:
+            raise CallFailed(str(exc)) from None
+        waiter = self._waiters[call.message_id] = _Waiter()
+        self._deadline_changed.set()
+        await self._send_outgoing()
+        await waiter.done.wait()
+        if waiter.error is not None:
+            raise CallFailed(waiter.error)
+        assert waiter.payload is not None
+        return waiter.payload
+
+    def _resolve(
+        self, message_id: str, *, payload: dict[str, Any] | None = None, error: str | None = None
+    ) -> None:
+        waiter = self._waiters.pop(message_id, None)
+        if waiter is not None:
+            waiter.payload, waiter.error = payload, error
+            waiter.done.set()
+
+    async def _expire_calls(self) -> None:
+        while True:
+            deadline = self.session.next_deadline()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._deadline_changed.wait()
+                self._deadline_changed = trio.Event()
+                continue
+            timed_out: list[CallTimedOut] = self.session.expire(trio.current_time())
+            for event in timed_out:
+                log.warning("%s: %s: %s", self.identity, event.call.action, event.reason)
+                self._resolve(event.call.message_id, error=event.reason)
+            await self._send_outgoing()
+
+    # -------------------------------------------------------------- keep-alive
+
+    async def _keep_alive(self) -> None:
+        interval = self.server.config.ping_interval_sec
+        while True:
+            await trio.sleep(interval)
+            if self._awaiting_pong:
+                self.close_reason = f"no pong within {interval:g} s: peer presumed dead"
+                log.warning("%s: %s", self.identity, self.close_reason)
+                self._scope.cancel()
+                return
+            self._awaiting_pong = True
+            self.ws.protocol.send_ping(b"ocpp-appliance")
+            await self.ws.flush()
+
+
+async def _read_request(ws: WebSocket) -> Request | None:
+    while not ws.done:
+        for event in await ws.receive():
+            if isinstance(event, Request):
+                return event
+        if ws.protocol.handshake_exc is not None:
+            return None
+    return None
+
+
+def _address(stream: trio.SocketStream) -> str:
+    try:
+        host, port, *_ = stream.socket.getpeername()
+    except (OSError, ValueError):
+        return "?"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _close_reason(ws: WebSocket) -> str:
+    received = ws.protocol.close_rcvd
+    if received is not None:
+        text = f": {received.reason}" if received.reason else ""
+        return f"closed by the charge point ({received.code}{text})"
+    sent = ws.protocol.close_sent
+    if sent is not None:
+        return f"closed by the appliance ({sent.code}: {sent.reason})"
+    return "connection lost"

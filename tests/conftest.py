@@ -1,0 +1,236 @@
+"""Fixtures: the real appliance (CLI subprocess or in-process server), a second SQLite
+connection to read what it wrote, and the official schemas as an independent oracle."""
+
+from __future__ import annotations
+
+import contextlib
+import decimal
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import trio
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMAS = ROOT / "schemas"
+FOLDERS = {"ocpp1.6": "v16", "ocpp2.0.1": "v201", "ocpp2.1": "v21"}
+VERSIONS = list(FOLDERS)
+
+
+def appliance_command() -> list[str]:
+    """The installed console script next to this interpreter, else `python -m appliance`."""
+    script = Path(sys.executable).with_name("ocpp-appliance")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "appliance"]
+
+
+def run_cli(*args: str, cwd: Path | None = None, **kwargs: Any) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*appliance_command(), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **kwargs,
+    )
+
+
+# --------------------------------------------------------------------------- oracle
+
+
+def _load(text: str) -> Any:
+    # Decimal keeps 1.6's `multipleOf: 0.1` honest (see ../shared/NOTES.md)
+    return json.loads(text, parse_float=decimal.Decimal)
+
+
+def schema_errors(version: str, name: str, payload: Any) -> list[str]:
+    """Violations of `payload` against schemas/<version>/<name>.json, per `jsonschema`."""
+    schema = _load((SCHEMAS / FOLDERS[version] / f"{name}.json").read_text())
+    validator = jsonschema.validators.validator_for(schema)(
+        schema, format_checker=jsonschema.FormatChecker()
+    )
+    return [e.message for e in validator.iter_errors(_load(json.dumps(payload)))]
+
+
+def response_schema_name(version: str, action: str) -> str:
+    return f"{action}Response"
+
+
+def request_schema_name(version: str, action: str) -> str:
+    if version == "ocpp1.6" or not (SCHEMAS / FOLDERS[version] / f"{action}Request.json").exists():
+        return action
+    return f"{action}Request"
+
+
+# ------------------------------------------------------------------ database reader
+
+
+def query(db: Path, sql: str, *params: Any) -> list[tuple]:
+    """Read through a connection of our own, as Grafana or a script would."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as c:
+        return c.execute(sql, params).fetchall()
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+        except sqlite3.OperationalError:
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+# ----------------------------------------------------------------- the appliance
+
+
+TEST_CONFIG = """\
+host = "127.0.0.1"
+port = 0
+database = "appliance.db"
+ping_interval_sec = 30
+[storage]
+commit_interval_ms = 50
+"""
+
+_LISTENING = re.compile(r"listening on ws://[^:]+:(\d+)/")
+
+
+@dataclass
+class Appliance:
+    """`ocpp-appliance serve` running as a subprocess with its own config and database."""
+
+    proc: subprocess.Popen
+    folder: Path
+    port: int
+    log_file: Path
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def db(self) -> Path:
+        return self.folder / "appliance.db"
+
+    def log(self) -> str:
+        return self.log_file.read_text()
+
+    def query(self, sql: str, *params: Any) -> list[tuple]:
+        return query(self.db, sql, *params)
+
+    def wait_rows(self, sql: str, *params: Any, count: int = 1, timeout: float = 10) -> list:
+        return wait_for(
+            lambda: (rows := self.query(sql, *params)) and len(rows) >= count and rows,
+            timeout,
+            f"{count} rows of {sql}",
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def start_appliance_process(folder: Path, extra_config: str = "") -> Appliance:
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "appliance.toml"
+    config.write_text(TEST_CONFIG + extra_config)
+    log_file = folder / "server.log"
+    with log_file.open("w") as log:
+        proc = subprocess.Popen(
+            [*appliance_command(), "serve", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=folder,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        match = _LISTENING.search(log_file.read_text())
+        if match:
+            return Appliance(proc, folder, int(match.group(1)), log_file)
+        if proc.poll() is not None:
+            raise AssertionError(f"appliance exited {proc.returncode}:\n{log_file.read_text()}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"appliance did not start:\n{log_file.read_text()}")
+
+
+@pytest.fixture
+def start_appliance(tmp_path: Path) -> Iterator[Callable[..., Appliance]]:
+    """Start `ocpp-appliance serve` with TEST_CONFIG plus `extra_config` (TOML text)."""
+    started: list[Appliance] = []
+
+    def start(extra_config: str = "", name: str = "appliance") -> Appliance:
+        appliance = start_appliance_process(tmp_path / name, extra_config)
+        started.append(appliance)
+        return appliance
+
+    yield start
+    for appliance in started:
+        if appliance.proc.poll() is None:
+            appliance.proc.kill()
+            appliance.proc.wait()
+
+
+@pytest.fixture
+def appliance(start_appliance: Callable[..., Appliance]) -> Appliance:
+    """The appliance on its test config, all three versions enabled, lenient."""
+    return start_appliance()
+
+
+# ------------------------------------------------------------ in-process server
+
+
+@dataclass
+class InProcess:
+    server: Any
+    port: int
+    db: Path
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+
+@contextlib.asynccontextmanager
+async def in_process_server(folder: Path, extra_config: str = "") -> AsyncIterator[InProcess]:
+    """The real Server, in this trio run, so a test can call `server.connections[id].call`."""
+    from appliance import config as configuration
+    from appliance.app import compile_schemas
+    from appliance.store import Store, TransactionIds
+    from appliance.transport import Server
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "appliance.toml"
+    path.write_text(TEST_CONFIG + extra_config)
+    config = configuration.load(str(path))
+    store = Store(config.database_path, config.storage.commit_interval_ms)
+    opened = await trio.to_thread.run_sync(store.open)
+    server = Server(config, store, compile_schemas(config), TransactionIds(store, opened))
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run, listeners)
+            yield InProcess(server, listeners[0].socket.getsockname()[1], config.database_path)
+            await server.shutdown()
+            nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(store.close)
+
+
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
