@@ -8,7 +8,11 @@ from conftest import in_process_server
 
 def test_boot_lands_in_database(appliance):
     with connect(f"{appliance.url}/CP1", subprotocols=["ocpp1.6"]) as ws:
-        ws.send(json.dumps([2, "1", "BootNotification", {"chargePointVendor": "V", "chargePointModel": "M"}]))
+        ws.send(
+            json.dumps(
+                [2, "1", "BootNotification", {"chargePointVendor": "V", "chargePointModel": "M"}]
+            )
+        )
         answer = json.loads(ws.recv())
     assert answer[0] == 3 and answer[2]["status"] == "Accepted"
     rows = appliance.wait_rows("select direction, action from messages order by seq", count=2)

@@ -1,0 +1,210 @@
+"""Load benchmark: prints numbers, asserts nothing (machines are shared and noisy).
+
+N charge points (OCPP 1.6) boot, then send MeterValues back to back, one CALL in flight
+each. Each server runs pinned to CPU 0, the load on CPU 1. For every server and N it
+prints calls/s, p50/p99 latency, the server's CPU µs per call, its RSS, and the bytes it
+wrote to disk per 1 000 messages; then the appliance's CPU per call as a ratio of the
+others measured in the same run.
+
+    python tests/benchmark.py                       # the appliance alone
+    python tests/benchmark.py --shared ../shared/bench   # plus the echo ceiling and the ocpp-package peer
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import websockets
+
+METER_VALUES = {
+    "connectorId": 1,
+    "transactionId": 1,
+    "meterValue": [
+        {
+            "timestamp": "2026-11-24T10:00:00Z",
+            "sampledValue": [
+                {"value": "12345", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+                {"value": "7200", "measurand": "Power.Active.Import", "unit": "W"},
+                {"value": "55", "measurand": "SoC", "unit": "Percent"},
+                {"value": "10.1", "measurand": "Current.Import", "phase": "L1", "unit": "A"},
+                {"value": "10.2", "measurand": "Current.Import", "phase": "L2", "unit": "A"},
+                {"value": "10.3", "measurand": "Current.Import", "phase": "L3", "unit": "A"},
+            ],
+        }
+    ],
+}
+BOOT = {"chargePointVendor": "Bench", "chargePointModel": "Load"}
+
+
+# ------------------------------------------------------------------------ the load
+
+
+async def _charge_point(url: str, index: int, stop_at: float, latencies: list, errors: list):
+    async with websockets.connect(f"{url}/LOAD{index}", subprotocols=["ocpp1.6"]) as ws:
+        counter = 0
+
+        async def call(action: str, payload: dict) -> float:
+            nonlocal counter
+            counter += 1
+            message_id = f"{index}-{counter}"
+            started = time.perf_counter()
+            await ws.send(json.dumps([2, message_id, action, payload]))
+            answer = json.loads(await ws.recv())
+            if answer[0] != 3 or answer[1] != message_id:
+                errors.append(answer)
+            return time.perf_counter() - started
+
+        await call("BootNotification", BOOT)
+        while time.perf_counter() < stop_at:
+            latencies.append(await call("MeterValues", METER_VALUES))
+
+
+async def _load(url: str, count: int, duration: float) -> dict:
+    latencies: list[float] = []
+    errors: list = []
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(_charge_point(url, i, started + duration, latencies, errors) for i in range(count))
+    )
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+
+    def quantile(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+
+    return {
+        "n": count,
+        "calls": len(latencies),
+        "calls_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(quantile(0.5), 3) if latencies else None,
+        "p99_ms": round(quantile(0.99), 3) if latencies else None,
+        "errors": len(errors),
+    }
+
+
+# ---------------------------------------------------------------------- measuring
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _written_bytes(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _wait_port(port: int, timeout: float = 30) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"server on port {port} did not start")
+
+
+def _pin(cpu: int) -> list[str]:
+    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") else []
+
+
+def measure(name: str, command: list[str], port: int, counts: list[int], duration: float) -> list:
+    server = subprocess.Popen(_pin(0) + command, stderr=subprocess.DEVNULL)
+    results = []
+    try:
+        _wait_port(port)
+        if hasattr(os, "sched_setaffinity") and shutil.which("taskset"):
+            os.sched_setaffinity(0, {1})
+        for count in counts:
+            cpu0, disk0 = _cpu_seconds(server.pid), _written_bytes(server.pid)
+            load = asyncio.run(_load(f"ws://127.0.0.1:{port}", count, duration))
+            cpu1, disk1 = _cpu_seconds(server.pid), _written_bytes(server.pid)
+            calls = max(load["calls"], 1)
+            row = {
+                "server": name,
+                **load,
+                "server_cpu_us_per_call": round((cpu1 - cpu0) * 1e6 / calls, 1),
+                "rss_kb": _rss_kb(server.pid),
+            }
+            if disk0 is not None and disk1 is not None:
+                # two frames (CALL and CALLRESULT) per call
+                row["disk_bytes_per_1000_messages"] = round((disk1 - disk0) * 1000 / (2 * calls))
+            print(json.dumps(row), flush=True)
+            results.append(row)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", default="1,10,100", help="charge point counts (default 1,10,100)")
+    parser.add_argument("--duration", type=float, default=6, help="seconds per measurement")
+    parser.add_argument("--shared", help="../shared/bench: add its echo ceiling and ocpp peer")
+    parser.add_argument("--port", type=int, default=9300)
+    args = parser.parse_args()
+    counts = [int(n) for n in args.n.split(",")]
+
+    folder = Path(tempfile.mkdtemp(prefix="ocpp-bench-"))
+    config = folder / "appliance.toml"
+    config.write_text(f'host = "127.0.0.1"\nport = {args.port}\ndatabase = "bench.db"\n')
+    script = Path(sys.executable).with_name("ocpp-appliance")
+    appliance = [str(script)] if script.exists() else [sys.executable, "-m", "appliance"]
+    servers = [("appliance", [*appliance, "serve", "--config", str(config)])]
+    if args.shared:
+        shared = Path(args.shared)
+        servers.append(("echo_trio_sansio", [sys.executable, str(shared / "echo_trio_sansio.py")]))
+        servers.append(("echo_trio_websocket", [sys.executable, str(shared / "echo_trio.py")]))
+        servers.append(("ocpp_peer", [sys.executable, str(shared / "peer_mh.py")]))
+
+    results: dict[str, dict[int, float]] = {}
+    for offset, (name, command) in enumerate(servers):
+        port = args.port + offset
+        if name != "appliance":
+            command = [*command, str(port)]
+        rows = measure(name, command, port, counts, args.duration)
+        results[name] = {row["n"]: row["server_cpu_us_per_call"] for row in rows}
+
+    for other in results:
+        if other == "appliance":
+            continue
+        ratios = {
+            n: round(results["appliance"][n] / results[other][n], 2)
+            for n in counts
+            if results[other].get(n)
+        }
+        print(json.dumps({"appliance_cpu_per_call_ratio_to": other, **ratios}))
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
