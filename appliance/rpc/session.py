@@ -28,6 +28,8 @@ from appliance.rpc.validation import SchemaSet, Violation
 #: OCPP 2.x Part 4 §4.1.4 caps message ids at 36 characters; 1.6 sets no cap but the
 #: appliance's own ids (UUIDs) fit it.
 _JSON_SEPARATORS = (",", ":")
+#: OCPP 2.x Part 4 §4.2.3: errorDescription is string[0..255]; 1.6 sets no limit
+MAX_ERROR_DESCRIPTION = 255
 
 
 class Validation(enum.Enum):
@@ -149,6 +151,8 @@ class _Inbound:
     answer_id: str | None
     message_type: int | None = None
     action: str | None = None
+    #: the id on the wire, where it differs from the one answered (a SEND is never answered)
+    message_id: str | None = None
 
 
 class Session:
@@ -180,6 +184,8 @@ class Session:
         self._queue: deque[OutgoingCall] = deque()
         self._in_flight: OutgoingCall | None = None
         self._outgoing: list[Frame] = []
+        #: the clock of the latest `receive`, for calls released by an answer
+        self._now = 0.0
 
     # ------------------------------------------------------------------ outgoing side
 
@@ -189,7 +195,9 @@ class Session:
             raise SessionClosed("the connection is closed")
         if not self.schemas.knows(action):
             raise LocalProtocolError(f"{action} is not an action of {self.dialect.subprotocol}")
-        violation = self.schemas.check_request(action, payload)
+        if not self.schemas.knows_response(action):
+            raise LocalProtocolError(f"{action} is a SEND message; it cannot be a CALL")
+        violation = self.schemas.check_request(action, payload, inbound=False)
         if violation is not None:
             raise LocalProtocolError(f"{action} not sent, it breaks the schema: {violation}")
         call = OutgoingCall(str(uuid.uuid4()), action, payload, now, now + self.call_timeout)
@@ -200,14 +208,16 @@ class Session:
     def answer(self, call: CallReceived, payload: dict[str, Any]) -> None:
         """Send the CALLRESULT. A response that breaks the schema is never sent: the peer
         gets InternalError instead and LocalProtocolError is raised."""
-        violation = self.schemas.check_response(call.action, payload)
+        violation = self.schemas.check_response(call.action, payload, inbound=False)
         if violation is not None:
             self.fail(call, Fault.INTERNAL, "the central system could not build a valid answer")
             raise LocalProtocolError(f"{call.action} response breaks the schema: {violation}")
         self._emit([MessageType.CALLRESULT, call.message_id, payload], call.message_id, call.action)
+        self._send_next(self._now)
 
     def fail(self, call: CallReceived, fault: Fault, description: str, details: Any = None) -> None:
         self._send_error(call.message_id, fault, description, call.action, details)
+        self._send_next(self._now)
 
     def expire(self, now: float) -> list[CallTimedOut]:
         """Calls whose time ran out, in flight or still queued."""
@@ -279,12 +289,15 @@ class Session:
         message_type: MessageType = MessageType.CALLERROR,
     ) -> None:
         code = self.dialect.error_code(fault)
+        if len(description) > MAX_ERROR_DESCRIPTION:
+            description = description[: MAX_ERROR_DESCRIPTION - 1] + "…"
         frame = [message_type, message_id, code, description, details or {}]
         self._emit(frame, message_id, action)
 
     # ------------------------------------------------------------------- incoming side
 
     def receive(self, text: str, now: float) -> Received:
+        self._now = now
         try:
             message = self._parse(text)
             return self._dispatch(text, message, now)
@@ -292,8 +305,11 @@ class Session:
             bad = refused.inbound
             if bad.answer_id is not None:
                 self._send_error(bad.answer_id, bad.fault, bad.reason, bad.action)
+            self._send_next(now)
+            code = self.dialect.error_code(bad.fault)
+            message_id = bad.answer_id if bad.message_id is None else bad.message_id
             frame = Frame(
-                "in", text, bad.message_type, bad.answer_id, bad.action, _fault_text(self, bad)
+                "in", text, bad.message_type, message_id, bad.action, f"{code}: {bad.reason}"
             )
             return Received(frame, ProtocolViolation(bad.fault, bad.reason))
 
@@ -345,38 +361,34 @@ class Session:
         is_send = kind == MessageType.SEND
         # A SEND is never answered, not even with an error (2.1 Part 4 §4.2.5).
         if len(message) != 4 or not isinstance(message[1], str) or not isinstance(message[2], str):
-            answer = None if is_send else (_readable_id(message) or self.dialect.unreadable_id)
+            readable = _readable_id(message)
+            answer = None if is_send else (readable or self.dialect.unreadable_id)
+            shape = "[6, id, action, payload]" if is_send else "[2, id, action, payload]"
             raise _Refused(
-                _Inbound(Fault.FRAME, "a CALL is [2, id, action, payload]", answer, kind)
+                _Inbound(Fault.FRAME, f"expected {shape}", answer, kind, message_id=readable)
             )
         _, message_id, action, payload = message
-        answer_id = None if is_send else message_id
         self.peer_has_called = True
+
+        def refuse(fault: Fault, reason: str) -> _Refused:
+            answer_id = None if is_send else message_id
+            return _Refused(_Inbound(fault, reason, answer_id, kind, action, message_id))
+
         if not self.schemas.knows(action):
-            raise _Refused(
-                _Inbound(
-                    Fault.NOT_IMPLEMENTED,
-                    f"unknown action {action!r} in {self.dialect.subprotocol}",
-                    answer_id,
-                    kind,
-                    action,
-                )
+            raise refuse(
+                Fault.NOT_IMPLEMENTED, f"unknown action {action!r} in {self.dialect.subprotocol}"
             )
         if action not in self.accepts:
-            raise _Refused(
-                _Inbound(
-                    Fault.NOT_SUPPORTED,
-                    f"{action} is not sent to this side",
-                    answer_id,
-                    kind,
-                    action,
-                )
-            )
+            raise refuse(Fault.NOT_SUPPORTED, f"{action} is not sent to this side")
+        if is_send == self.schemas.knows_response(action):
+            # 2.1: NotifyPeriodicEventStream is only ever a SEND; everything else a CALL
+            expected = "a CALL" if is_send else "a SEND"
+            raise refuse(Fault.NOT_SUPPORTED, f"{action} must be sent as {expected}")
         violation = self.schemas.check_request(action, payload)
         if violation is not None and (
             violation.fault is Fault.FORMAT or self.validation is Validation.STRICT
         ):
-            raise _Refused(_Inbound(violation.fault, violation.text, answer_id, kind, action))
+            raise refuse(violation.fault, violation.detail)
         frame = Frame("in", text, kind, message_id, action, violation and violation.text)
         event_type = SendReceived if is_send else CallReceived
         return Received(frame, event_type(message_id, action, payload, violation))
@@ -422,7 +434,7 @@ class Session:
                 self._send_error(
                     message_id,
                     violation.fault,
-                    violation.text,
+                    violation.detail,
                     call.action,
                     message_type=MessageType.CALLRESULTERROR,
                 )
@@ -441,10 +453,6 @@ def _readable_id(message: object) -> str | None:
     if isinstance(message, list) and len(message) > 1 and isinstance(message[1], str):
         return message[1]
     return None
-
-
-def _fault_text(session: Session, bad: _Inbound) -> str:
-    return f"{session.dialect.error_code(bad.fault)}: {bad.reason}"
 
 
 def _too_deep(value: object, limit: int) -> bool:

@@ -38,6 +38,9 @@ class Violation:
     fault: Fault
     #: validator kind of the worst violation (``MaxLength``, ``Enum``…): de-duplicates logs
     kind: str
+    #: what is wrong, without the error code
+    detail: str
+    #: the version's error code, then the detail: what `messages.violation` shows
     text: str
 
     def __str__(self) -> str:
@@ -83,25 +86,33 @@ class SchemaSet:
     def knows(self, action: str) -> bool:
         return action in self.requests
 
-    def check_request(self, action: str, payload: object) -> Violation | None:
-        return _check(self.dialect, self.requests[action], payload)
+    def knows_response(self, action: str) -> bool:
+        return action in self.responses
 
-    def check_response(self, action: str, payload: object) -> Violation | None:
-        return _check(self.dialect, self.responses[action], payload)
+    def check_request(self, action: str, payload: object, inbound: bool = True) -> Violation | None:
+        return _check(self.dialect, self.requests[action], payload, inbound)
+
+    def check_response(
+        self, action: str, payload: object, inbound: bool = True
+    ) -> Violation | None:
+        return _check(self.dialect, self.responses[action], payload, inbound)
 
 
 def _check(
-    dialect: Dialect, validator: jsonschema_rs.Validator, payload: object
+    dialect: Dialect, validator: jsonschema_rs.Validator, payload: object, inbound: bool
 ) -> Violation | None:
+    """`inbound`: a peer's message, whose unknown fields are tolerated. What the appliance
+    sends is held to the letter of the schema."""
     if not isinstance(payload, dict):
-        text = f"payload is {type(payload).__name__}, not an object"
-        return Violation(Fault.FORMAT, "Type", f"{dialect.error_code(Fault.FORMAT)}: {text}")
+        detail = f"payload is {type(payload).__name__}, not an object"
+        code = dialect.error_code(Fault.FORMAT)
+        return Violation(Fault.FORMAT, "Type", detail, f"{code}: {detail}")
     if validator.is_valid(payload):
         return None
     found: list[tuple[Fault, str, str]] = []
     for error in validator.iter_errors(payload):
         kind = type(error.kind).__name__
-        if kind in _IGNORED_KINDS:
+        if inbound and kind in _IGNORED_KINDS:
             continue
         fault = _FAULT_OF_KIND.get(kind, Fault.PROPERTY)
         where = ".".join(str(p) for p in error.instance_path) or "payload"
@@ -113,4 +124,5 @@ def _check(
     texts = [text for _, _, text in found[:_MAX_NAMED_VIOLATIONS]]
     if len(found) > _MAX_NAMED_VIOLATIONS:
         texts.append(f"and {len(found) - _MAX_NAMED_VIOLATIONS} more")
-    return Violation(fault, kind, f"{dialect.error_code(fault)}: " + "; ".join(texts))
+    detail = "; ".join(texts)
+    return Violation(fault, kind, detail, f"{dialect.error_code(fault)}: {detail}")
