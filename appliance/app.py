@@ -11,8 +11,9 @@ import trio
 from appliance import __version__
 from appliance.config import Config
 from appliance.rpc import DIALECTS, SchemaSet
-from appliance.store import Store, TransactionIds
+from appliance.store import Retention, Store, TransactionIds
 from appliance.transport import Server
+from appliance.tree import Tree
 
 log = logging.getLogger("appliance")
 
@@ -39,11 +40,15 @@ def compile_schemas(config: Config) -> dict[str, SchemaSet]:
 
 
 async def serve(config: Config) -> None:
-    store = Store(config.database_path, config.storage.commit_interval_ms)
+    store = Store(
+        config.database_path,
+        config.storage.commit_interval_ms,
+        Retention(config.storage.messages_keep_days, config.storage.meter_values_keep_days),
+    )
     opened = await trio.to_thread.run_sync(store.open)
     try:
         schemas = compile_schemas(config)
-        server = Server(config, store, schemas, TransactionIds(store, opened))
+        server = Server(config, store, schemas, TransactionIds(store, opened), Tree(store, opened))
         listeners = await trio.open_tcp_listeners(config.port, host=config.host or None)
         with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
             async with trio.open_nursery() as nursery:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 
 from appliance import __version__
 from appliance import config as configuration
+from appliance.errors import ReaderError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -54,6 +56,33 @@ def cmd_example_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from appliance import reader
+
+    config = configuration.load(args.config)
+    rows = reader.charge_points(config.database_path)
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+    else:
+        print(reader.status_table(rows), end="")
+    return EXIT_OK
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from appliance import reader
+
+    config = configuration.load(args.config)
+    states = reader.states(config.database_path, args.pattern)
+    if args.json:
+        print(json.dumps(states, indent=2, ensure_ascii=False))
+    else:
+        print(reader.states_table(states), end="")
+    if not states:
+        print(f"ocpp-appliance: no state id matches {args.pattern!r}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str]] = {
     "serve": (
         cmd_serve,
@@ -69,6 +98,16 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str]] = {
         cmd_example_config,
         "print a commented example config",
         "example: ocpp-appliance example-config > appliance.toml",
+    ),
+    "status": (
+        cmd_status,
+        "print a table of the charge points the appliance knows",
+        "example: ocpp-appliance status --config /etc/ocpp-appliance/appliance.toml --json",
+    ),
+    "get": (
+        cmd_get,
+        "print the states whose id matches a glob pattern",
+        "example: ocpp-appliance get 'CP1.meterValues.*'",
     ),
 }
 
@@ -89,6 +128,15 @@ def _parser() -> argparse.ArgumentParser:
             help="config file (default: $OCPP_APPLIANCE_CONFIG, ./appliance.toml, "
             "/etc/ocpp-appliance/appliance.toml, else built-in defaults)",
         )
+        if name in ("status", "get"):
+            sub.add_argument("--json", action="store_true", help="print JSON for scripts")
+        if name == "get":
+            sub.add_argument(
+                "pattern",
+                metavar="PATTERN",
+                help="glob over full state ids (* any text, ? one character); identities "
+                "with characters other than letters, digits, _ - ~ are percent-encoded",
+            )
     return parser
 
 
@@ -100,8 +148,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except configuration.ConfigError as exc:
         print(f"ocpp-appliance: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ReaderError as exc:
+        print(f"ocpp-appliance: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_FAILED
+    except BrokenPipeError:
+        # `ocpp-appliance status --json | head`: the reader left, which is fine
+        sys.stderr.close()
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -212,16 +212,23 @@ async def in_process_server(folder: Path, extra_config: str = "") -> AsyncIterat
     """The real Server, in this trio run, so a test can call `server.connections[id].call`."""
     from appliance import config as configuration
     from appliance.app import compile_schemas
-    from appliance.store import Store, TransactionIds
+    from appliance.store import Retention, Store, TransactionIds
     from appliance.transport import Server
+    from appliance.tree import Tree
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "appliance.toml"
     path.write_text(TEST_CONFIG + extra_config)
     config = configuration.load(str(path))
-    store = Store(config.database_path, config.storage.commit_interval_ms)
+    store = Store(
+        config.database_path,
+        config.storage.commit_interval_ms,
+        Retention(config.storage.messages_keep_days, config.storage.meter_values_keep_days),
+    )
     opened = await trio.to_thread.run_sync(store.open)
-    server = Server(config, store, compile_schemas(config), TransactionIds(store, opened))
+    server = Server(
+        config, store, compile_schemas(config), TransactionIds(store, opened), Tree(store, opened)
+    )
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     try:
         async with trio.open_nursery() as nursery:

@@ -1,83 +1,107 @@
-"""The README's example queries run against a database the appliance really wrote."""
+"""The README's example queries run against a database the appliance really wrote, and
+answer what their comment says."""
 
 from __future__ import annotations
 
 import json
 import re
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 from websockets.sync.client import connect
 
+from conftest import start_appliance_process
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 QUERIES = re.findall(r"```sql\n(.*?)```", README.read_text(), re.DOTALL)
 
 
-def test_readme_has_queries():
-    assert len(QUERIES) >= 3
+def query_about(words: str) -> str:
+    """The README query whose opening comment mentions `words`."""
+    matches = [q for q in QUERIES if words in q.split("\n")[0]]
+    assert len(matches) == 1, f"one README query about {words!r}, found {len(matches)}"
+    return matches[0]
+
+
+def iso(seconds_ago: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - seconds_ago))
 
 
 @pytest.fixture(scope="module")
 def database(tmp_path_factory):
-    from conftest import start_appliance_process
-
     appliance = start_appliance_process(tmp_path_factory.mktemp("readme"))
+    sampled = {"connectorId": 1, "transactionId": 1}
     try:
         with connect(f"{appliance.url}/GARAGE", subprotocols=["ocpp1.6"]) as ws:
+            power = {"value": "7.2", "measurand": "Power.Active.Import", "unit": "kW"}
+            energy = {"value": "4.6", "measurand": "Energy.Active.Import.Register", "unit": "kWh"}
             for message in (
-                [
-                    2,
-                    "1",
-                    "BootNotification",
-                    {"chargePointVendor": "V" * 21, "chargePointModel": "M"},
-                ],
-                [
-                    2,
-                    "2",
-                    "StartTransaction",
-                    {
-                        "connectorId": 1,
-                        "idTag": "TAG",
-                        "meterStart": 1000,
-                        "timestamp": "2026-11-25T10:00:00Z",
-                    },
-                ],
-                [
-                    2,
-                    "3",
-                    "StopTransaction",
-                    {"transactionId": 1, "meterStop": 8500, "timestamp": "2026-11-25T11:00:00Z"},
-                ],
-            ):
-                ws.send(json.dumps(message))
-                ws.recv()
-        appliance.wait_rows("select 1 from messages", count=6)
+                ["BootNotification", {"chargePointVendor": "V" * 21, "chargePointModel": "M"}],
+                ["StatusNotification", {"connectorId": 1, "errorCode": "NoError",
+                                        "status": "Charging"}],
+                ["StartTransaction", {"connectorId": 1, "idTag": "TAG", "meterStart": 1000,
+                                      "timestamp": iso(3600)}],
+                ["MeterValues", {**sampled, "meterValue": [{"timestamp": iso(1800),
+                                                            "sampledValue": [power, energy]}]}],
+                ["StopTransaction", {"transactionId": 1, "meterStop": 8500, "timestamp": iso(60)}],
+            ):  # fmt: skip
+                ws.send(json.dumps([2, message[0], *message]))
+                assert json.loads(ws.recv())[0] == 3
+        appliance.wait_rows("select 1 from messages", count=10)
         assert appliance.stop() == 0
     finally:
         appliance.proc.kill()
-    return appliance
+    return appliance.db
 
 
-@pytest.mark.parametrize("sql", QUERIES, ids=[q.split("\n")[0][:50] for q in QUERIES])
-def test_readme_query_runs(database, sql):
-    import sqlite3
-
-    with sqlite3.connect(database.db) as db:
+@pytest.mark.parametrize("sql", QUERIES, ids=[q.split("\n")[0][3:40] for q in QUERIES])
+def test_every_readme_query_runs(database, sql):
+    with sqlite3.connect(database) as db:
         for statement in sql.split(";"):
             if statement.strip():
                 db.execute(statement).fetchall()
 
 
-def test_readme_queries_answer_what_they_say(database):
-    import sqlite3
+def rows(database: Path, sql: str) -> list:
+    with sqlite3.connect(database) as db:
+        return db.execute(sql).fetchall()
 
-    with sqlite3.connect(database.db) as db:
-        boots = db.execute(QUERIES[0].split(";")[0]).fetchall()
-        assert [(row[1], row[2]) for row in boots] == [("GARAGE", "V" * 21)]
-        violations = db.execute(QUERIES[0].split(";")[1]).fetchall()
-        assert violations[0][:2] == ("GARAGE", "BootNotification")
-        assert "PropertyConstraintViolation" in violations[0][3]
-        sessions = db.execute(QUERIES[-1]).fetchall()
-        assert sessions == [
-            ("GARAGE", "1", "TAG", "2026-11-25T10:00:00Z", "2026-11-25T11:00:00Z", 7.5)
-        ]
+
+def test_boots_query(database):
+    boots = rows(database, query_about("the last ten boots").split(";")[0])
+    assert [(row[1], row[2]) for row in boots] == [("GARAGE", "V" * 21)]
+
+
+def test_violations_query(database):
+    violations = rows(database, query_about("nearly-compliant").split(";")[1])
+    assert violations[0][:3] == ("GARAGE", "BootNotification", 1)
+    assert violations[0][3].startswith("PropertyConstraintViolation: chargePointVendor")
+
+
+def test_sessions_query(database):
+    sessions = rows(database, query_about("energy per session"))
+    assert [(s[0], s[1], s[2], s[5]) for s in sessions] == [("GARAGE", "1", "TAG", 7.5)]
+
+
+def test_power_query(database):
+    points = rows(database, query_about("power over the last hour"))
+    assert [p[1] for p in points] == [7200.0]
+
+
+def test_home_assistant_query(database):
+    assert rows(database, query_about("Home Assistant")) == [("Charging", 7200.0, 4.6, 0, 7.5)]
+
+
+def test_key_value_query(database):
+    found = dict(
+        rows(database, query_about("everything about one charge point"))[i][:2] for i in range(3)
+    )
+    assert all(key.startswith("GARAGE.") for key in found)
+    everything = {
+        r[0]: r[1] for r in rows(database, query_about("everything about one charge point"))
+    }
+    assert everything["GARAGE.info.vendor"] == "V" * 21
+    assert everything["GARAGE.transactions.last.energyWh"] == 7500.0
+    assert not any(".ocpp." in key for key in everything)

@@ -10,13 +10,14 @@ commit.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,23 +47,61 @@ INSERT_CONNECTION = (
     "INSERT INTO connection_log (ts, identity, remote_addr, protocol, event, reason)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
-START_TRANSACTION = (
+# One statement for every session event, 1.6 or 2.x: fields already known are kept, so
+# late, repeated or out-of-order events converge on the same row (energy = stop − start).
+TRANSACTION_EVENT = (
     "INSERT INTO transactions (identity, transaction_id, evse_id, connector_id, id_token,"
-    " started_at, meter_start_wh, received_at, time_suspect) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (identity, transaction_id) WHERE transaction_id <> '-1' DO NOTHING"
-)
-# A stop for a transaction the appliance never saw is recorded as a row of its own.
-STOP_TRANSACTION = (
-    "INSERT INTO transactions (identity, transaction_id, stopped_at, meter_stop_wh,"
-    " stop_reason, received_at, time_suspect) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    " started_at, stopped_at, meter_start_wh, meter_stop_wh, energy_wh, stop_reason,"
+    " received_at, time_suspect, seq_no, offline, updated_at)"
+    " VALUES (:identity, :transaction_id, :evse_id, :connector_id, :id_token, :started_at,"
+    " :stopped_at, :meter_start_wh, :meter_stop_wh, :meter_stop_wh - :meter_start_wh,"
+    " :stop_reason, :received_at, :time_suspect, :seq_no, :offline, :received_at)"
     " ON CONFLICT (identity, transaction_id) WHERE transaction_id <> '-1' DO UPDATE SET"
-    " stopped_at = excluded.stopped_at, meter_stop_wh = excluded.meter_stop_wh,"
-    " energy_wh = excluded.meter_stop_wh - meter_start_wh, stop_reason = excluded.stop_reason,"
-    " time_suspect = time_suspect OR excluded.time_suspect"
+    " evse_id = coalesce(evse_id, excluded.evse_id),"
+    " connector_id = coalesce(connector_id, excluded.connector_id),"
+    " id_token = coalesce(id_token, excluded.id_token),"
+    " started_at = coalesce(started_at, excluded.started_at),"
+    " stopped_at = coalesce(stopped_at, excluded.stopped_at),"
+    " meter_start_wh = coalesce(meter_start_wh, excluded.meter_start_wh),"
+    " meter_stop_wh = coalesce(meter_stop_wh, excluded.meter_stop_wh),"
+    " energy_wh = coalesce(meter_stop_wh, excluded.meter_stop_wh)"
+    "   - coalesce(meter_start_wh, excluded.meter_start_wh),"
+    " stop_reason = coalesce(stop_reason, excluded.stop_reason),"
+    " time_suspect = time_suspect OR excluded.time_suspect,"
+    " seq_no = max(coalesce(seq_no, excluded.seq_no), coalesce(excluded.seq_no, seq_no)),"
+    " offline = offline OR excluded.offline,"
+    " updated_at = excluded.updated_at"
+)
+INSERT_METER_VALUE = (
+    "INSERT INTO meter_values (identity, evse_id, connector_id, transaction_id, sampled_at,"
+    " measurand, phase, location, context, unit, value, received_at, time_suspect)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_CHARGE_POINT = (
+    "INSERT INTO charge_points (identity, prefix, first_seen) VALUES (?, ?, ?)"
+    " ON CONFLICT (identity) DO NOTHING"
+)
+# ack = 1: the appliance confirms what it writes; lc moves only when the value changes
+UPSERT_STATE = (
+    "INSERT INTO states (id, val, ack, ts, lc) VALUES (?1, ?2, 1, ?3, ?3)"
+    " ON CONFLICT (id) DO UPDATE SET val = excluded.val, ack = 1, ts = excluded.ts,"
+    " lc = CASE WHEN val IS excluded.val THEN lc ELSE excluded.ts END"
+)
+UPSERT_OBJECT = (
+    "INSERT INTO objects (id, type, role, unit, writable, name) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (id) DO UPDATE SET type = excluded.type, role = excluded.role,"
+    " unit = excluded.unit, writable = excluded.writable, name = excluded.name"
 )
 SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 
 _STOP = object()
+_STATES = object()
+_LAZY = object()
+
+#: describes a state in `objects`: (type, role, unit, writable, name)
+Meta = tuple[str, str, str | None, bool, str]
+#: one state write: id, value, and its description (None: inferred from the value)
+StateWrite = tuple[str, Any, Meta | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +112,45 @@ class Opened:
     transaction_id_floor: int
     transaction_id_reserved: int
     recent_starts: dict[tuple[Any, ...], int]
+    #: (identity, transaction id) of sessions without a stop, and of recently stopped ones
+    open_sessions: list[tuple[str, str, float | None]]
+    closed_sessions: list[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long history rows are kept, in days (SPEC §4 [storage])."""
+
+    messages_days: float = 30
+    meter_values_days: float = 365
+
+
+#: rows deleted per short transaction when pruning: a reader or a control writer waits at
+#: most for one such batch, a few milliseconds on an SD card
+PRUNE_BATCH = 500
+#: batches per pass; the rest waits for the next pass, so commits keep flowing
+PRUNE_BATCHES_PER_PASS = 20
+PRUNE_EVERY_SEC = 60
+#: (table, time column) pruned by age; both grow in seq order, which is time order
+_PRUNED = (
+    ("messages", "ts", "messages_days"),
+    ("meter_values", "received_at", "meter_values_days"),
+)
 
 
 class Store:
-    def __init__(self, path: Path, commit_interval_ms: int = 1000) -> None:
+    def __init__(
+        self, path: Path, commit_interval_ms: int = 1000, retention: Retention | None = None
+    ) -> None:
         self.path = path
         self.commit_interval = commit_interval_ms / 1000
+        self.retention = retention or Retention()
+        self._next_prune = time.monotonic() + PRUNE_EVERY_SEC
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._failing: str | None = None
+        #: what `objects` already says, by id (writer thread only)
+        self._described: dict[str, Meta] = {}
         self.commits = 0
 
     # ------------------------------------------------------------------ life cycle
@@ -112,9 +181,22 @@ class Store:
 
     # -------------------------------------------------------------------- writing
 
-    def put(self, statement: str, params: tuple[Any, ...]) -> None:
+    def put(self, statement: str, params: tuple[Any, ...] | dict[str, Any]) -> None:
         """Queue one row; never blocks. Committed within one commit interval."""
         self._queue.put((statement, params))
+
+    def set_states(self, writes: list[StateWrite], ts: int | None = None) -> None:
+        """Queue state writes; per commit only the latest value of each id is written."""
+        self._queue.put((_STATES, writes, ts or now_ms()))
+
+    def set_states_lazily(
+        self, key: Hashable, produce: Callable[[], list[StateWrite]], ts: int | None = None
+    ) -> None:
+        """Queue writes computed in the writer thread at commit time; of several with the
+        same key in one commit only the latest is computed (a payload flattened into
+        dozens of states costs once per commit, not once per message). `produce` must not
+        touch shared mutable state."""
+        self._queue.put((_LAZY, key, produce, ts or now_ms()))
 
     def record_frame(
         self,
@@ -156,7 +238,7 @@ class Store:
     # -------------------------------------------------------------- writer thread
 
     def _run(self, connection: sqlite3.Connection) -> None:
-        pending: list[tuple[str, tuple[Any, ...]]] = []
+        pending: list[Any] = []
         stopping = False
         while not stopping:
             if not pending:
@@ -169,6 +251,9 @@ class Store:
             stopping = self._drain(pending)
             if self._write(connection, pending):
                 pending = []
+                if time.monotonic() >= self._next_prune and not stopping:
+                    self._next_prune = time.monotonic() + PRUNE_EVERY_SEC
+                    self.prune(connection)
             elif stopping:
                 # One last chance on shutdown: another process may hold the lock briefly.
                 time.sleep(self.commit_interval)
@@ -180,7 +265,7 @@ class Store:
             log.warning("database: checkpoint at exit failed: %s", exc)
         connection.close()
 
-    def _drain(self, pending: list[tuple[str, tuple[Any, ...]]]) -> bool:
+    def _drain(self, pending: list[Any]) -> bool:
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -190,24 +275,80 @@ class Store:
                 return True
             pending.append(item)
 
-    def _write(
-        self, connection: sqlite3.Connection, rows: list[tuple[str, tuple[Any, ...]]]
-    ) -> bool:
+    def _write(self, connection: sqlite3.Connection, pending: list[Any]) -> bool:
+        rows: list[tuple[str, Any]] = []
+        latest: dict[str, tuple[Any, int, Meta | None]] = {}
+        lazy: dict[Hashable, tuple[Callable[[], list[StateWrite]], int]] = {}
+        for item in pending:
+            tag = item[0]
+            if tag is _STATES:
+                for state_id, value, meta in item[1]:
+                    latest[state_id] = (value, item[2], meta)
+            elif tag is _LAZY:
+                lazy.pop(item[1], None)  # keep arrival order: the latest goes last
+                lazy[item[1]] = (item[2], item[3])
+            else:
+                rows.append(item)
+        for produce, ts in lazy.values():
+            for state_id, value, meta in produce():
+                latest.setdefault(state_id, (value, ts, meta))
+        new_objects = [
+            (state_id, *(meta or _infer_meta(value)))
+            for state_id, (value, _, meta) in latest.items()
+            if self._described.get(state_id) != (meta or _infer_meta(value))
+        ]
         try:
             with connection:  # one transaction: commit, or roll back on error
                 for statement, group in _runs(rows):
                     connection.executemany(statement, group)
+                connection.executemany(
+                    UPSERT_STATE,
+                    [(i, _encode(value), ts) for i, (value, ts, _) in latest.items()],
+                )
+                connection.executemany(UPSERT_OBJECT, new_objects)
         except sqlite3.OperationalError as exc:
             # Locked by another process, disk full: keep the rows, retry next interval.
             if self._failing != str(exc):
-                log.error("database: cannot write %d rows (%s); will retry", len(rows), exc)
+                log.error("database: cannot write %d rows (%s); will retry", len(pending), exc)
                 self._failing = str(exc)
             return False
+        for state_id, *meta in new_objects:
+            self._described[state_id] = tuple(meta)  # type: ignore[assignment]
         if self._failing is not None:
             log.warning("database: writing again (%s cleared)", self._failing)
             self._failing = None
         self.commits += 1
         return True
+
+    def prune(self, connection: sqlite3.Connection) -> int:
+        """Delete history older than the retention, oldest first, in small batches, then
+        hand the freed pages back to the file system (incremental vacuum)."""
+        deleted = 0
+        for table, column, setting in _PRUNED:
+            cutoff = now_ms() - int(getattr(self.retention, setting) * 86_400_000)
+            for _ in range(PRUNE_BATCHES_PER_PASS):
+                oldest = connection.execute(
+                    f"SELECT seq, {column} FROM {table} ORDER BY seq LIMIT 1"
+                ).fetchone()
+                if oldest is None or oldest[1] >= cutoff:
+                    break
+                try:
+                    with connection:
+                        cursor = connection.execute(
+                            f"DELETE FROM {table} WHERE seq < ? AND {column} < ?",
+                            (oldest[0] + PRUNE_BATCH, cutoff),
+                        )
+                except sqlite3.OperationalError as exc:
+                    log.warning("database: pruning %s postponed: %s", table, exc)
+                    return deleted
+                deleted += cursor.rowcount
+        if deleted:
+            log.info("database: pruned %d history rows past their retention", deleted)
+            try:
+                connection.execute("PRAGMA incremental_vacuum")
+            except sqlite3.OperationalError as exc:
+                log.warning("database: incremental vacuum postponed: %s", exc)
+        return deleted
 
     # ------------------------------------------------------------------ start state
 
@@ -226,7 +367,25 @@ class Store:
             (RECENT_STARTS,),
         ).fetchall()
         recent = {tuple(r[:5]): int(r[5]) for r in starts if str(r[5]).isdigit()}
-        return Opened(floor, floor + TRANSACTION_ID_BLOCK, recent)
+        open_sessions = connection.execute(
+            "SELECT identity, transaction_id, meter_start_wh FROM transactions"
+            " WHERE stopped_at IS NULL AND transaction_id <> '-1' AND updated_at > ?"
+            " ORDER BY seq",
+            (now_ms() - OPEN_SESSION_MAX_AGE_MS,),
+        ).fetchall()
+        closed = connection.execute(
+            "SELECT identity, transaction_id FROM transactions WHERE stopped_at IS NOT NULL"
+            " ORDER BY seq DESC LIMIT ?",
+            (RECENT_STARTS,),
+        ).fetchall()
+        # Nobody is connected before the first connection of this run.
+        with connection:
+            connection.execute(
+                "UPDATE states SET val = 0, ack = 1, ts = ?1,"
+                " lc = CASE WHEN val IS 0 THEN lc ELSE ?1 END WHERE id LIKE '%.info.connected'",
+                (now_ms(),),
+            )
+        return Opened(floor, floor + TRANSACTION_ID_BLOCK, recent, open_sessions, closed)
 
 
 class TransactionIds:
@@ -258,6 +417,8 @@ class TransactionIds:
 
 #: ids reserved ahead; renewed half-way, so the renewal has hundreds of starts to commit
 TRANSACTION_ID_BLOCK = 1000
+#: a session without a stop for this long is not taken as still running after a restart
+OPEN_SESSION_MAX_AGE_MS = 7 * 24 * 3600 * 1000
 #: how many 1.6 starts are remembered to recognise a StartTransaction repeated after a
 #: lost answer; repeats come within minutes, a charger's offline queue is far shorter.
 RECENT_STARTS = 1000
@@ -280,9 +441,34 @@ def _runs(
         yield statement, group
 
 
+def _encode(value: Any) -> Any:
+    """A Python value as the `val` column holds it: booleans 0/1, JSON as text."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return value
+
+
+def _infer_meta(value: Any) -> Meta:
+    if isinstance(value, bool):
+        kind = "boolean"
+    elif isinstance(value, (int, float)):
+        kind = "number"
+    elif isinstance(value, (dict, list)):
+        kind = "json"
+    else:
+        kind = "string"
+    return (kind, "state", None, False, "")
+
+
 def connect(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    if connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0] == 0:
+        # A new file: freed pages go back to the file system as retention prunes.
+        # auto_vacuum can only be chosen before the first page is written.
+        connection.execute("PRAGMA auto_vacuum = INCREMENTAL")
     connection.execute("PRAGMA journal_mode = WAL")
     # FULL: each commit is fsynced, so at most one commit interval is lost on power loss.
     connection.execute("PRAGMA synchronous = FULL")

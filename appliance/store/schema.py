@@ -54,6 +54,92 @@ MIGRATIONS: list[str] = [
 
     CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
     """,
+    # 2: the object tree, meter values, 2.x sessions, the scripting view
+    """
+    CREATE TABLE states (
+        id  TEXT PRIMARY KEY,
+        val,                                     -- INTEGER, REAL, TEXT; booleans 0/1; JSON as TEXT
+        ack INTEGER NOT NULL DEFAULT 0,          -- 1: confirmed by the appliance; 0: a command
+        -- ms since the epoch; the defaults serve a control INSERTed without them
+        ts  INTEGER NOT NULL
+            DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),
+        lc  INTEGER NOT NULL
+            DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))
+    ) WITHOUT ROWID;
+
+    CREATE TABLE objects (
+        id       TEXT PRIMARY KEY,
+        type     TEXT,                           -- number, string, boolean, json
+        role     TEXT,
+        unit     TEXT,
+        writable INTEGER NOT NULL DEFAULT 0,
+        name     TEXT
+    ) WITHOUT ROWID;
+
+    CREATE TABLE charge_points (
+        identity   TEXT PRIMARY KEY,             -- as the charge point sent it
+        prefix     TEXT NOT NULL UNIQUE,         -- its escaped first id segment
+        first_seen INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE meter_values (
+        seq            INTEGER PRIMARY KEY,
+        identity       TEXT NOT NULL,
+        evse_id        INTEGER,
+        connector_id   INTEGER,
+        transaction_id TEXT,
+        sampled_at     TEXT,                     -- charge point's time, as sent
+        measurand      TEXT NOT NULL,
+        phase          TEXT,
+        location       TEXT,
+        context        TEXT,
+        unit           TEXT,                     -- normalised: Wh, W, A, V, Percent, …
+        value          REAL NOT NULL,
+        received_at    INTEGER NOT NULL,
+        time_suspect   INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX meter_values_by_identity ON meter_values (identity, received_at);
+
+    ALTER TABLE transactions ADD COLUMN seq_no INTEGER;
+    ALTER TABLE transactions ADD COLUMN offline INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE transactions ADD COLUMN updated_at INTEGER;
+    UPDATE transactions SET updated_at = received_at;
+
+    -- retention walks rows in seq order, which is time order: no index on ts needed
+    DROP INDEX messages_by_ts;
+
+    CREATE VIEW charge_point_status AS
+    SELECT
+        cp.identity,
+        (SELECT val FROM states WHERE id = cp.prefix || '.info.connected') AS connected,
+        coalesce(
+            (SELECT val FROM states WHERE id = cp.prefix || '.evse.1.connector.1.status'),
+            (SELECT val FROM states WHERE id = cp.prefix || '.info.status')
+        ) AS status,
+        (SELECT val FROM states WHERE id = cp.prefix || '.info.protocol') AS protocol,
+        (SELECT val FROM states WHERE id = cp.prefix || '.transactions.last.idToken') AS rfid,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.soc') AS soc,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.powerW') AS power_w,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.energyWh') AS energy_wh,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.energyKWh') AS energy_kwh,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.voltageL1') AS voltage_l1,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.voltageL2') AS voltage_l2,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.voltageL3') AS voltage_l3,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.currentL1') AS current_l1,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.currentL2') AS current_l2,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.currentL3') AS current_l3,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.powerL1') AS power_l1,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.powerL2') AS power_l2,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.powerL3') AS power_l3,
+        (SELECT val FROM states WHERE id = cp.prefix || '.transactions.active') AS tx_active,
+        (SELECT val FROM states WHERE id = cp.prefix || '.transactions.last.energyKWh')
+            AS tx_energy_kwh,
+        (SELECT val FROM states WHERE id = cp.prefix || '.control.chargeLimit') AS charge_limit,
+        (SELECT val FROM states WHERE id = cp.prefix || '.control.numberOfPhases')
+            AS number_phases,
+        (SELECT val FROM states WHERE id = cp.prefix || '.info.lastSeen') AS last_seen
+    FROM charge_points AS cp;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -7,6 +7,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -33,6 +34,7 @@ from appliance.rpc import (
 )
 from appliance.store import Store, TransactionIds
 from appliance.transport.websocket import WebSocket
+from appliance.tree import Tree
 from appliance.versions import PROTOCOLS, Context, Protocol, Unprocessable
 
 log = logging.getLogger("appliance")
@@ -74,11 +76,13 @@ class Server:
         store: Store,
         schemas: dict[str, SchemaSet],
         transaction_ids: TransactionIds,
+        tree: Tree,
     ) -> None:
         self.config = config
         self.store = store
         self.schemas = schemas
         self.transaction_ids = transaction_ids
+        self.tree = tree
         self.connections: dict[str, Connection] = {}
         self.streams = 0
         self._logged_violations: set[tuple[str, str | None, str]] = set()
@@ -246,8 +250,13 @@ class Connection:
             call_timeout=config.call_timeout_sec,
             max_depth=config.limits.max_json_depth,
         )
+        self.tree = server.tree
         self.context = Context(
-            identity, name, config.heartbeat_interval_sec, server.store, server.transaction_ids
+            identity,
+            name,
+            config.heartbeat_interval_sec,
+            server.transaction_ids,
+            partial(server.tree.apply, identity),
         )
         self.close_reason: str | None = None
         self._scope = trio.CancelScope()
@@ -262,6 +271,7 @@ class Connection:
         self.server.store.log_connection(
             "connect", self.identity, self.remote, self.subprotocol, None
         )
+        self.tree.connected(self.identity, self.subprotocol, self.remote)
         log.info("%s: connected from %s (%s)", self.identity, self.remote, self.subprotocol)
         try:
             if old is not None:
@@ -290,6 +300,8 @@ class Connection:
         for call in self.session.close():
             self._resolve(call.message_id, error="connection closed before the answer")
         current = self.server.unregister(self)
+        if current:
+            self.tree.disconnected(self.identity)
         reason = self.close_reason or _close_reason(self.ws)
         self.server.store.log_connection(
             "disconnect", self.identity, self.remote, self.subprotocol, reason
@@ -317,6 +329,7 @@ class Connection:
         session = self.session
         received = session.receive(text, trio.current_time())
         self._record(received.frame)
+        self.tree.seen(self.identity)
         event = received.event
         if isinstance(event, CallReceived):
             if event.violation is not None:
@@ -325,6 +338,9 @@ class Connection:
         elif isinstance(event, ResultReceived):
             if event.violation is not None:
                 self._note_violation(event.call.action, event.violation.kind, event.violation.text)
+            self.tree.capture_response(
+                self.identity, self.subprotocol, "out", event.call.action, event.payload
+            )
             self._resolve(event.call.message_id, payload=event.payload)
         elif isinstance(event, ErrorReceived):
             error = f"CALLERROR {event.code}: {event.description}".rstrip(": ")
@@ -350,8 +366,11 @@ class Connection:
             self.session.answer(call, payload)
         except LocalProtocolError as exc:
             log.error("%s: %s", self.identity, exc)
+            return
+        self.tree.capture(self.identity, self.subprotocol, "in", call.action, call.payload, payload)
 
     def _note_violation(self, action: str, kind: str, text: str) -> None:
+        self.tree.violation(self.identity, f"{action}: {text}")
         self.server.log_violation_once(self.identity, action, kind, text)
 
     # ---------------------------------------------------------------- writing
@@ -387,6 +406,7 @@ class Connection:
             call = self.session.call(action, payload, trio.current_time())
         except LocalProtocolError as exc:
             raise CallFailed(str(exc)) from None
+        self.tree.capture(self.identity, self.subprotocol, "out", action, payload)
         waiter = self._waiters[call.message_id] = _Waiter()
         self._deadline_changed.set()
         await self._send_outgoing()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,30 +19,39 @@ class Protocol:
     #: what the appliance may call
     from_csms: frozenset[str]
     handlers: dict[str, Handler]
-    #: the answer to every call without a handler of its own
+    #: the answer to every call without a handler of its own (shared: never mutated)
     default_responses: dict[str, dict[str, Any]]
+    #: runs on every call before its handler (2.x: customData may carry a VIN)
+    inspect: Callable[[Context, Payload], None] | None = None
 
     def respond(self, ctx: Context, action: str, payload: Payload) -> Payload:
+        if self.inspect is not None:
+            self.inspect(ctx, payload)
         handler = self.handlers.get(action)
         if handler is None:
             return self.default_responses[action]
         return handler(ctx, payload)
 
 
-def _protocol(name: str, handlers: dict[str, Handler]) -> Protocol:
+def _protocol(
+    name: str,
+    handlers: dict[str, Handler],
+    inspect: Callable[[Context, Payload], None] | None = None,
+) -> Protocol:
     return Protocol(
         DIALECTS[name],
         tables.FROM_CHARGE_POINT[name],
         tables.FROM_CSMS[name],
         handlers,
         tables.MINIMAL_RESPONSES[name],
+        inspect,
     )
 
 
 PROTOCOLS: dict[str, Protocol] = {
     "ocpp1.6": _protocol("ocpp1.6", v16.HANDLERS),
-    "ocpp2.0.1": _protocol("ocpp2.0.1", v201.HANDLERS),
-    "ocpp2.1": _protocol("ocpp2.1", v21.HANDLERS),
+    "ocpp2.0.1": _protocol("ocpp2.0.1", v201.HANDLERS, v201.custom_data),
+    "ocpp2.1": _protocol("ocpp2.1", v21.HANDLERS, v201.custom_data),
 }
 
 __all__ = ["PROTOCOLS", "Context", "Protocol", "Unprocessable"]

@@ -1,20 +1,18 @@
-"""What the per-version mappings share: the handler context, field access that tells the
-peer what is wrong, and the charge point's clock."""
+"""What the per-version mappings share: the handler context, and field access that tells
+the peer what is wrong."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from appliance.domain import Update
+from appliance.domain.meter import Reading
 from appliance.rpc import Fault
-from appliance.store import Store, TransactionIds
+from appliance.store import TransactionIds
 
-# SPEC §2: a charge point's timestamp is implausible before 2010 or more than a day ahead.
-_EARLIEST_PLAUSIBLE = datetime(2010, 1, 1, tzinfo=UTC).timestamp()
-_MAX_AHEAD_SEC = 24 * 3600
+Payload = dict[str, Any]
 
 
 class Unprocessable(Exception):
@@ -27,63 +25,76 @@ class Unprocessable(Exception):
 
 @dataclass(slots=True)
 class Context:
-    """What a handler may use: the connection's identity and the appliance's services."""
+    """What a handler may use: the connection's identity and the appliance's services.
+    Handlers answer, and `emit` version-neutral updates for the tree."""
 
     identity: str
     protocol: str
     heartbeat_interval: int
-    store: Store
     transaction_ids: TransactionIds
+    emit: Callable[[Update], None]
 
 
-Payload = dict[str, Any]
 Handler = Callable[[Context, Payload], Payload]
-
-
-def iso_now() -> str:
-    """The appliance's clock as OCPP wants it: ISO 8601, UTC, milliseconds."""
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
 
 
 def need(payload: Payload, key: str) -> Any:
     try:
         return payload[key]
-    except KeyError:
+    except (KeyError, TypeError):
         raise Unprocessable(Fault.OCCURRENCE, f"{key} is required") from None
 
 
-def need_int(payload: Payload, key: str) -> int:
-    """An integer field; a number sent as a string ("1") is taken, as real chargers do it."""
-    value = need(payload, key)
+def as_int(value: Any) -> int | None:
+    """An integer, also from a number sent as a string ("1"), as real chargers do."""
     if type(value) is int:
         return value
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise Unprocessable(Fault.TYPE, f"{key} must be an integer, not {value!r}") from None
-    if not number.is_integer():
-        raise Unprocessable(Fault.TYPE, f"{key} must be an integer, not {value!r}")
-    return int(number)
+        return None
+    return int(number) if number.is_integer() else None
 
 
-def need_number(payload: Payload, key: str) -> float:
-    value = need(payload, key)
+def need_int(payload: Payload, key: str) -> int:
+    value = as_int(need(payload, key))
+    if value is None:
+        raise Unprocessable(Fault.TYPE, f"{key} must be an integer, not {payload[key]!r}")
+    return value
+
+
+def as_number(value: Any) -> float | None:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise Unprocessable(Fault.TYPE, f"{key} must be a number, not {value!r}") from None
+        return None
 
 
-def time_suspect(stamp: object) -> bool:
-    """Whether a charge point's timestamp is unusable for ordering (SPEC §2)."""
-    if not isinstance(stamp, str):
-        return True
-    try:
-        when = datetime.fromisoformat(stamp.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        return True
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    seconds = when.timestamp()
-    return seconds < _EARLIEST_PLAUSIBLE or seconds > time.time() + _MAX_AHEAD_SEC
+def need_number(payload: Payload, key: str) -> float:
+    value = as_number(need(payload, key))
+    if value is None:
+        raise Unprocessable(Fault.TYPE, f"{key} must be a number, not {payload[key]!r}")
+    return value
+
+
+def text(value: Any) -> str | None:
+    """A string field as stored: other JSON types are kept as their text."""
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
+
+
+def objects(value: Any) -> list[dict[str, Any]]:
+    """The objects of an array field; a broken entry is skipped, not fatal."""
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, dict)]
+
+
+def energy_register(readings: list[Reading], context: str | None = None) -> float | None:
+    """The active import register among `readings`, preferring one of `context`."""
+    registers = [r for r in readings if r.name == "energyWh"]
+    if context is not None:
+        preferred = [r for r in registers if r.context == context]
+        registers = preferred or registers
+    return registers[-1].value if registers else None

@@ -1,27 +1,45 @@
-"""OCPP 1.6J: the charge point's calls and what the appliance answers and records."""
+"""OCPP 1.6J: the charge point's calls → answers and version-neutral updates."""
 
 from __future__ import annotations
 
-from appliance.store import START_TRANSACTION, STOP_TRANSACTION, now_ms
+from appliance import domain
+from appliance.domain.clock import iso_now
+from appliance.domain.meter import Reading, reading
 from appliance.versions.common import (
     Context,
     Handler,
     Payload,
-    iso_now,
+    as_int,
+    energy_register,
     need,
     need_int,
     need_number,
-    time_suspect,
+    objects,
+    text,
 )
 
 _ACCEPTED = {"status": "Accepted"}
 
 
 def boot_notification(ctx: Context, payload: Payload) -> Payload:
+    ctx.emit(
+        domain.StationBooted(
+            vendor=text(payload.get("chargePointVendor")),
+            model=text(payload.get("chargePointModel")),
+            serial_number=text(payload.get("chargePointSerialNumber")),
+            charge_box_serial_number=text(payload.get("chargeBoxSerialNumber")),
+            firmware_version=text(payload.get("firmwareVersion")),
+            iccid=text(payload.get("iccid")),
+            imsi=text(payload.get("imsi")),
+            meter_type=text(payload.get("meterType")),
+            meter_serial_number=text(payload.get("meterSerialNumber")),
+        )
+    )
     return {"status": "Accepted", "currentTime": iso_now(), "interval": ctx.heartbeat_interval}
 
 
 def heartbeat(ctx: Context, payload: Payload) -> Payload:
+    ctx.emit(domain.HeartbeatReceived())
     return {"currentTime": iso_now()}
 
 
@@ -30,56 +48,116 @@ def authorize(ctx: Context, payload: Payload) -> Payload:
     return {"idTagInfo": _ACCEPTED}
 
 
+def status_notification(ctx: Context, payload: Payload) -> Payload:
+    connector = need_int(payload, "connectorId")
+    # 1.6 connector n is EVSE n with one connector; connector 0 is the station (SPEC §5.1)
+    ctx.emit(
+        domain.ConnectorStatus(
+            evse_id=connector or None,
+            connector_id=1 if connector else None,
+            status=text(need(payload, "status")) or "",
+            error_code=text(payload.get("errorCode")),
+            vendor_error_code=text(payload.get("vendorErrorCode")),
+            info=text(payload.get("info")),
+            timestamp=text(payload.get("timestamp")),
+        )
+    )
+    return {}
+
+
+def readings(meter_values: object) -> list[Reading]:
+    """1.6 MeterValue[] → readings; a SignedData or non-numeric value is skipped."""
+    found = []
+    for meter_value in objects(meter_values):
+        stamp = text(meter_value.get("timestamp"))
+        for sampled in objects(meter_value.get("sampledValue")):
+            if sampled.get("format") == "SignedData":
+                continue
+            value = reading(
+                sampled.get("value"),
+                sampled.get("measurand"),
+                sampled.get("phase"),
+                sampled.get("location"),
+                sampled.get("context"),
+                sampled.get("unit"),
+                0,
+                stamp,
+            )
+            if value is not None:
+                found.append(value)
+    return found
+
+
+def _sample(ctx: Context, connector: int, transaction_id: str | None, found: list) -> None:
+    if found:
+        ctx.emit(
+            domain.MeterSample(connector or None, 1 if connector else None, transaction_id, found)
+        )
+
+
+def meter_values(ctx: Context, payload: Payload) -> Payload:
+    connector = need_int(payload, "connectorId")
+    transaction = as_int(payload.get("transactionId"))
+    found = readings(payload.get("meterValue"))
+    _sample(ctx, connector, None if transaction is None else str(transaction), found)
+    return {}
+
+
 def start_transaction(ctx: Context, payload: Payload) -> Payload:
     connector = need_int(payload, "connectorId")
-    id_tag = need(payload, "idTag")
-    meter_start = need_number(payload, "meterStart")
-    started_at = need(payload, "timestamp")
-    # 1.6 connector n is EVSE n with one connector (SPEC §5.1)
+    id_tag = text(need(payload, "idTag"))
+    meter_start = need_number(payload, "meterStart")  # 1.6: always Wh
+    started_at = text(need(payload, "timestamp"))
     key = (ctx.identity, connector, id_tag, meter_start, started_at)
-    transaction_id, new = ctx.transaction_ids.start(key)
-    if new:
-        ctx.store.put(
-            START_TRANSACTION,
-            (
-                ctx.identity,
-                str(transaction_id),
-                connector,
-                1,
-                id_tag,
-                started_at,
-                meter_start,
-                now_ms(),
-                int(time_suspect(started_at)),
-            ),
+    transaction_id, _ = ctx.transaction_ids.start(key)
+    ctx.emit(
+        domain.TransactionEvent(
+            transaction_id=str(transaction_id),
+            event="Started",
+            timestamp=started_at,
+            evse_id=connector,
+            connector_id=1,
+            id_token=id_tag,
+            meter_start_wh=meter_start,
+            raw=payload,
         )
+    )
     return {"transactionId": transaction_id, "idTagInfo": _ACCEPTED}
 
 
 def stop_transaction(ctx: Context, payload: Payload) -> Payload:
     # Always acknowledged, also for an unknown id or -1 (offline start): a charger that
     # gets an error retries its StopTransaction forever.
-    transaction_id = need_int(payload, "transactionId")
-    stopped_at = need(payload, "timestamp")
-    ctx.store.put(
-        STOP_TRANSACTION,
-        (
-            ctx.identity,
-            str(transaction_id),
-            stopped_at,
-            need_number(payload, "meterStop"),
-            payload.get("reason", "Local"),
-            now_ms(),
-            int(time_suspect(stopped_at)),
-        ),
+    transaction_id = str(need_int(payload, "transactionId"))
+    found = readings(payload.get("transactionData"))
+    _sample(ctx, 0, transaction_id, found)
+    ctx.emit(
+        domain.TransactionEvent(
+            transaction_id=transaction_id,
+            event="Ended",
+            timestamp=text(need(payload, "timestamp")),
+            stop_reason=text(payload.get("reason")) or "Local",
+            meter_stop_wh=need_number(payload, "meterStop"),
+            meter_now_wh=energy_register(found, "Transaction.End"),
+            raw=payload,
+        )
     )
     return {"idTagInfo": _ACCEPTED} if "idTag" in payload else {}
+
+
+def data_transfer(ctx: Context, payload: Payload) -> Payload:
+    if "data" in payload:
+        ctx.emit(domain.VendorData(payload["data"]))
+    return {"status": "Accepted"}
 
 
 HANDLERS: dict[str, Handler] = {
     "Authorize": authorize,
     "BootNotification": boot_notification,
+    "DataTransfer": data_transfer,
     "Heartbeat": heartbeat,
+    "MeterValues": meter_values,
     "StartTransaction": start_transaction,
+    "StatusNotification": status_notification,
     "StopTransaction": stop_transaction,
 }

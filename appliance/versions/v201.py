@@ -1,17 +1,48 @@
-"""OCPP 2.0.1: the charging station's calls and what the appliance answers."""
+"""OCPP 2.0.1: the charging station's calls → answers and version-neutral updates."""
 
 from __future__ import annotations
 
-from appliance.versions.common import Context, Handler, Payload, iso_now, need
+from typing import Any
+
+from appliance import domain
+from appliance.domain.clock import iso_now
+from appliance.domain.meter import Reading, reading
+from appliance.rpc import Fault
+from appliance.versions.common import (
+    Context,
+    Handler,
+    Payload,
+    Unprocessable,
+    as_int,
+    energy_register,
+    need,
+    objects,
+    text,
+)
 
 _ACCEPTED = {"status": "Accepted"}
 
 
 def boot_notification(ctx: Context, payload: Payload) -> Payload:
+    station = payload.get("chargingStation")
+    station = station if isinstance(station, dict) else {}
+    modem = station.get("modem") if isinstance(station.get("modem"), dict) else {}
+    ctx.emit(
+        domain.StationBooted(
+            vendor=text(station.get("vendorName")),
+            model=text(station.get("model")),
+            serial_number=text(station.get("serialNumber")),
+            firmware_version=text(station.get("firmwareVersion")),
+            iccid=text(modem.get("iccid")),
+            imsi=text(modem.get("imsi")),
+            boot_reason=text(payload.get("reason")),
+        )
+    )
     return {"status": "Accepted", "currentTime": iso_now(), "interval": ctx.heartbeat_interval}
 
 
 def heartbeat(ctx: Context, payload: Payload) -> Payload:
+    ctx.emit(domain.HeartbeatReceived())
     return {"currentTime": iso_now()}
 
 
@@ -20,15 +51,147 @@ def authorize(ctx: Context, payload: Payload) -> Payload:
     return {"idTokenInfo": _ACCEPTED}
 
 
+def status_notification(ctx: Context, payload: Payload) -> Payload:
+    evse = as_int(need(payload, "evseId"))
+    if evse is None:
+        raise Unprocessable(Fault.TYPE, "evseId must be an integer")
+    ctx.emit(
+        domain.ConnectorStatus(
+            evse_id=evse or None,
+            connector_id=as_int(payload.get("connectorId")) if evse else None,
+            status=text(need(payload, "connectorStatus")) or "",
+            timestamp=text(payload.get("timestamp")),
+        )
+    )
+    return {}
+
+
+def readings(meter_values: object) -> list[Reading]:
+    """2.x MeterValueType[] → readings, units × 10^multiplier normalised."""
+    found = []
+    for meter_value in objects(meter_values):
+        stamp = text(meter_value.get("timestamp"))
+        for sampled in objects(meter_value.get("sampledValue")):
+            unit = sampled.get("unitOfMeasure")
+            unit = unit if isinstance(unit, dict) else {}
+            value = reading(
+                sampled.get("value"),
+                sampled.get("measurand"),
+                sampled.get("phase"),
+                sampled.get("location"),
+                sampled.get("context"),
+                unit.get("unit"),
+                as_int(unit.get("multiplier")) or 0,
+                stamp,
+            )
+            if value is not None:
+                found.append(value)
+    return found
+
+
+def meter_values(ctx: Context, payload: Payload) -> Payload:
+    evse = as_int(need(payload, "evseId"))
+    found = readings(payload.get("meterValue"))
+    if found:
+        # evseId 0 is the station's main meter: it feeds the aggregate only
+        ctx.emit(domain.MeterSample(evse or None, None, None, found))
+    return {}
+
+
 def transaction_event(ctx: Context, payload: Payload) -> Payload:
+    info = need(payload, "transactionInfo")
+    transaction_id = text(need(info, "transactionId"))
+    event = text(need(payload, "eventType"))
+    evse = payload.get("evse") if isinstance(payload.get("evse"), dict) else {}
+    evse_id = as_int(evse.get("id"))
+    connector_id = as_int(evse.get("connectorId"))
+    token = payload.get("idToken")
+    found = readings(payload.get("meterValue"))
+    if found:
+        ctx.emit(domain.MeterSample(evse_id, connector_id, transaction_id, found))
+    begin = energy_register(found, "Transaction.Begin")
+    ctx.emit(
+        domain.TransactionEvent(
+            transaction_id=transaction_id or "",
+            event=event or "",
+            timestamp=text(payload.get("timestamp")),
+            evse_id=evse_id,
+            connector_id=connector_id,
+            id_token=text(token.get("idToken")) if isinstance(token, dict) else None,
+            seq_no=as_int(payload.get("seqNo")),
+            offline=payload.get("offline") is True,
+            stop_reason=text(info.get("stoppedReason")),
+            # the session's start register: a Transaction.Begin reading, or in the
+            # Started event any register reading
+            meter_start_wh=begin
+            if any(r.context == "Transaction.Begin" for r in found)
+            else (energy_register(found) if event == "Started" else None),
+            meter_stop_wh=energy_register(found, "Transaction.End") if event == "Ended" else None,
+            meter_now_wh=_latest_register(found),
+            raw=payload,
+        )
+    )
     # idTokenInfo answers a token; without one the response is empty (Part 2, E01–E15).
     # An event for a transaction the appliance does not know is acknowledged all the same.
     return {"idTokenInfo": _ACCEPTED} if "idToken" in payload else {}
 
 
+def _latest_register(found: list[Reading]) -> float | None:
+    """The register now: a periodic reading wins over a Transaction.Begin one beside it."""
+    registers = [r for r in found if r.name == "energyWh" and r.context != "Transaction.Begin"]
+    return registers[-1].value if registers else energy_register(found)
+
+
+def notify_report(ctx: Context, payload: Payload) -> Payload:
+    values = []
+    for data in objects(payload.get("reportData")):
+        component = data.get("component") if isinstance(data.get("component"), dict) else {}
+        variable = data.get("variable") if isinstance(data.get("variable"), dict) else {}
+        evse = component.get("evse") if isinstance(component.get("evse"), dict) else {}
+        traits = data.get("variableCharacteristics")
+        traits = traits if isinstance(traits, dict) else {}
+        for attribute in objects(data.get("variableAttribute")):
+            values.append(
+                domain.DeviceModelValue(
+                    component=text(component.get("name")) or "?",
+                    component_instance=text(component.get("instance")),
+                    evse_id=as_int(evse.get("id")),
+                    connector_id=as_int(evse.get("connectorId")),
+                    variable=text(variable.get("name")) or "?",
+                    variable_instance=text(variable.get("instance")),
+                    attribute_type=text(attribute.get("type")) or "Actual",
+                    value=attribute.get("value"),
+                    # 2.x Part 2 §B: mutability defaults to ReadWrite
+                    writable=attribute.get("mutability", "ReadWrite") != "ReadOnly",
+                    unit=text(traits.get("unit")),
+                    data_type=text(traits.get("dataType")),
+                )
+            )
+    if values:
+        ctx.emit(domain.DeviceModelReport(values))
+    return {}
+
+
+def data_transfer(ctx: Context, payload: Payload) -> Payload:
+    if "data" in payload:
+        ctx.emit(domain.VendorData(payload["data"]))
+    return {"status": "Accepted"}
+
+
+def custom_data(ctx: Context, payload: Payload) -> None:
+    """Vendors put extra facts (a VIN among them) into `customData` of any message."""
+    extra: Any = payload.get("customData")
+    if extra is not None:
+        ctx.emit(domain.VendorData(extra))
+
+
 HANDLERS: dict[str, Handler] = {
     "Authorize": authorize,
     "BootNotification": boot_notification,
+    "DataTransfer": data_transfer,
     "Heartbeat": heartbeat,
+    "MeterValues": meter_values,
+    "NotifyReport": notify_report,
+    "StatusNotification": status_notification,
     "TransactionEvent": transaction_event,
 }

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from appliance.domain.clock import iso_now
 from appliance.versions import v201
-from appliance.versions.common import Context, Handler, Payload, iso_now, need
+from appliance.versions.common import Context, Handler, Payload, need
 
 
 def vat_number_validation(ctx: Context, payload: Payload) -> Payload:

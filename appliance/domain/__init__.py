@@ -1,0 +1,112 @@
+"""Version-neutral updates: what the per-version mappings make of a message, and what the
+tree applies. No OCPP version appears here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.domain.meter import Reading
+
+
+@dataclass(frozen=True, slots=True)
+class StationBooted:
+    vendor: str | None = None
+    model: str | None = None
+    serial_number: str | None = None
+    charge_box_serial_number: str | None = None
+    firmware_version: str | None = None
+    iccid: str | None = None
+    imsi: str | None = None
+    meter_type: str | None = None
+    meter_serial_number: str | None = None
+    boot_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReceived:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorStatus:
+    """evse_id None: the whole station (1.6 connector 0)."""
+
+    evse_id: int | None
+    connector_id: int | None
+    status: str
+    error_code: str | None = None
+    vendor_error_code: str | None = None
+    info: str | None = None
+    timestamp: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSample:
+    """The sampled values of one message, for one EVSE/connector (None: not said)."""
+
+    evse_id: int | None
+    connector_id: int | None
+    transaction_id: str | None
+    readings: list[Reading]
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionEvent:
+    """A session's start, update or end, from 1.6 Start/StopTransaction or 2.x
+    TransactionEvent. Fields a message does not carry are None."""
+
+    transaction_id: str
+    event: str  # Started | Updated | Ended
+    timestamp: str | None
+    evse_id: int | None = None
+    connector_id: int | None = None
+    id_token: str | None = None
+    seq_no: int | None = None
+    offline: bool = False
+    stop_reason: str | None = None
+    meter_start_wh: float | None = None
+    meter_stop_wh: float | None = None
+    #: the latest energy register seen in this event (live session energy)
+    meter_now_wh: float | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceModelValue:
+    """One attribute of a variable of a component, from a 2.x NotifyReport."""
+
+    component: str
+    component_instance: str | None
+    evse_id: int | None
+    connector_id: int | None
+    variable: str
+    variable_instance: str | None
+    attribute_type: str
+    value: Any
+    writable: bool
+    unit: str | None
+    data_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceModelReport:
+    values: list[DeviceModelValue]
+
+
+@dataclass(frozen=True, slots=True)
+class VendorData:
+    """DataTransfer data or customData: where a VIN may hide (SPEC §7)."""
+
+    data: Any
+
+
+Update = (
+    StationBooted
+    | HeartbeatReceived
+    | ConnectorStatus
+    | MeterSample
+    | TransactionEvent
+    | DeviceModelReport
+    | VendorData
+)

@@ -1,0 +1,154 @@
+"""Sampled values: measurand and phase → state name, and units normalised.
+
+One table says what each measurand is called in the tree; every other measurand gets a
+derived camelCase name. Energy is kept in Wh, power in W, whatever the charge point sent
+(1.6 `unit`, 2.x `unitOfMeasure.unit` × 10^`multiplier`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+#: measurand → (state name, normalised unit). A phase adds its suffix: currentL1, voltageL1L2.
+MEASURANDS: dict[str, tuple[str, str]] = {
+    "Energy.Active.Import.Register": ("energyWh", "Wh"),
+    "Energy.Active.Export.Register": ("energyExportWh", "Wh"),
+    "Energy.Reactive.Import.Register": ("energyReactiveImportVarh", "varh"),
+    "Energy.Reactive.Export.Register": ("energyReactiveExportVarh", "varh"),
+    "Energy.Active.Import.Interval": ("energyIntervalWh", "Wh"),
+    "Energy.Active.Export.Interval": ("energyExportIntervalWh", "Wh"),
+    "Energy.Active.Net": ("energyNetWh", "Wh"),
+    "Power.Active.Import": ("power", "W"),
+    "Power.Active.Export": ("powerExport", "W"),
+    "Power.Reactive.Import": ("powerReactiveImport", "var"),
+    "Power.Reactive.Export": ("powerReactiveExport", "var"),
+    "Power.Offered": ("powerOffered", "W"),
+    "Power.Factor": ("powerFactor", ""),
+    "Current.Import": ("current", "A"),
+    "Current.Export": ("currentExport", "A"),
+    "Current.Offered": ("currentOffered", "A"),
+    "Voltage": ("voltage", "V"),
+    "Frequency": ("frequency", "Hz"),
+    "Temperature": ("temperature", "Celsius"),
+    "SoC": ("soc", "Percent"),
+    "RPM": ("rpm", "rpm"),
+}
+#: what a sampled value without a measurand is (1.6 §7.31, 2.x MeasurandEnumType default)
+DEFAULT_MEASURAND = "Energy.Active.Import.Register"
+
+#: the aggregate names SPEC §5.1 pins: powerW, and powerL1..3 per phase
+_UNPHASED_SUFFIX = {"power": "W"}
+
+# unit as sent → (normalised unit, factor)
+_UNITS: dict[str, tuple[str, float]] = {
+    "wh": ("Wh", 1),
+    "kwh": ("Wh", 1000),
+    "w": ("W", 1),
+    "kw": ("W", 1000),
+    "varh": ("varh", 1),
+    "kvarh": ("varh", 1000),
+    "var": ("var", 1),
+    "kvar": ("var", 1000),
+    "va": ("VA", 1),
+    "kva": ("VA", 1000),
+    "a": ("A", 1),
+    "v": ("V", 1),
+    "percent": ("Percent", 1),
+    "%": ("Percent", 1),
+    "celsius": ("Celsius", 1),
+    "hz": ("Hz", 1),
+}
+
+# OCPP phases → name suffix: L1 and L1-N are the same conductor for a reading
+_PHASES = {
+    "L1": "L1",
+    "L2": "L2",
+    "L3": "L3",
+    "N": "N",
+    "L1-N": "L1",
+    "L2-N": "L2",
+    "L3-N": "L3",
+    "L1-L2": "L1L2",
+    "L2-L3": "L2L3",
+    "L3-L1": "L3L1",
+}
+
+# Within one message the register a Transaction.Begin reading carries (often 0 on
+# chargers that count per session) must not override a periodic reading beside it.
+CONTEXT_RANK = {
+    "Sample.Periodic": 5,
+    "Sample.Clock": 5,
+    "Trigger": 4,
+    "Transaction.End": 3,
+    "Transaction.Begin": 2,
+    "Interruption.End": 1,
+    "Interruption.Begin": 1,
+    "Other": 0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One sampled value, normalised."""
+
+    name: str  # state name: energyWh, powerW, currentL1, …
+    measurand: str
+    phase: str | None
+    location: str | None
+    context: str | None
+    unit: str
+    value: float
+    sampled_at: str | None
+
+
+def _derived_name(measurand: str) -> str:
+    words = re.split(r"[^A-Za-z0-9]+", measurand)
+    return words[0].lower() + "".join(w[:1].upper() + w[1:] for w in words[1:])
+
+
+def state_name(measurand: str, phase: str | None) -> tuple[str, str]:
+    """(state name, normalised unit) of a measurand on a phase."""
+    name, unit = MEASURANDS.get(measurand) or (_derived_name(measurand), "")
+    suffix = _PHASES.get(phase, re.sub(r"[^A-Za-z0-9]", "", phase)) if phase else ""
+    if not suffix:
+        suffix = _UNPHASED_SUFFIX.get(name, "")
+    return name + suffix, unit
+
+
+def normalise(value: float, unit: str | None, natural_unit: str) -> tuple[float, str]:
+    """A value in the unit sent → the normalised unit (kWh → Wh, kW → W, Fahrenheit, K)."""
+    if not unit:
+        return value, natural_unit
+    lowered = unit.lower()
+    if lowered == "fahrenheit":
+        return (value - 32) * 5 / 9, "Celsius"
+    if lowered == "k":
+        return value - 273.15, "Celsius"
+    normalised, factor = _UNITS.get(lowered, (unit, 1))
+    return value * factor, normalised
+
+
+def reading(
+    raw_value: object,
+    measurand: str | None,
+    phase: str | None,
+    location: str | None,
+    context: str | None,
+    unit: str | None,
+    multiplier: int,
+    sampled_at: str | None,
+) -> Reading | None:
+    """A Reading, or None for a value that is not a number (1.6 SignedData, garbage)."""
+    try:
+        value = float(raw_value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if value != value or value in (float("inf"), float("-inf")):
+        return None
+    measurand = measurand or DEFAULT_MEASURAND
+    name, natural_unit = state_name(measurand, phase)
+    if multiplier:
+        value *= 10.0**multiplier
+    value, unit = normalise(value, unit, natural_unit)
+    return Reading(name, measurand, phase, location, context, unit, value, sampled_at)

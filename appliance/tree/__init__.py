@@ -1,0 +1,458 @@
+"""The object tree: version-neutral updates → `states`, `objects` and history rows.
+
+Runs on the event loop and only queues work for the store's writer thread; anything
+costly per message (flattening payloads) is handed over as a lazy producer, computed once
+per commit for the latest message of its kind.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+from appliance import domain
+from appliance.domain.clock import iso_now, order_key, time_suspect
+from appliance.domain.meter import CONTEXT_RANK
+from appliance.store import (
+    INSERT_CHARGE_POINT,
+    INSERT_METER_VALUE,
+    TRANSACTION_EVENT,
+    Meta,
+    Opened,
+    StateWrite,
+    Store,
+    now_ms,
+)
+from appliance.tree.flatten import flatten
+from appliance.tree.ids import PROTOCOL_SEGMENT, component_segment, escape, variable_segment
+from appliance.tree.vin import find_vin
+
+#: how many stopped sessions per charge point are remembered, so that a late event for
+#: one of them never reopens it
+CLOSED_SESSIONS_KEPT = 200
+
+
+def _meta(kind: str, role: str, name: str, unit: str | None = None) -> Meta:
+    return (kind, role, unit, False, name)
+
+
+# One place for what each fixed state is (type, role, unit, name).
+INFO: dict[str, Meta] = {
+    "connected": _meta("boolean", "indicator.connected", "connected"),
+    "protocol": _meta("string", "info.protocol", "OCPP subprotocol"),
+    "remoteAddress": _meta("string", "info.address", "remote address"),
+    "lastSeen": _meta("number", "date", "last frame received (ms)", "ms"),
+    "vendor": _meta("string", "info.manufacturer", "vendor"),
+    "model": _meta("string", "info.model", "model"),
+    "serialNumber": _meta("string", "info.serial", "serial number"),
+    "chargeBoxSerialNumber": _meta("string", "info.serial", "charge box serial number"),
+    "firmwareVersion": _meta("string", "info.firmware", "firmware version"),
+    "iccid": _meta("string", "info.iccid", "modem ICCID"),
+    "imsi": _meta("string", "info.imsi", "modem IMSI"),
+    "meterType": _meta("string", "info.meter", "meter type"),
+    "meterSerialNumber": _meta("string", "info.serial", "meter serial number"),
+    "bootReason": _meta("string", "info.reason", "boot reason"),
+    "lastBoot": _meta("string", "date", "last boot"),
+    "lastHeartbeat": _meta("string", "date", "last heartbeat"),
+    "status": _meta("string", "info.status", "station status"),
+    "errorCode": _meta("string", "info.error", "station error code"),
+    "vin": _meta("string", "info.vin", "vehicle identification number"),
+    "lastViolation": _meta("string", "info.violation", "latest schema violation"),
+}
+CONNECTOR: dict[str, Meta] = {
+    "status": _meta("string", "info.status", "connector status"),
+    "errorCode": _meta("string", "info.error", "error code"),
+    "vendorErrorCode": _meta("string", "info.error", "vendor error code"),
+    "info": _meta("string", "info", "status info"),
+    "statusTimestamp": _meta("string", "date", "status timestamp (charge point's clock)"),
+}
+TRANSACTIONS: dict[str, Meta] = {
+    "active": _meta("boolean", "indicator.charging", "a transaction is running"),
+    "lastEvent": _meta("json", "json", "latest transaction event (raw)"),
+    "last.id": _meta("string", "value.transaction", "transaction id"),
+    "last.idToken": _meta("string", "value.rfid", "idToken / idTag"),
+    "last.evseId": _meta("number", "value", "EVSE"),
+    "last.startedAt": _meta("string", "date.start", "started at (charge point's clock)"),
+    "last.stoppedAt": _meta("string", "date.end", "stopped at (charge point's clock)"),
+    "last.meterStartWh": _meta("number", "value.energy", "register at start", "Wh"),
+    "last.energyWh": _meta("number", "value.energy", "session energy", "Wh"),
+    "last.energyKWh": _meta("number", "value.energy", "session energy", "kWh"),
+    "last.stopReason": _meta("string", "text", "stop reason"),
+}
+_ROLE_OF_UNIT = {
+    "Wh": "value.energy",
+    "kWh": "value.energy",
+    "W": "value.power",
+    "A": "value.current",
+    "V": "value.voltage",
+    "Percent": "value.battery",
+    "Celsius": "value.temperature",
+    "Hz": "value.frequency",
+}
+
+
+def _reading_meta(name: str, unit: str) -> Meta:
+    return ("number", _ROLE_OF_UNIT.get(unit, "value"), unit or None, False, name)
+
+
+@dataclass(slots=True)
+class _Sessions:
+    """What the tree remembers of one charge point's sessions."""
+
+    open: dict[str, float | None] = field(default_factory=dict)  # id → start register
+    #: where each open session runs: later events that leave out their EVSE are placed
+    where: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
+    closed: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    last: str | None = None
+
+
+@dataclass(slots=True)
+class _Station:
+    prefix: str
+    sessions: _Sessions = field(default_factory=_Sessions)
+    #: latest ordering key applied per aggregated meter state: older samples never win
+    meter_order: dict[str, float] = field(default_factory=dict)
+
+
+class Tree:
+    def __init__(self, store: Store, opened: Opened | None = None) -> None:
+        self.store = store
+        self._stations: dict[str, _Station] = {}
+        for identity, transaction_id, start in opened.open_sessions if opened else ():
+            self._station(identity).sessions.open[transaction_id] = start
+        for identity, transaction_id in opened.closed_sessions if opened else ():
+            self._station(identity).sessions.closed[transaction_id] = None
+
+    def _station(self, identity: str) -> _Station:
+        station = self._stations.get(identity)
+        if station is None:
+            station = self._stations[identity] = _Station(escape(identity))
+        return station
+
+    def _set(self, identity: str, writes: list[StateWrite]) -> None:
+        prefix = self._station(identity).prefix
+        self.store.set_states([(f"{prefix}.{sid}", v, m) for sid, v, m in writes])
+
+    # ------------------------------------------------------------ connection events
+
+    def connected(self, identity: str, protocol: str, remote: str) -> None:
+        station = self._station(identity)
+        self.store.put(INSERT_CHARGE_POINT, (identity, station.prefix, now_ms()))
+        self._set(
+            identity,
+            [
+                ("info.connected", True, INFO["connected"]),
+                ("info.protocol", protocol, INFO["protocol"]),
+                ("info.remoteAddress", remote, INFO["remoteAddress"]),
+            ],
+        )
+
+    def disconnected(self, identity: str) -> None:
+        self._set(identity, [("info.connected", False, INFO["connected"])])
+
+    def seen(self, identity: str) -> None:
+        self._set(identity, [("info.lastSeen", now_ms(), INFO["lastSeen"])])
+
+    def violation(self, identity: str, text: str) -> None:
+        self._set(identity, [("info.lastViolation", text, INFO["lastViolation"])])
+
+    # ---------------------------------------------------------------- raw capture
+
+    def capture(
+        self,
+        identity: str,
+        protocol: str,
+        direction: str,
+        action: str,
+        payload: Any,
+        response: Any = None,
+    ) -> None:
+        """`ocpp.<protocol>.<in|out>.<Action>.raw` and `.data.<path>` for the latest CALL
+        of each action, `.response` for its answer; flattened in the writer thread."""
+        prefix = self._station(identity).prefix
+        base = f"{prefix}.ocpp.{PROTOCOL_SEGMENT[protocol]}.{direction}.{escape(action)}"
+
+        def produce() -> list[StateWrite]:
+            writes: list[StateWrite] = [(f"{base}.raw", payload, RAW_META)]
+            if response is not None:
+                writes.append((f"{base}.response", response, RESPONSE_META))
+            writes += [(f"{base}.data.{path}", value, None) for path, value in flatten(payload)]
+            return writes
+
+        self.store.set_states_lazily((base, "call"), produce)
+
+    def capture_response(
+        self, identity: str, protocol: str, direction: str, action: str, response: Any
+    ) -> None:
+        prefix = self._station(identity).prefix
+        base = f"{prefix}.ocpp.{PROTOCOL_SEGMENT[protocol]}.{direction}.{escape(action)}"
+        self.store.set_states([(f"{base}.response", response, RESPONSE_META)])
+
+    # -------------------------------------------------------------------- updates
+
+    def apply(self, identity: str, update: domain.Update) -> None:
+        handler = self._handlers[type(update)]
+        handler(self, identity, update)
+
+    def _booted(self, identity: str, update: domain.StationBooted) -> None:
+        fields = {
+            "vendor": update.vendor,
+            "model": update.model,
+            "serialNumber": update.serial_number,
+            "chargeBoxSerialNumber": update.charge_box_serial_number,
+            "firmwareVersion": update.firmware_version,
+            "iccid": update.iccid,
+            "imsi": update.imsi,
+            "meterType": update.meter_type,
+            "meterSerialNumber": update.meter_serial_number,
+            "bootReason": update.boot_reason,
+            "lastBoot": iso_now(),
+        }
+        self._set(
+            identity,
+            [(f"info.{name}", v, INFO[name]) for name, v in fields.items() if v is not None],
+        )
+
+    def _heartbeat(self, identity: str, update: domain.HeartbeatReceived) -> None:
+        self._set(identity, [("info.lastHeartbeat", iso_now(), INFO["lastHeartbeat"])])
+
+    def _status(self, identity: str, update: domain.ConnectorStatus) -> None:
+        if update.evse_id is None:
+            writes = [("info.status", update.status, INFO["status"])]
+            if update.error_code is not None:
+                writes.append(("info.errorCode", update.error_code, INFO["errorCode"]))
+            self._set(identity, writes)
+            return
+        base = _connector_base(update.evse_id, update.connector_id)
+        values = {
+            "status": update.status,
+            "errorCode": update.error_code,
+            "vendorErrorCode": update.vendor_error_code,
+            "info": update.info,
+            "statusTimestamp": update.timestamp,
+        }
+        self._set(
+            identity,
+            [(f"{base}.{k}", v, CONNECTOR[k]) for k, v in values.items() if v is not None],
+        )
+
+    def _meter(self, identity: str, update: domain.MeterSample) -> None:
+        station = self._station(identity)
+        if update.evse_id is None and update.transaction_id is not None:
+            # known from the session's own start, not guessed
+            evse_id, connector_id = station.sessions.where.get(update.transaction_id, (None, None))
+            if evse_id is not None:
+                update = replace(update, evse_id=evse_id, connector_id=connector_id)
+        received = now_ms()
+        rows = []
+        best: dict[str, tuple[tuple[int, float], Any]] = {}
+        for r in update.readings:
+            suspect = time_suspect(r.sampled_at)
+            rows.append(
+                (
+                    identity,
+                    update.evse_id,
+                    update.connector_id,
+                    update.transaction_id,
+                    r.sampled_at,
+                    r.measurand,
+                    r.phase,
+                    r.location,
+                    r.context,
+                    r.unit,
+                    r.value,
+                    received,
+                    int(suspect),
+                )
+            )
+            if r.location not in (None, "Outlet", "Cable", "EV"):
+                continue  # a grid-side (Inlet) or body reading is not the session's
+            # the best reading of each name in this message: context first, then time
+            rank = (CONTEXT_RANK.get(r.context or "Sample.Periodic", 0), order_key(r.sampled_at))
+            if r.name not in best or rank >= best[r.name][0]:
+                best[r.name] = (rank, r)
+        for row in rows:
+            self.store.put(INSERT_METER_VALUE, row)
+        writes: list[StateWrite] = []
+        connector = _connector_base(update.evse_id, update.connector_id) if update.evse_id else None
+        for name, ((_, order), r) in best.items():
+            meta = _reading_meta(name, r.unit)
+            if connector is not None:
+                writes.append((f"{connector}.{name}", r.value, meta))
+            if order < station.meter_order.get(name, float("-inf")):
+                continue  # an older sample delivered late: the aggregate keeps the newer
+            station.meter_order[name] = order
+            writes.append((f"meterValues.{name}", r.value, meta))
+            if name == "energyWh":
+                kwh_meta = _reading_meta("energyKWh", "kWh")
+                writes.append(("meterValues.energyKWh", round(r.value / 1000, 6), kwh_meta))
+        energy = best.get("energyWh")
+        if energy is not None and update.transaction_id is not None:
+            writes += self._live_energy(station, update.transaction_id, energy[1].value)
+        self._set(identity, writes)
+
+    def _live_energy(self, station: _Station, transaction_id: str, register: float) -> list:
+        sessions = station.sessions
+        start = sessions.open.get(transaction_id)
+        if transaction_id != sessions.last or start is None:
+            return []
+        return _energy_writes(register - start)
+
+    def _transaction(self, identity: str, update: domain.TransactionEvent) -> None:
+        station = self._station(identity)
+        received = now_ms()
+        suspect = time_suspect(update.timestamp)
+        self.store.put(
+            TRANSACTION_EVENT,
+            {
+                "identity": identity,
+                "transaction_id": update.transaction_id,
+                "evse_id": update.evse_id,
+                "connector_id": update.connector_id,
+                "id_token": update.id_token,
+                "started_at": update.timestamp if update.event == "Started" else None,
+                "stopped_at": update.timestamp if update.event == "Ended" else None,
+                "meter_start_wh": update.meter_start_wh,
+                "meter_stop_wh": update.meter_stop_wh,
+                "stop_reason": update.stop_reason if update.event == "Ended" else None,
+                "received_at": received,
+                "time_suspect": int(suspect),
+                "seq_no": update.seq_no,
+                "offline": int(update.offline),
+            },
+        )
+        sessions = station.sessions
+        tid = update.transaction_id
+        writes: list[StateWrite] = [
+            ("transactions.lastEvent", update.raw, TRANSACTIONS["lastEvent"])
+        ]
+        if tid in sessions.closed or tid == "-1":
+            # late, repeated or anonymous: recorded in the row, never reopened
+            self._set(identity, writes)
+            return
+        is_new = tid not in sessions.open
+        if is_new:
+            sessions.open[tid] = update.meter_start_wh
+            sessions.last = tid
+        if update.evse_id is not None and sessions.where.get(tid, (None,))[0] is None:
+            sessions.where[tid] = (update.evse_id, update.connector_id)
+        elif sessions.open[tid] is None and update.meter_start_wh is not None:
+            sessions.open[tid] = update.meter_start_wh
+        start = sessions.open[tid]
+        if tid == sessions.last:
+            if is_new:
+                writes += [
+                    ("transactions.last.id", tid, TRANSACTIONS["last.id"]),
+                    ("transactions.last.stoppedAt", None, TRANSACTIONS["last.stoppedAt"]),
+                    ("transactions.last.stopReason", None, TRANSACTIONS["last.stopReason"]),
+                ]
+                writes += _energy_writes(0.0 if start is not None else None)
+            for key, value in (
+                ("last.idToken", update.id_token),
+                ("last.evseId", update.evse_id),
+                ("last.meterStartWh", start),
+                ("last.startedAt", update.timestamp if update.event == "Started" else None),
+            ):
+                if value is not None:
+                    writes.append((f"transactions.{key}", value, TRANSACTIONS[key]))
+            register = update.meter_stop_wh if update.event == "Ended" else update.meter_now_wh
+            if register is not None and start is not None:
+                writes += _energy_writes(register - start)
+        if update.event == "Ended":
+            del sessions.open[tid]
+            sessions.where.pop(tid, None)
+            sessions.closed[tid] = None
+            if len(sessions.closed) > CLOSED_SESSIONS_KEPT:
+                sessions.closed.popitem(last=False)
+            if tid == sessions.last:
+                writes.append(
+                    (
+                        "transactions.last.stoppedAt",
+                        update.timestamp,
+                        TRANSACTIONS["last.stoppedAt"],
+                    )
+                )
+                if update.stop_reason is not None:
+                    writes.append(
+                        (
+                            "transactions.last.stopReason",
+                            update.stop_reason,
+                            TRANSACTIONS["last.stopReason"],
+                        )
+                    )
+        writes.append(("transactions.active", bool(sessions.open), TRANSACTIONS["active"]))
+        self._set(identity, writes)
+
+    def _device_model(self, identity: str, update: domain.DeviceModelReport) -> None:
+        writes: list[StateWrite] = []
+        for v in update.values:
+            component = component_segment(
+                v.component, v.evse_id, v.connector_id, v.component_instance
+            )
+            variable = variable_segment(v.variable, v.variable_instance)
+            kind = _DM_TYPES.get(v.data_type or "", "string")
+            meta: Meta = (kind, "state", v.unit, v.writable, f"{v.component} {v.variable}")
+            state = f"dm.{component}.{variable}.{escape(v.attribute_type)}.value"
+            writes.append((state, _dm_value(v.value, kind), meta))
+        self._set(identity, writes)
+
+    def _vendor_data(self, identity: str, update: domain.VendorData) -> None:
+        vin = find_vin(update.data)
+        if vin is not None:
+            self._set(identity, [("info.vin", vin, INFO["vin"])])
+
+    _handlers: ClassVar[dict[type, Callable[[Tree, str, Any], None]]] = {
+        domain.StationBooted: _booted,
+        domain.HeartbeatReceived: _heartbeat,
+        domain.ConnectorStatus: _status,
+        domain.MeterSample: _meter,
+        domain.TransactionEvent: _transaction,
+        domain.DeviceModelReport: _device_model,
+        domain.VendorData: _vendor_data,
+    }
+
+
+RAW_META: Meta = ("json", "json", None, False, "latest payload (raw JSON)")
+RESPONSE_META: Meta = ("json", "json", None, False, "its answer (raw JSON)")
+_DM_TYPES = {
+    "integer": "number",
+    "decimal": "number",
+    "boolean": "boolean",
+    "string": "string",
+    "dateTime": "string",
+    "OptionList": "string",
+    "SequenceList": "string",
+    "MemberList": "string",
+}
+
+
+def _connector_base(evse_id: int, connector_id: int | None) -> str:
+    """A 2.x message that names no connector is not guessed as connector 1: its readings
+    stay at the EVSE."""
+    if connector_id is None:
+        return f"evse.{evse_id}"
+    return f"evse.{evse_id}.connector.{connector_id}"
+
+
+def _energy_writes(energy_wh: float | None) -> list[StateWrite]:
+    kwh = None if energy_wh is None else round(energy_wh / 1000, 6)
+    return [
+        ("transactions.last.energyWh", energy_wh, TRANSACTIONS["last.energyWh"]),
+        ("transactions.last.energyKWh", kwh, TRANSACTIONS["last.energyKWh"]),
+    ]
+
+
+def _dm_value(value: Any, kind: str) -> Any:
+    if value is None or not isinstance(value, str):
+        return value
+    if kind == "number":
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() and "." not in value else number
+    if kind == "boolean":
+        return {"true": True, "false": False}.get(value.lower(), value)
+    return value

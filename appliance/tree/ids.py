@@ -1,0 +1,44 @@
+"""State ids: dotted paths whose outside-supplied segments are escaped reversibly.
+
+An identity or a component name may hold dots, slashes, spaces, `%`, glob characters or
+any Unicode; each such segment is percent-encoded (UTF-8) except for ASCII letters,
+digits, `_`, `-` and `~`, so an id never holds a dot inside a segment, reads the same in
+any SQL client and `unescape` gives the original back.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote
+
+_SAFE = re.compile(r"[^A-Za-z0-9_~-]")
+
+
+def escape(segment: str) -> str:
+    return _SAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), segment)
+
+
+def unescape(segment: str) -> str:
+    return unquote(segment)
+
+
+#: protocol segments (SPEC §5.1): ocpp1.6 → ocpp1_6
+PROTOCOL_SEGMENT = {"ocpp1.6": "ocpp1_6", "ocpp2.0.1": "ocpp2_0_1", "ocpp2.1": "ocpp2_1"}
+
+
+def component_segment(
+    name: str, evse: int | None = None, connector: int | None = None, instance: str | None = None
+) -> str:
+    """`<name>[@<evse>[-<connector>]][#<instance>]` with each part escaped (SPEC §5.1)."""
+    segment = escape(name)
+    if evse is not None:
+        segment += f"@{evse}"
+        if connector is not None:
+            segment += f"-{connector}"
+    if instance:
+        segment += f"#{escape(instance)}"
+    return segment
+
+
+def variable_segment(name: str, instance: str | None = None) -> str:
+    return escape(name) + (f"#{escape(instance)}" if instance else "")
