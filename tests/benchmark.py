@@ -6,8 +6,9 @@ prints calls/s, p50/p99 latency, the server's CPU µs per call, its RSS, and the
 wrote to disk per 1 000 messages; then the appliance's CPU per call as a ratio of the
 others measured in the same run.
 
-    python tests/benchmark.py                       # the appliance alone
-    python tests/benchmark.py --shared ../shared/bench   # plus the echo ceiling and the ocpp-package peer
+    python tests/benchmark.py                            # the appliance alone
+    python tests/benchmark.py --shared ../shared/bench   # plus the echo ceilings and
+                                                         # the ocpp-package peer
 """
 
 from __future__ import annotations
