@@ -20,7 +20,7 @@ QUERIES = re.findall(r"```sql\n(.*?)```", README.read_text(), re.DOTALL)
 
 def query_about(words: str) -> str:
     """The README query whose opening comment mentions `words`."""
-    matches = [q for q in QUERIES if words in q.split("\n")[0]]
+    matches = [q for q in QUERIES if any(words in line for line in q.split("\n") if "--" in line)]
     assert len(matches) == 1, f"one README query about {words!r}, found {len(matches)}"
     return matches[0]
 
