@@ -2,9 +2,10 @@
 
 N charge points (OCPP 1.6) boot, then send MeterValues back to back, one CALL in flight
 each. Each server runs pinned to CPU 0, the load on CPU 1. For every server and N it
-prints calls/s, p50/p99 latency, the server's CPU µs per call, its RSS, and the bytes it
-wrote to disk per 1 000 messages; then the appliance's CPU per call as a ratio of the
-others measured in the same run.
+prints calls/s, p50/p99 latency, the server's CPU µs per call, its RSS, the bytes it
+wrote to disk per 1 000 calls beside the bytes of the frames themselves, and how much the
+database grew; then the appliance's CPU per call as a ratio of the others measured in
+the same run.
 
     python tests/benchmark.py                            # the appliance alone
     python tests/benchmark.py --shared ../shared/bench   # plus the echo ceilings and
@@ -50,7 +51,9 @@ BOOT = {"chargePointVendor": "Bench", "chargePointModel": "Load"}
 # ------------------------------------------------------------------------ the load
 
 
-async def _charge_point(url: str, index: int, stop_at: float, latencies: list, errors: list):
+async def _charge_point(
+    url: str, index: int, stop_at: float, latencies: list, errors: list, pace: float, wire: list
+):
     async with websockets.connect(f"{url}/LOAD{index}", subprotocols=["ocpp1.6"]) as ws:
         counter = 0
 
@@ -59,23 +62,33 @@ async def _charge_point(url: str, index: int, stop_at: float, latencies: list, e
             counter += 1
             message_id = f"{index}-{counter}"
             started = time.perf_counter()
-            await ws.send(json.dumps([2, message_id, action, payload]))
-            answer = json.loads(await ws.recv())
+            frame = json.dumps([2, message_id, action, payload])
+            await ws.send(frame)
+            text = await ws.recv()
+            wire.append(len(frame) + len(text))
+            answer = json.loads(text)
             if answer[0] != 3 or answer[1] != message_id:
                 errors.append(answer)
             return time.perf_counter() - started
 
         await call("BootNotification", BOOT)
         while time.perf_counter() < stop_at:
-            latencies.append(await call("MeterValues", METER_VALUES))
+            took = await call("MeterValues", METER_VALUES)
+            latencies.append(took)
+            if pace:
+                await asyncio.sleep(max(0.0, pace - took))
 
 
-async def _load(url: str, count: int, duration: float) -> dict:
+async def _load(url: str, count: int, duration: float, pace: float = 0.0) -> dict:
     latencies: list[float] = []
     errors: list = []
+    wire: list[int] = []
     started = time.perf_counter()
     await asyncio.gather(
-        *(_charge_point(url, i, started + duration, latencies, errors) for i in range(count))
+        *(
+            _charge_point(url, i, started + duration, latencies, errors, pace, wire)
+            for i in range(count)
+        )
     )
     elapsed = time.perf_counter() - started
     latencies.sort()
@@ -90,6 +103,7 @@ async def _load(url: str, count: int, duration: float) -> dict:
         "p50_ms": round(quantile(0.5), 3) if latencies else None,
         "p99_ms": round(quantile(0.99), 3) if latencies else None,
         "errors": len(errors),
+        "frame_bytes_per_1000_calls": round(sum(wire) * 1000 / max(len(wire), 1)),
     }
 
 
@@ -134,7 +148,21 @@ def _pin(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)] if shutil.which("taskset") else []
 
 
-def measure(name: str, command: list[str], port: int, counts: list[int], duration: float) -> list:
+def _size(database: Path | None) -> int:
+    if database is None:
+        return 0
+    return sum(p.stat().st_size for p in database.parent.glob(database.name + "*"))
+
+
+def measure(
+    name: str,
+    command: list[str],
+    port: int,
+    counts: list[int],
+    duration: float,
+    pace: float = 0,
+    database: Path | None = None,
+) -> list:
     server = subprocess.Popen(_pin(0) + command, stderr=subprocess.DEVNULL)
     results = []
     try:
@@ -143,7 +171,8 @@ def measure(name: str, command: list[str], port: int, counts: list[int], duratio
             os.sched_setaffinity(0, {1})
         for count in counts:
             cpu0, disk0 = _cpu_seconds(server.pid), _written_bytes(server.pid)
-            load = asyncio.run(_load(f"ws://127.0.0.1:{port}", count, duration))
+            size0 = _size(database)
+            load = asyncio.run(_load(f"ws://127.0.0.1:{port}", count, duration, pace))
             cpu1, disk1 = _cpu_seconds(server.pid), _written_bytes(server.pid)
             calls = max(load["calls"], 1)
             row = {
@@ -153,8 +182,10 @@ def measure(name: str, command: list[str], port: int, counts: list[int], duratio
                 "rss_kb": _rss_kb(server.pid),
             }
             if disk0 is not None and disk1 is not None:
-                # two frames (CALL and CALLRESULT) per call
-                row["disk_bytes_per_1000_messages"] = round((disk1 - disk0) * 1000 / (2 * calls))
+                row["disk_bytes_per_1000_calls"] = round((disk1 - disk0) * 1000 / calls)
+            if database is not None:
+                time.sleep(1.5)  # the last commit
+                row["db_growth_bytes_per_call"] = round((_size(database) - size0) / calls)
             print(json.dumps(row), flush=True)
             results.append(row)
     finally:
@@ -172,6 +203,14 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=6, help="seconds per measurement")
     parser.add_argument("--shared", help="../shared/bench: add its echo ceiling and ocpp peer")
     parser.add_argument("--port", type=int, default=9300)
+    parser.add_argument(
+        "--paced",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="each charge point sends one MeterValues every SECONDS instead of back to back "
+        "(e.g. -n 10 --paced 1 --duration 60 for the disk-write measure)",
+    )
     args = parser.parse_args()
     counts = [int(n) for n in args.n.split(",")]
 
@@ -192,9 +231,11 @@ def main() -> None:
         port = args.port + offset
         if name != "appliance":
             command = [*command, str(port)]
-        rows = measure(name, command, port, counts, args.duration)
+        database = folder / "bench.db" if name == "appliance" else None
+        rows = measure(name, command, port, counts, args.duration, args.paced, database)
         results[name] = {row["n"]: row["server_cpu_us_per_call"] for row in rows}
 
+    shutil.rmtree(folder, ignore_errors=True)
     for other in results:
         if other == "appliance":
             continue
@@ -204,7 +245,6 @@ def main() -> None:
             if results[other].get(n)
         }
         print(json.dumps({"appliance_cpu_per_call_ratio_to": other, **ratios}))
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

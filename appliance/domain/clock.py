@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from functools import lru_cache
 
 # SPEC §2: a timestamp is implausible before 2010 or more than a day ahead.
 EARLIEST_PLAUSIBLE = datetime(2010, 1, 1, tzinfo=UTC).timestamp()
@@ -11,6 +12,12 @@ MAX_AHEAD_SEC = 24 * 3600
 
 
 def parse(stamp: object) -> float | None:
+    # one message repeats its timestamp for every sampled value: parse each text once
+    return _parse(stamp) if isinstance(stamp, str) else None
+
+
+@lru_cache(maxsize=1024)
+def _parse(stamp: str) -> float | None:
     """Seconds since the epoch of an ISO 8601 timestamp (no zone: UTC), None if unreadable."""
     if not isinstance(stamp, str):
         return None

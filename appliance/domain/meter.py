@@ -8,7 +8,8 @@ derived camelCase name. Energy is kept in Wh, power in W, whatever the charge po
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
 
 #: measurand → (state name, normalised unit). A phase adds its suffix: currentL1, voltageL1L2.
 MEASURANDS: dict[str, tuple[str, str]] = {
@@ -88,9 +89,9 @@ CONTEXT_RANK = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One sampled value, normalised."""
+class Reading(NamedTuple):
+    """One sampled value, normalised. (A named tuple: a message carries dozens of them,
+    and tuples are the cheapest thing Python builds.)"""
 
     name: str  # state name: energyWh, powerW, currentL1, …
     measurand: str
@@ -107,10 +108,11 @@ def _derived_name(measurand: str) -> str:
     return words[0].lower() + "".join(w[:1].upper() + w[1:] for w in words[1:])
 
 
+@lru_cache(maxsize=512)
 def state_name(measurand: str, phase: str | None) -> tuple[str, str]:
     """(state name, normalised unit) of a measurand on a phase."""
     name, unit = MEASURANDS.get(measurand) or (_derived_name(measurand), "")
-    suffix = _PHASES.get(phase, re.sub(r"[^A-Za-z0-9]", "", phase)) if phase else ""
+    suffix = (_PHASES.get(phase) or re.sub(r"[^A-Za-z0-9]", "", phase)) if phase else ""
     if not suffix:
         suffix = _UNPHASED_SUFFIX.get(name, "")
     return name + suffix, unit

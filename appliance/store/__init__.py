@@ -97,6 +97,7 @@ SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 _STOP = object()
 _STATES = object()
 _LAZY = object()
+_MANY = object()
 
 #: describes a state in `objects`: (type, role, unit, writable, name)
 Meta = tuple[str, str, str | None, bool, str]
@@ -151,6 +152,8 @@ class Store:
         self._failing: str | None = None
         #: what `objects` already says, by id (writer thread only)
         self._described: dict[str, Meta] = {}
+        #: what `states` holds, by id: (value or its hash, ts) (writer thread only)
+        self._written: dict[str, tuple[Any, int]] = {}
         self._stopping = threading.Event()
         self.commits = 0
 
@@ -186,6 +189,11 @@ class Store:
     def put(self, statement: str, params: tuple[Any, ...] | dict[str, Any]) -> None:
         """Queue one row; never blocks. Committed within one commit interval."""
         self._queue.put((statement, params))
+
+    def put_many(self, statement: str, rows: list[Any]) -> None:
+        """Queue several rows of one statement as one item."""
+        if rows:
+            self._queue.put((_MANY, statement, rows))
 
     def set_states(self, writes: list[StateWrite], ts: int | None = None) -> None:
         """Queue state writes; per commit only the latest value of each id is written."""
@@ -290,24 +298,37 @@ class Store:
             elif tag is _LAZY:
                 lazy.pop(item[1], None)  # keep arrival order: the latest goes last
                 lazy[item[1]] = (item[2], item[3])
+            elif tag is _MANY:
+                rows.extend((item[1], params) for params in item[2])
             else:
                 rows.append(item)
+        # lazy producers in arrival order (a later one wins), explicit writes on top
+        eager, latest = latest, {}
         for produce, ts in lazy.values():
             for state_id, value, meta in produce():
-                latest.setdefault(state_id, (value, ts, meta))
+                latest[state_id] = (value, ts, meta)
+        latest.update(eager)
         new_objects = [
             (state_id, *(meta or _infer_meta(value)))
             for state_id, (value, _, meta) in latest.items()
             if self._described.get(state_id) != (meta or _infer_meta(value))
         ]
+        # A value that has not changed is rewritten only every STATE_REFRESH_MS: on an SD
+        # card every rewritten row costs a whole page in the WAL.
+        state_rows = []
+        written = self._written
+        for state_id, (value, ts, _) in latest.items():
+            encoded = _encode(value)
+            fingerprint = _fingerprint(encoded)
+            last = written.get(state_id)
+            if last is not None and last[0] == fingerprint and ts - last[1] < STATE_REFRESH_MS:
+                continue
+            state_rows.append((state_id, encoded, ts, fingerprint))
         try:
             with connection:  # one transaction: commit, or roll back on error
                 for statement, group in _runs(rows):
                     connection.executemany(statement, group)
-                connection.executemany(
-                    UPSERT_STATE,
-                    [(i, _encode(value), ts) for i, (value, ts, _) in latest.items()],
-                )
+                connection.executemany(UPSERT_STATE, [row[:3] for row in state_rows])
                 connection.executemany(UPSERT_OBJECT, new_objects)
         except sqlite3.OperationalError as exc:
             # Locked by another process, disk full: keep the rows, retry next interval.
@@ -317,6 +338,8 @@ class Store:
             return False
         for state_id, *meta in new_objects:
             self._described[state_id] = tuple(meta)  # type: ignore[assignment]
+        for state_id, _, ts, fingerprint in state_rows:
+            written[state_id] = (fingerprint, ts)
         if self._failing is not None:
             log.warning("database: writing again (%s cleared)", self._failing)
             self._failing = None
@@ -422,6 +445,8 @@ class TransactionIds:
 TRANSACTION_ID_BLOCK = 1000
 #: a session without a stop for this long is not taken as still running after a restart
 OPEN_SESSION_MAX_AGE_MS = 7 * 24 * 3600 * 1000
+#: an unchanged state's `ts` is refreshed at least this often (ms)
+STATE_REFRESH_MS = 60_000
 #: how many 1.6 starts are remembered to recognise a StartTransaction repeated after a
 #: lost answer; repeats come within minutes, a charger's offline queue is far shorter.
 RECENT_STARTS = 1000
@@ -451,6 +476,13 @@ def _encode(value: Any) -> Any:
     if isinstance(value, (dict, list)):
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     return value
+
+
+def _fingerprint(encoded: Any) -> Any:
+    """The value itself, or for long text (raw JSON) a hash: memory stays small."""
+    if isinstance(encoded, str) and len(encoded) > 64:
+        return hash(encoded)
+    return (type(encoded), encoded)
 
 
 def _infer_meta(value: Any) -> Meta:

@@ -93,6 +93,10 @@ _ROLE_OF_UNIT = {
 }
 
 
+_SESSION_LOCATIONS = frozenset({None, "Outlet", "Cable", "EV"})
+_KWH_META: Meta = ("number", "value.energy", "kWh", False, "energyKWh")
+
+
 def _reading_meta(name: str, unit: str) -> Meta:
     return ("number", _ROLE_OF_UNIT.get(unit, "value"), unit or None, False, name)
 
@@ -248,15 +252,19 @@ class Tree:
         received = now_ms()
         rows = []
         best: dict[str, tuple[tuple[int, float], Any]] = {}
+        clock: dict[str | None, tuple[int, float]] = {}  # per timestamp text: parsed once
         for r in update.readings:
-            suspect = time_suspect(r.sampled_at)
+            stamp = r.sampled_at
+            if stamp not in clock:
+                clock[stamp] = (int(time_suspect(stamp)), order_key(stamp))
+            suspect, order = clock[stamp]
             rows.append(
                 (
                     identity,
                     update.evse_id,
                     update.connector_id,
                     update.transaction_id,
-                    r.sampled_at,
+                    stamp,
                     r.measurand,
                     r.phase,
                     r.location,
@@ -264,34 +272,45 @@ class Tree:
                     r.unit,
                     r.value,
                     received,
-                    int(suspect),
+                    suspect,
                 )
             )
-            if r.location not in (None, "Outlet", "Cable", "EV"):
+            if r.location not in _SESSION_LOCATIONS:
                 continue  # a grid-side (Inlet) or body reading is not the session's
             # the best reading of each name in this message: context first, then time
-            rank = (CONTEXT_RANK.get(r.context or "Sample.Periodic", 0), order_key(r.sampled_at))
+            rank = (CONTEXT_RANK.get(r.context or "Sample.Periodic", 0), order)
             if r.name not in best or rank >= best[r.name][0]:
                 best[r.name] = (rank, r)
-        for row in rows:
-            self.store.put(INSERT_METER_VALUE, row)
-        writes: list[StateWrite] = []
+        self.store.put_many(INSERT_METER_VALUE, rows)
         connector = _connector_base(update.evse_id, update.connector_id) if update.evse_id else None
+        latest = []  # (name, value, unit, for the aggregate too)
         for name, ((_, order), r) in best.items():
-            meta = _reading_meta(name, r.unit)
-            if connector is not None:
-                writes.append((f"{connector}.{name}", r.value, meta))
-            if order < station.meter_order.get(name, float("-inf")):
-                continue  # an older sample delivered late: the aggregate keeps the newer
-            station.meter_order[name] = order
-            writes.append((f"meterValues.{name}", r.value, meta))
-            if name == "energyWh":
-                kwh_meta = _reading_meta("energyKWh", "kWh")
-                writes.append(("meterValues.energyKWh", round(r.value / 1000, 6), kwh_meta))
+            newer = order >= station.meter_order.get(name, float("-inf"))
+            if newer:  # else: an older sample delivered late, the aggregate keeps the newer
+                station.meter_order[name] = order
+            latest.append((name, r.value, r.unit, newer))
+        prefix = station.prefix
+
+        def produce() -> list[StateWrite]:
+            writes: list[StateWrite] = []
+            for name, value, unit, newer in latest:
+                meta = _reading_meta(name, unit)
+                if connector is not None:
+                    writes.append((f"{prefix}.{connector}.{name}", value, meta))
+                if newer:
+                    writes.append((f"{prefix}.meterValues.{name}", value, meta))
+                    if name == "energyWh":
+                        kwh = round(value / 1000, 6)
+                        writes.append((f"{prefix}.meterValues.energyKWh", kwh, _KWH_META))
+            return writes
+
+        # States are the latest value: a charger's stream of same-shaped messages is
+        # materialised once per commit (the rows above keep every sample).
+        key = (prefix, connector, tuple(name for name, *_ in latest))
+        self.store.set_states_lazily(key, produce)
         energy = best.get("energyWh")
         if energy is not None and update.transaction_id is not None:
-            writes += self._live_energy(station, update.transaction_id, energy[1].value)
-        self._set(identity, writes)
+            self._set(identity, self._live_energy(station, update.transaction_id, energy[1].value))
 
     def _live_energy(self, station: _Station, transaction_id: str, register: float) -> list:
         sessions = station.sessions
