@@ -197,12 +197,49 @@ def measure(
     return results
 
 
+def store_throughput(seconds: float = 5.0) -> dict:
+    """How many meter_values rows (plus their messages and states) the writer commits
+    per second, fed as fast as the event loop would feed it."""
+    from appliance.store import Store
+    from appliance.tree import Tree
+    from appliance.versions import v16
+
+    folder = Path(tempfile.mkdtemp(prefix="ocpp-store-"))
+    store = Store(folder / "s.db", 1000)
+    opened = store.open()
+    tree = Tree(store, opened)
+    frame = json.dumps([2, "1", "MeterValues", METER_VALUES])
+    readings = v16.readings(METER_VALUES["meterValue"])
+    from appliance.domain import MeterSample
+
+    started = time.perf_counter()
+    messages = 0
+    while time.perf_counter() - started < seconds:
+        for cp in range(10):
+            identity = f"CP{cp}"
+            store.record_frame(identity, "ocpp1.6", "in", frame, 2, "1", "MeterValues", None)
+            tree.apply(identity, MeterSample(1, 1, "1", readings))
+            messages += 1
+        while store._queue.qsize() > 20_000:  # keep memory bounded: wait for the writer
+            time.sleep(0.01)
+    store.close()
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "store_messages_per_s": round(messages / elapsed),
+        "store_meter_rows_per_s": round(messages * len(readings) / elapsed),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", default="1,10,100", help="charge point counts (default 1,10,100)")
     parser.add_argument("--duration", type=float, default=6, help="seconds per measurement")
     parser.add_argument("--shared", help="../shared/bench: add its echo ceiling and ocpp peer")
     parser.add_argument("--port", type=int, default=9300)
+    parser.add_argument(
+        "--store", action="store_true", help="only measure the rows per second the store sustains"
+    )
     parser.add_argument(
         "--paced",
         type=float,
@@ -213,6 +250,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     counts = [int(n) for n in args.n.split(",")]
+    if args.store:
+        print(json.dumps(store_throughput(args.duration)))
+        return
 
     folder = Path(tempfile.mkdtemp(prefix="ocpp-bench-"))
     config = folder / "appliance.toml"

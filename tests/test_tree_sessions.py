@@ -19,7 +19,7 @@ import pytest
 import websockets
 from websockets.sync.client import connect
 
-from conftest import wait_for
+from conftest import start_appliance_process, wait_for
 
 NO_FETCH = "[device_model]\nfetch_on_boot = false\n"
 MISSING = object()
@@ -41,11 +41,11 @@ def state(appliance: Any, state_id: str) -> Any:
 
 
 def wait_state(appliance: Any, state_id: str, expected: Any, timeout: float = 10) -> None:
-    wait_for(
-        lambda: state(appliance, state_id) == expected,
-        timeout,
-        f"{state_id} = {expected!r} (is {state(appliance, state_id)!r})",
-    )
+    try:
+        wait_for(lambda: state(appliance, state_id) == expected, timeout, f"{state_id}")
+    except AssertionError:
+        got = state(appliance, state_id)
+        raise AssertionError(f"{state_id} is {got!r}, not {expected!r}") from None
 
 
 def tree(appliance: Any, prefix: str) -> dict[str, Any]:
@@ -84,6 +84,12 @@ def transactions(appliance: Any, identity: str) -> list[tuple]:
         f"SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE identity = ? ORDER BY seq",
         identity,
     )
+
+
+def session_rows(appliance: Any, identity: str) -> list[dict[str, Any]]:
+    """The `transactions` rows of one charge point, as column → value."""
+    names = [c.strip() for c in TRANSACTION_COLUMNS.split(",")]
+    return [dict(zip(names, row, strict=True)) for row in transactions(appliance, identity)]
 
 
 def meter_rows(appliance: Any, identity: str) -> list[tuple]:
@@ -166,7 +172,10 @@ def boot16(cp: Station, serial: str = "SN-1") -> None:
 
 
 def boot2x(cp: Station) -> None:
-    cp.ok("BootNotification", {"chargingStation": {"model": "R2", "vendorName": "Raw"}, "reason": "PowerUp"})
+    cp.ok(
+        "BootNotification",
+        {"chargingStation": {"model": "R2", "vendorName": "Raw"}, "reason": "PowerUp"},
+    )
 
 
 def sv16(value: str, measurand: str, unit: str, **extra: str) -> dict[str, str]:
@@ -352,9 +361,22 @@ def test_session_16_with_the_ocpp_package(start_appliance):
     assert described(appliance, f"{identity}.info.connected") == ("boolean", None, 0)
     assert described(appliance, f"{identity}.info.vendor")[0] == "string"
 
-    assert transactions(appliance, identity) == [
-        (tid, 1, 1, "04A2B3C4", t_start, t_stop, 12000.0, 14000.0, 2000.0, "EVDisconnected",
-         0, None, 0)  # fmt: skip
+    assert session_rows(appliance, identity) == [
+        {
+            "transaction_id": tid,
+            "evse_id": 1,
+            "connector_id": 1,
+            "id_token": "04A2B3C4",
+            "started_at": t_start,
+            "stopped_at": t_stop,
+            "meter_start_wh": 12000.0,
+            "meter_stop_wh": 14000.0,
+            "energy_wh": 2000.0,
+            "stop_reason": "EVDisconnected",
+            "time_suspect": 0,
+            "seq_no": None,
+            "offline": 0,
+        }
     ]
     assert {k: v for k, v in got.items() if k.startswith("transactions.last.")} == {
         "transactions.last.id": tid,
@@ -373,10 +395,24 @@ def test_session_16_with_the_ocpp_package(start_appliance):
     rows = meter_rows(appliance, identity)
     assert len(rows) == 14
     periodic_row = (1, 1, tid)
-    assert rows[0] == (*periodic_row, "Energy.Active.Import.Register", None, None,
-                       "Sample.Periodic", "Wh", 12500.0, 0)  # fmt: skip
-    assert rows[7][:8] == (*periodic_row, "Energy.Active.Import.Register", None, None,
-                           "Sample.Periodic", "Wh")  # fmt: skip
+    assert rows[0] == (
+        *periodic_row,
+        "Energy.Active.Import.Register",
+        None,
+        None,
+        "Sample.Periodic",
+        "Wh",
+        12500.0,
+        0,
+    )
+    assert rows[7][:8] == (
+        *periodic_row,
+        "Energy.Active.Import.Register",
+        None,
+        None,
+        "Sample.Periodic",
+        "Wh",
+    )
     assert rows[7][8] == pytest.approx(13200)
     assert rows[8][3:8] == ("Power.Active.Import", None, None, "Sample.Periodic", "W")
     assert rows[8][8] == pytest.approx(11040)
@@ -443,13 +479,21 @@ REPORT_1 = [
             {"type": "MaxSet", "value": "22000", "mutability": "ReadWrite"},
             {"type": "Actual", "value": "0", "mutability": "ReadOnly"},
         ],
-        "variable_characteristics": {"unit": "W", "data_type": "decimal", "supports_monitoring": True},
+        "variable_characteristics": {
+            "unit": "W",
+            "data_type": "decimal",
+            "supports_monitoring": True,
+        },
     },
     {
         "component": {"name": "OCPPCommCtrlr"},
         "variable": {"name": "MessageTimeout", "instance": "Default"},
         "variable_attribute": [{"value": "30", "mutability": "ReadWrite"}],
-        "variable_characteristics": {"unit": "s", "data_type": "integer", "supports_monitoring": False},
+        "variable_characteristics": {
+            "unit": "s",
+            "data_type": "integer",
+            "supports_monitoring": False,
+        },
     },
 ]
 REPORT_2 = [
@@ -490,8 +534,10 @@ def test_session_2x_with_the_ocpp_package(start_appliance, version):
     identity = f"WB-{version[4:].replace('.', '')}"
     tid = f"TX-{identity}-1"
     token = {"id_token": "04A2B3C4", "type": "ISO14443"}
-    t = {name: stamp(offset) for name, offset in
-         (("start", -300), ("tx_mv", -200), ("mv", -100), ("stop", -10))}  # fmt: skip
+    t = {
+        name: stamp(offset)
+        for name, offset in (("start", -300), ("tx_mv", -200), ("mv", -100), ("stop", -10))
+    }
 
     def periodic(value: float, measurand: str, unit: str, multiplier: int = 0, **extra: Any):
         uom: dict[str, Any] = {"unit": unit}
@@ -616,7 +662,9 @@ def test_session_2x_with_the_ocpp_package(start_appliance, version):
         )
         await cp.call(
             call.DataTransfer(
-                vendor_id="com.example.ev", message_id="VehicleInfo", data=json.dumps({"vin": VIN_US})
+                vendor_id="com.example.ev",
+                message_id="VehicleInfo",
+                data=json.dumps({"vin": VIN_US}),
             ),
             suppress=False,
         )
@@ -678,9 +726,22 @@ def test_session_2x_with_the_ocpp_package(start_appliance, version):
         assert described(appliance, f"{identity}.{sid}") == (kind, unit, writable), sid
     assert sorted(k for k in got if k.startswith("dm.")) == sorted(DEVICE_MODEL)
 
-    assert transactions(appliance, identity) == [
-        (tid, 1, 1, "04A2B3C4", t["start"], t["stop"], 10000.0, 12000.0, 2000.0,
-         "EVDisconnected", 0, 2, 0)  # fmt: skip
+    assert session_rows(appliance, identity) == [
+        {
+            "transaction_id": tid,
+            "evse_id": 1,
+            "connector_id": 1,
+            "id_token": "04A2B3C4",
+            "started_at": t["start"],
+            "stopped_at": t["stop"],
+            "meter_start_wh": 10000.0,
+            "meter_stop_wh": 12000.0,
+            "energy_wh": 2000.0,
+            "stop_reason": "EVDisconnected",
+            "time_suspect": 0,
+            "seq_no": 2,
+            "offline": 0,
+        }
     ]
     assert {k: v for k, v in got.items() if k.startswith("transactions.")} == {
         "transactions.active": 0,
@@ -699,13 +760,28 @@ def test_session_2x_with_the_ocpp_package(start_appliance, version):
 
     rows = meter_rows(appliance, identity)
     assert len(rows) == 1 + 7 + 7 + 1
-    assert rows[0] == (1, 1, tid, "Energy.Active.Import.Register", None, None,
-                       "Transaction.Begin", "Wh", 10000.0, 0)  # fmt: skip
+    assert rows[0] == (
+        1,
+        1,
+        tid,
+        "Energy.Active.Import.Register",
+        None,
+        None,
+        "Transaction.Begin",
+        "Wh",
+        10000.0,
+        0,
+    )
     # the Updated event named no EVSE: its session's is known from the Started one
     assert rows[1][:3] == (1, 1, tid) and rows[1][7] == "Wh"
     assert rows[1][8] == pytest.approx(10500)
     assert rows[2][3] == "Power.Active.Import" and rows[2][7:9] == ("W", pytest.approx(7200))
-    assert [(r[4], r[7]) for r in rows[3:7]] == [("L1", "A"), ("L2", "A"), ("L3", "A"), ("L1-N", "V")]
+    assert [(r[4], r[7]) for r in rows[3:7]] == [
+        ("L1", "A"),
+        ("L2", "A"),
+        ("L3", "A"),
+        ("L1-N", "V"),
+    ]
     # the MeterValues: EVSE 1, no connector, no transaction
     assert {r[:3] for r in rows[8:15]} == {(1, None, None)}
     assert rows[8][7:9] == ("Wh", pytest.approx(11000))
@@ -738,6 +814,17 @@ INFO_2X = {
 
 
 # ========================================================== messy reality, raw frames
+
+
+@pytest.fixture(scope="module")
+def appliance(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One appliance for all the raw-frame tests of this module (the whole-session tests
+    above start their own): each test uses identities of its own."""
+    appliance = start_appliance_process(tmp_path_factory.mktemp("shared"), NO_FETCH)
+    yield appliance
+    if appliance.proc.poll() is None:
+        appliance.proc.kill()
+        appliance.proc.wait()
 
 
 def tx_event(
@@ -801,15 +888,17 @@ def offline_session(tid: str, t0: str, t1: str, t2: str) -> dict[str, dict[str, 
 def wait_last_event(appliance: Any, prefix: str, seq_no: int) -> None:
     """Sync point: `transactions.lastEvent` shows the event with this seqNo."""
     wait_for(
-        lambda: (v := state(appliance, f"{prefix}.transactions.lastEvent")) is not MISSING
-        and json.loads(v).get("seqNo") == seq_no,
+        lambda: (
+            (v := state(appliance, f"{prefix}.transactions.lastEvent")) is not MISSING
+            and json.loads(v).get("seqNo") == seq_no
+        ),
         what=f"lastEvent seqNo {seq_no}",
     )
 
 
 @pytest.mark.parametrize("version", ["ocpp2.0.1", "ocpp2.1"])
 def test_late_and_repeated_events_never_reopen_a_session(appliance, version):
-    identity, tid = "LATE", "tx-late-1"
+    identity, tid = f"LATE-{version.replace('.', '')}", "tx-late-1"
     t0, t1, t2 = stamp(-3600), stamp(-1800), stamp(-60)
     events = offline_session(tid, t0, t1, t2)
     events["Started"]["offline"] = False
@@ -850,7 +939,7 @@ def test_late_and_repeated_events_never_reopen_a_session(appliance, version):
 
 @pytest.mark.parametrize("version", ["ocpp2.0.1", "ocpp2.1"])
 def test_offline_queue_delivered_backwards_and_twice_gives_one_row(appliance, version):
-    identity, tid = "BACKWARDS", "tx-back-1"
+    identity, tid = f"BACKWARDS-{version.replace('.', '')}", "tx-back-1"
     t0, t1, t2 = stamp(-3600), stamp(-1800), stamp(-60)
     events = offline_session(tid, t0, t1, t2)
     with Station(appliance.url, identity, version) as cp:
@@ -916,7 +1005,12 @@ def test_transaction_begin_register_beside_a_periodic_one_does_not_go_back(appli
                     {
                         "timestamp": stamp(-60),
                         "sampledValue": [
-                            sv16("5000", "Energy.Active.Import.Register", "Wh", context="Sample.Periodic")
+                            sv16(
+                                "5000",
+                                "Energy.Active.Import.Register",
+                                "Wh",
+                                context="Sample.Periodic",
+                            )
                         ],
                     }
                 ],
@@ -933,9 +1027,19 @@ def test_transaction_begin_register_beside_a_periodic_one_does_not_go_back(appli
                     {
                         "timestamp": now,
                         "sampledValue": [
-                            sv16("5.1", "Energy.Active.Import.Register", "kWh", context="Sample.Periodic"),
+                            sv16(
+                                "5.1",
+                                "Energy.Active.Import.Register",
+                                "kWh",
+                                context="Sample.Periodic",
+                            ),
                             # a charger that counts per session: its Begin register is 0
-                            sv16("0", "Energy.Active.Import.Register", "Wh", context="Transaction.Begin"),
+                            sv16(
+                                "0",
+                                "Energy.Active.Import.Register",
+                                "Wh",
+                                context="Transaction.Begin",
+                            ),
                         ],
                     }
                 ],
@@ -959,7 +1063,10 @@ def test_implausible_charge_point_clock_is_marked_time_suspect(appliance):
         return {
             "connectorId": 1,
             "meterValue": [
-                {"timestamp": when, "sampledValue": [sv16(wh, "Energy.Active.Import.Register", "Wh")]}
+                {
+                    "timestamp": when,
+                    "sampledValue": [sv16(wh, "Energy.Active.Import.Register", "Wh")],
+                }
             ],
         }
 
@@ -972,7 +1079,12 @@ def test_implausible_charge_point_clock_is_marked_time_suspect(appliance):
         cp.ok("MeterValues", reading(stamp(3600), "1400"))  # an hour ahead: a sloppy clock
         started = cp.ok(
             "StartTransaction",
-            {"connectorId": 1, "idTag": "T", "meterStart": 1400, "timestamp": "1970-01-01T00:01:00Z"},
+            {
+                "connectorId": 1,
+                "idTag": "T",
+                "meterStart": 1400,
+                "timestamp": "1970-01-01T00:01:00Z",
+            },
         )
     disconnected(appliance, identity)
     rows = appliance.query(
@@ -1070,7 +1182,12 @@ def test_registers_restarting_at_zero_give_each_session_its_energy(appliance):
         for n, (stop_wh, mid_wh) in enumerate(((7000, 3000), (5000, 2500))):
             start = cp.ok(
                 "StartTransaction",
-                {"connectorId": 1, "idTag": f"TAG{n}", "meterStart": 0, "timestamp": stamp(-600 + n * 200)},
+                {
+                    "connectorId": 1,
+                    "idTag": f"TAG{n}",
+                    "meterStart": 0,
+                    "timestamp": stamp(-600 + n * 200),
+                },
             )
             tid = start["transactionId"]
             ids.append(str(tid))
@@ -1082,7 +1199,9 @@ def test_registers_restarting_at_zero_give_each_session_its_energy(appliance):
                     "meterValue": [
                         {
                             "timestamp": stamp(-550 + n * 200),
-                            "sampledValue": [sv16(str(mid_wh), "Energy.Active.Import.Register", "Wh")],
+                            "sampledValue": [
+                                sv16(str(mid_wh), "Energy.Active.Import.Register", "Wh")
+                            ],
                         }
                     ],
                 },
@@ -1108,15 +1227,26 @@ def test_16_stop_for_an_unknown_transaction_is_acknowledged_and_recorded(applian
     identity = "UNKNOWN-STOP"
     with Station(appliance.url, identity) as cp:
         boot16(cp)
-        assert cp.call(
-            "StopTransaction",
-            {"transactionId": 424242, "meterStop": 9000, "timestamp": stamp(-5), "idTag": "T"},
-        )[0] == 3
-        for _ in range(2):  # offline starts: never merged
-            assert cp.ok(
+        assert (
+            cp.call(
                 "StopTransaction",
-                {"transactionId": -1, "meterStop": 100, "timestamp": stamp(), "reason": "PowerLoss"},
-            ) == {}
+                {"transactionId": 424242, "meterStop": 9000, "timestamp": stamp(-5), "idTag": "T"},
+            )[0]
+            == 3
+        )
+        for _ in range(2):  # offline starts: never merged
+            assert (
+                cp.ok(
+                    "StopTransaction",
+                    {
+                        "transactionId": -1,
+                        "meterStop": 100,
+                        "timestamp": stamp(),
+                        "reason": "PowerLoss",
+                    },
+                )
+                == {}
+            )
     disconnected(appliance, identity)
     rows = transactions(appliance, identity)
     assert [(r[0], r[5] is not None, r[6], r[7], r[8], r[9]) for r in rows] == [
@@ -1127,20 +1257,21 @@ def test_16_stop_for_an_unknown_transaction_is_acknowledged_and_recorded(applian
     assert state(appliance, f"{identity}.transactions.active") == 0
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        "1M8GDM9AXKP042789",  # North American maker, check digit wrong (X is right)
-        json.dumps({"vin": "1M8GDM9AXKP042789"}),
-        json.dumps({"vin": "WVWZZZ1KZAW0O1234"}),  # O is not in the VIN alphabet
-        json.dumps({"vin": "WVWZZZIKZAW001234"}),  # nor is I
-        json.dumps({"vin": "WVWZZZQKZAW001234"}),  # nor Q
-        json.dumps({"vin": "12345678901234567"}),  # all digits: a serial number
-        json.dumps({"vin": "WVWZZZE1ZMP01234"}),  # 16 characters
-    ],
-)
-def test_vin_look_alikes_are_not_taken(appliance, data):
-    identity = "NOT-A-VIN"
+#: 17-character strings a VIN search must not take
+NOT_VINS = [
+    "1M8GDM9AXKP042789",  # North American maker, check digit wrong (X is right)
+    json.dumps({"vin": "1M8GDM9AXKP042789"}),
+    json.dumps({"vin": "WVWZZZ1KZAW0O1234"}),  # O is not in the VIN alphabet
+    json.dumps({"vin": "WVWZZZIKZAW001234"}),  # nor is I
+    json.dumps({"vin": "WVWZZZQKZAW001234"}),  # nor Q
+    json.dumps({"vin": "12345678901234567"}),  # all digits: a serial number
+    json.dumps({"vin": "WVWZZZE1ZMP01234"}),  # 16 characters
+]
+
+
+@pytest.mark.parametrize(("n", "data"), list(enumerate(NOT_VINS)))
+def test_vin_look_alikes_are_not_taken(appliance, n, data):
+    identity = f"NOT-A-VIN-{n}"
     with Station(appliance.url, identity) as cp:
         boot16(cp)
         assert cp.ok("DataTransfer", {"vendorId": "com.example", "data": data}) == {
@@ -1155,7 +1286,9 @@ def test_vin_under_a_vin_key_wins_and_customdata_counts(appliance):
     with Station(appliance.url, "VIN-16") as cp:
         boot16(cp)
         data = {"meter": "ABCDEFGH123456789", "ev": {"evVin": VIN_EU}}
-        cp.ok("DataTransfer", {"vendorId": "com.example", "messageId": "ev", "data": json.dumps(data)})
+        cp.ok(
+            "DataTransfer", {"vendorId": "com.example", "messageId": "ev", "data": json.dumps(data)}
+        )
     with Station(appliance.url, "VIN-201", "ocpp2.0.1") as cp:
         boot2x(cp)
         cp.ok(
@@ -1180,10 +1313,17 @@ def test_nearly_compliant_message_in_lenient_mode_sets_last_violation(appliance)
     with Station(appliance.url, identity) as cp:
         answer = cp.ok(
             "BootNotification",
-            {"chargePointVendor": "Sloppy", "chargePointModel": "M", "chargePointSerialNumber": serial},
+            {
+                "chargePointVendor": "Sloppy",
+                "chargePointModel": "M",
+                "chargePointSerialNumber": serial,
+            },
         )
         assert answer["status"] == "Accepted"
-        cp.ok("StatusNotification", {"connectorId": "1", "errorCode": "NoError", "status": "Available"})
+        cp.ok(
+            "StatusNotification",
+            {"connectorId": "1", "errorCode": "NoError", "status": "Available"},
+        )
     disconnected(appliance, identity)
     got = tree(appliance, identity)
     assert got["info.serialNumber"] == serial
@@ -1198,3 +1338,160 @@ def test_nearly_compliant_message_in_lenient_mode_sets_last_violation(appliance)
     assert [a for a, _ in violations] == ["BootNotification", "StatusNotification"]
     assert violations[0][1].startswith("PropertyConstraintViolation: chargePointSerialNumber")
     assert last == f"StatusNotification: {violations[1][1]}"
+
+
+def test_updated_before_started_still_gives_live_session_energy(appliance):
+    """The offline queue delivers an Updated before its Started (no Ended yet): once the
+    Started is in, the session's start register is known and the energy follows."""
+    identity, tid = "UPDATED-FIRST", "tx-uf-1"
+    events = offline_session(tid, stamp(-600), stamp(-300), stamp(-10))
+    with Station(appliance.url, identity, "ocpp2.0.1") as cp:
+        boot2x(cp)
+        cp.ok("TransactionEvent", events["Updated"])
+        cp.ok("TransactionEvent", events["Started"])
+        wait_last_event(appliance, identity, 0)
+        later = tx_event(
+            "Updated",
+            3,
+            stamp(-5),
+            tid,
+            [sv2x(9.5, "Energy.Active.Import.Register", "kWh", context="Sample.Periodic")],
+        )
+        cp.ok("TransactionEvent", later)
+        wait_last_event(appliance, identity, 3)
+    disconnected(appliance, identity)
+    assert transactions(appliance, identity)[0][6] == 5000.0
+    got = tree(appliance, identity)
+    assert {k: got.get(k, MISSING) for k in UPDATED_FIRST} == UPDATED_FIRST
+
+
+UPDATED_FIRST = {
+    "transactions.active": 1,
+    "transactions.last.id": "tx-uf-1",
+    "transactions.last.meterStartWh": 5000,
+    "transactions.last.energyWh": 4500,
+    "transactions.last.energyKWh": 4.5,
+}
+
+
+def late_reading_16(when: str, wh: str) -> dict[str, Any]:
+    return {
+        "connectorId": 1,
+        "meterValue": [
+            {"timestamp": when, "sampledValue": [sv16(wh, "Energy.Active.Import.Register", "Wh")]}
+        ],
+    }
+
+
+def test_a_late_reading_does_not_replace_the_latest_of_its_connector(appliance):
+    """A queued reading delivered after a newer one is history: neither
+    `meterValues.*` nor the connector's latest readings go back to it."""
+    identity = "LATE-READING"
+    with Station(appliance.url, identity) as cp:
+        boot16(cp)
+        cp.ok("MeterValues", late_reading_16(stamp(-10), "15000"))
+        wait_state(appliance, f"{identity}.meterValues.energyWh", 15000)
+        cp.ok("MeterValues", late_reading_16(stamp(-1800), "9000"))  # from the offline queue
+    disconnected(appliance, identity)
+    assert [r[8] for r in meter_rows(appliance, identity)] == [15000.0, 9000.0]
+    assert state(appliance, f"{identity}.meterValues.energyWh") == 15000
+    assert state(appliance, f"{identity}.evse.1.connector.1.energyWh") == 15000
+
+
+def test_a_late_reading_in_the_same_commit_as_a_newer_one(start_appliance, monkeypatch):
+    """With the default commit interval (1 s) a live reading and a queued older one often
+    land in the same commit: the live one is still the latest."""
+    import conftest
+
+    monkeypatch.setattr(
+        conftest,
+        "TEST_CONFIG",
+        conftest.TEST_CONFIG.replace("commit_interval_ms = 50", "commit_interval_ms = 1000"),
+    )
+    slow = start_appliance(NO_FETCH)
+    identity = "SAME-COMMIT"
+    with Station(slow.url, identity) as cp:
+        boot16(cp)
+        cp.ok("MeterValues", late_reading_16(stamp(-10), "15000"))
+        cp.ok("MeterValues", late_reading_16(stamp(-1800), "9000"))  # from the offline queue
+    disconnected(slow, identity)
+    assert [r[8] for r in meter_rows(slow, identity)] == [15000.0, 9000.0]
+    assert state(slow, f"{identity}.meterValues.energyWh") == 15000
+    assert state(slow, f"{identity}.meterValues.energyKWh") == 15.0
+
+
+def test_reading_names_and_units_come_from_the_table(appliance):
+    identity = "READINGS"
+    with Station(appliance.url, identity, "ocpp2.1") as cp:
+        boot2x(cp)
+        cp.ok(
+            "MeterValues",
+            {
+                "evseId": 1,
+                "meterValue": [
+                    {
+                        "timestamp": stamp(),
+                        "sampledValue": [
+                            sv2x(400, "Voltage", "V", phase="L1-L2"),
+                            sv2x(2.3, "Power.Active.Import", "kW", phase="L2"),
+                            sv2x(212, "Temperature", "Fahrenheit", location="Body"),
+                            sv2x(308.15, "Temperature", "K", location="Outlet"),
+                            sv2x(1.5, "Energy.Active.Setpoint.Interval", "kWh"),
+                            sv2x(32, "Current.Offered", "A"),
+                            sv2x(50, "Frequency", "Hz"),
+                            sv2x(99999, "Energy.Active.Import.Register", "Wh", location="Inlet"),
+                            {"value": 4200},  # no measurand: the energy register, in Wh
+                        ],
+                    }
+                ],
+            },
+        )
+    with Station(appliance.url, "SIGNED") as cp:
+        boot16(cp)
+        cp.ok(
+            "MeterValues",
+            {
+                "connectorId": 1,
+                "meterValue": [
+                    {
+                        "timestamp": stamp(),
+                        "sampledValue": [
+                            {"value": "0A1B2C3D", "format": "SignedData"},
+                            {"value": "5000", "format": "Raw"},
+                        ],
+                    }
+                ],
+            },
+        )
+    disconnected(appliance, identity)
+    disconnected(appliance, "SIGNED")
+    got = {k: v for k, v in tree(appliance, identity).items() if k.startswith("meterValues.")}
+    assert got == {
+        "meterValues.voltageL1L2": 400,
+        "meterValues.powerL2": pytest.approx(2300),
+        "meterValues.temperature": pytest.approx(35),
+        "meterValues.energyActiveSetpointInterval": pytest.approx(1500),
+        "meterValues.currentOffered": 32,
+        "meterValues.frequency": 50,
+        "meterValues.energyWh": 4200,
+        "meterValues.energyKWh": 4.2,
+    }
+    assert described(appliance, f"{identity}.meterValues.temperature") == ("number", "Celsius", 0)
+    assert described(appliance, f"{identity}.meterValues.powerL2") == ("number", "W", 0)
+    rows = [(r[3], r[4], r[5], r[7], r[8]) for r in meter_rows(appliance, identity)]
+    assert rows == [
+        ("Voltage", "L1-L2", None, "V", 400.0),
+        ("Power.Active.Import", "L2", None, "W", pytest.approx(2300)),
+        ("Temperature", None, "Body", "Celsius", pytest.approx(100)),
+        ("Temperature", None, "Outlet", "Celsius", pytest.approx(35)),
+        ("Energy.Active.Setpoint.Interval", None, None, "Wh", pytest.approx(1500)),
+        ("Current.Offered", None, None, "A", 32.0),
+        ("Frequency", None, None, "Hz", 50.0),
+        ("Energy.Active.Import.Register", None, "Inlet", "Wh", 99999.0),
+        ("Energy.Active.Import.Register", None, None, "Wh", 4200.0),
+    ]
+    assert [(r[3], r[7], r[8]) for r in meter_rows(appliance, "SIGNED")] == [
+        ("Energy.Active.Import.Register", "Wh", 5000.0)
+    ]
+    raw = json.loads(state(appliance, "SIGNED.ocpp.ocpp1_6.in.MeterValues.raw"))
+    assert raw["meterValue"][0]["sampledValue"][0]["value"] == "0A1B2C3D"

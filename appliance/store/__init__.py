@@ -113,9 +113,9 @@ class Opened:
     transaction_id_floor: int
     transaction_id_reserved: int
     recent_starts: dict[tuple[Any, ...], int]
-    #: (identity, transaction id) of sessions without a stop, and of recently stopped ones
-    open_sessions: list[tuple[str, str, float | None]]
-    closed_sessions: list[tuple[str, str]]
+    #: sessions still running and recently stopped, oldest first: (identity, transaction id,
+    #: evse, connector, start register, stop register, stopped)
+    sessions: list[tuple[str, str, int | None, int | None, float | None, float | None, bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +152,6 @@ class Store:
         self._failing: str | None = None
         #: what `objects` already says, by id (writer thread only)
         self._described: dict[str, Meta] = {}
-        #: what `states` holds, by id: (value or its hash, ts) (writer thread only)
-        self._written: dict[str, tuple[Any, int]] = {}
         self._stopping = threading.Event()
         self.commits = 0
 
@@ -313,22 +311,14 @@ class Store:
             for state_id, (value, _, meta) in latest.items()
             if self._described.get(state_id) != (meta or _infer_meta(value))
         ]
-        # A value that has not changed is rewritten only every STATE_REFRESH_MS: on an SD
-        # card every rewritten row costs a whole page in the WAL.
-        state_rows = []
-        written = self._written
-        for state_id, (value, ts, _) in latest.items():
-            encoded = _encode(value)
-            fingerprint = _fingerprint(encoded)
-            last = written.get(state_id)
-            if last is not None and last[0] == fingerprint and ts - last[1] < STATE_REFRESH_MS:
-                continue
-            state_rows.append((state_id, encoded, ts, fingerprint))
         try:
             with connection:  # one transaction: commit, or roll back on error
                 for statement, group in _runs(rows):
                     connection.executemany(statement, group)
-                connection.executemany(UPSERT_STATE, [row[:3] for row in state_rows])
+                connection.executemany(
+                    UPSERT_STATE,
+                    [(i, _encode(value), ts) for i, (value, ts, _) in latest.items()],
+                )
                 connection.executemany(UPSERT_OBJECT, new_objects)
         except sqlite3.OperationalError as exc:
             # Locked by another process, disk full: keep the rows, retry next interval.
@@ -338,8 +328,6 @@ class Store:
             return False
         for state_id, *meta in new_objects:
             self._described[state_id] = tuple(meta)  # type: ignore[assignment]
-        for state_id, _, ts, fingerprint in state_rows:
-            written[state_id] = (fingerprint, ts)
         if self._failing is not None:
             log.warning("database: writing again (%s cleared)", self._failing)
             self._failing = None
@@ -371,7 +359,8 @@ class Store:
         if deleted:
             log.info("database: pruned %d history rows past their retention", deleted)
             try:
-                connection.execute("PRAGMA incremental_vacuum")
+                # (executescript steps the pragma to the end: execute() frees one page)
+                connection.executescript("PRAGMA incremental_vacuum;")
             except sqlite3.OperationalError as exc:
                 log.warning("database: incremental vacuum postponed: %s", exc)
         return deleted
@@ -393,16 +382,15 @@ class Store:
             (RECENT_STARTS,),
         ).fetchall()
         recent = {tuple(r[:5]): int(r[5]) for r in starts if str(r[5]).isdigit()}
-        open_sessions = connection.execute(
-            "SELECT identity, transaction_id, meter_start_wh FROM transactions"
-            " WHERE stopped_at IS NULL AND transaction_id <> '-1' AND updated_at > ?"
-            " ORDER BY seq",
-            (now_ms() - OPEN_SESSION_MAX_AGE_MS,),
-        ).fetchall()
-        closed = connection.execute(
-            "SELECT identity, transaction_id FROM transactions WHERE stopped_at IS NOT NULL"
-            " ORDER BY seq DESC LIMIT ?",
-            (RECENT_STARTS,),
+        sessions = connection.execute(
+            "SELECT identity, transaction_id, evse_id, connector_id, meter_start_wh,"
+            " meter_stop_wh, stopped_at IS NOT NULL FROM transactions WHERE seq IN ("
+            "  SELECT seq FROM transactions WHERE stopped_at IS NULL AND transaction_id <> '-1'"
+            "   AND updated_at > ?"
+            "  UNION SELECT seq FROM (SELECT seq FROM transactions WHERE stopped_at IS NOT NULL"
+            "   ORDER BY seq DESC LIMIT ?)"
+            ") ORDER BY seq",
+            (now_ms() - OPEN_SESSION_MAX_AGE_MS, RECENT_STARTS),
         ).fetchall()
         # Nobody is connected before the first connection of this run.
         with connection:
@@ -411,7 +399,8 @@ class Store:
                 " lc = CASE WHEN val IS 0 THEN lc ELSE ?1 END WHERE id LIKE '%.info.connected'",
                 (now_ms(),),
             )
-        return Opened(floor, floor + TRANSACTION_ID_BLOCK, recent, open_sessions, closed)
+        restored = [(*row[:6], bool(row[6])) for row in sessions]
+        return Opened(floor, floor + TRANSACTION_ID_BLOCK, recent, restored)
 
 
 class TransactionIds:
@@ -445,8 +434,6 @@ class TransactionIds:
 TRANSACTION_ID_BLOCK = 1000
 #: a session without a stop for this long is not taken as still running after a restart
 OPEN_SESSION_MAX_AGE_MS = 7 * 24 * 3600 * 1000
-#: an unchanged state's `ts` is refreshed at least this often (ms)
-STATE_REFRESH_MS = 60_000
 #: how many 1.6 starts are remembered to recognise a StartTransaction repeated after a
 #: lost answer; repeats come within minutes, a charger's offline queue is far shorter.
 RECENT_STARTS = 1000
@@ -478,13 +465,6 @@ def _encode(value: Any) -> Any:
     return value
 
 
-def _fingerprint(encoded: Any) -> Any:
-    """The value itself, or for long text (raw JSON) a hash: memory stays small."""
-    if isinstance(encoded, str) and len(encoded) > 64:
-        return hash(encoded)
-    return (type(encoded), encoded)
-
-
 def _infer_meta(value: Any) -> Meta:
     if isinstance(value, bool):
         kind = "boolean"
@@ -500,6 +480,8 @@ def _infer_meta(value: Any) -> Meta:
 def connect(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    # Before anything writes (journal_mode does): a newer file is left exactly as it was.
+    _refuse_newer(connection, path)
     if connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0] == 0:
         # A new file: freed pages go back to the file system as retention prunes.
         # auto_vacuum can only be chosen before the first page is written.
@@ -511,13 +493,19 @@ def connect(path: Path) -> sqlite3.Connection:
     return connection
 
 
-def migrate(connection: sqlite3.Connection, path: Path) -> None:
+def _refuse_newer(connection: sqlite3.Connection, path: Path) -> None:
     version = connection.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
+        connection.close()
         raise StoreError(
             f"{path} has schema version {version}, newer than this appliance knows"
             f" ({SCHEMA_VERSION}): refusing to touch it; run a newer ocpp-appliance"
         )
+
+
+def migrate(connection: sqlite3.Connection, path: Path) -> None:
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    _refuse_newer(connection, path)
     for number in range(version, SCHEMA_VERSION):
         with connection:
             connection.executescript(

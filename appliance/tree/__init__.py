@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, ClassVar
 
 from appliance import domain
@@ -95,6 +96,26 @@ _ROLE_OF_UNIT = {
 
 _SESSION_LOCATIONS = frozenset({None, "Outlet", "Cable", "EV"})
 _KWH_META: Meta = ("number", "value.energy", "kWh", False, "energyKWh")
+#: what a new latest session clears before its own facts arrive
+_LAST_FIELDS = (
+    "last.idToken",
+    "last.evseId",
+    "last.startedAt",
+    "last.stoppedAt",
+    "last.meterStartWh",
+    "last.energyWh",
+    "last.energyKWh",
+    "last.stopReason",
+)
+
+
+def _reading_writes(base: str, latest: dict[str, tuple[float, float, str]]) -> list[StateWrite]:
+    writes: list[StateWrite] = []
+    for name, (_, value, unit) in latest.items():
+        writes.append((f"{base}.{name}", value, _reading_meta(name, unit)))
+        if name == "energyWh" and base.endswith(".meterValues"):
+            writes.append((f"{base}.energyKWh", round(value / 1000, 6), _KWH_META))
+    return writes
 
 
 def _reading_meta(name: str, unit: str) -> Meta:
@@ -102,32 +123,53 @@ def _reading_meta(name: str, unit: str) -> Meta:
 
 
 @dataclass(slots=True)
-class _Sessions:
-    """What the tree remembers of one charge point's sessions."""
+class _Session:
+    """What the tree knows of one session; facts once known are kept (events arrive late,
+    twice, out of order)."""
 
-    open: dict[str, float | None] = field(default_factory=dict)  # id → start register
-    #: where each open session runs: later events that leave out their EVSE are placed
-    where: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
-    closed: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    evse_id: int | None = None
+    connector_id: int | None = None
+    start: float | None = None  # energy register at start
+    now: float | None = None  # latest register while it runs
+    stop: float | None = None
+    stopped: bool = False
+
+
+@dataclass(slots=True)
+class _Sessions:
+    known: OrderedDict[str, _Session] = field(default_factory=OrderedDict)
     last: str | None = None
+
+    def forget_old(self) -> None:
+        stopped = [tid for tid, s in self.known.items() if s.stopped]
+        for tid in stopped[: max(0, len(stopped) - CLOSED_SESSIONS_KEPT)]:
+            if tid != self.last:
+                del self.known[tid]
+
+    @property
+    def active(self) -> bool:
+        return any(not s.stopped for s in self.known.values())
 
 
 @dataclass(slots=True)
 class _Station:
     prefix: str
     sessions: _Sessions = field(default_factory=_Sessions)
-    #: latest ordering key applied per aggregated meter state: older samples never win
-    meter_order: dict[str, float] = field(default_factory=dict)
+    #: the latest reading per state base (`meterValues` or a connector) and name:
+    #: (ordering key, value, unit); an older sample delivered late never replaces it
+    readings: dict[str, dict[str, tuple[float, float, str]]] = field(default_factory=dict)
 
 
 class Tree:
     def __init__(self, store: Store, opened: Opened | None = None) -> None:
         self.store = store
         self._stations: dict[str, _Station] = {}
-        for identity, transaction_id, start in opened.open_sessions if opened else ():
-            self._station(identity).sessions.open[transaction_id] = start
-        for identity, transaction_id in opened.closed_sessions if opened else ():
-            self._station(identity).sessions.closed[transaction_id] = None
+        for identity, tid, evse, connector, start, stop, stopped in (
+            opened.sessions if opened else ()
+        ):
+            sessions = self._station(identity).sessions
+            sessions.known[tid] = _Session(evse, connector, start, None, stop, stopped)
+            sessions.last = tid  # oldest first: the latest session ends up `last`
 
     def _station(self, identity: str) -> _Station:
         station = self._stations.get(identity)
@@ -246,9 +288,9 @@ class Tree:
         station = self._station(identity)
         if update.evse_id is None and update.transaction_id is not None:
             # known from the session's own start, not guessed
-            evse_id, connector_id = station.sessions.where.get(update.transaction_id, (None, None))
-            if evse_id is not None:
-                update = replace(update, evse_id=evse_id, connector_id=connector_id)
+            session = station.sessions.known.get(update.transaction_id)
+            if session is not None and session.evse_id is not None:
+                update = replace(update, evse_id=session.evse_id, connector_id=session.connector_id)
         received = now_ms()
         rows = []
         best: dict[str, tuple[tuple[int, float], Any]] = {}
@@ -283,41 +325,37 @@ class Tree:
                 best[r.name] = (rank, r)
         self.store.put_many(INSERT_METER_VALUE, rows)
         connector = _connector_base(update.evse_id, update.connector_id) if update.evse_id else None
-        latest = []  # (name, value, unit, for the aggregate too)
-        for name, ((_, order), r) in best.items():
-            newer = order >= station.meter_order.get(name, float("-inf"))
-            if newer:  # else: an older sample delivered late, the aggregate keeps the newer
-                station.meter_order[name] = order
-            latest.append((name, r.value, r.unit, newer))
         prefix = station.prefix
-
-        def produce() -> list[StateWrite]:
-            writes: list[StateWrite] = []
-            for name, value, unit, newer in latest:
-                meta = _reading_meta(name, unit)
-                if connector is not None:
-                    writes.append((f"{prefix}.{connector}.{name}", value, meta))
-                if newer:
-                    writes.append((f"{prefix}.meterValues.{name}", value, meta))
-                    if name == "energyWh":
-                        kwh = round(value / 1000, 6)
-                        writes.append((f"{prefix}.meterValues.energyKWh", kwh, _KWH_META))
-            return writes
-
-        # States are the latest value: a charger's stream of same-shaped messages is
-        # materialised once per commit (the rows above keep every sample).
-        key = (prefix, connector, tuple(name for name, *_ in latest))
-        self.store.set_states_lazily(key, produce)
+        for base in (connector, "meterValues"):
+            if base is None:
+                continue
+            latest = station.readings.setdefault(base, {})
+            changed = False
+            for name, ((_, order), r) in best.items():
+                known = latest.get(name)
+                if known is None or order >= known[0]:
+                    latest[name] = (order, r.value, r.unit)
+                    changed = True
+            if changed:
+                # States are the latest values: a snapshot per base, materialised once
+                # per commit however many messages arrived (the rows keep every sample).
+                snapshot = dict(latest)
+                self.store.set_states_lazily(
+                    (prefix, base), partial(_reading_writes, f"{prefix}.{base}", snapshot)
+                )
         energy = best.get("energyWh")
         if energy is not None and update.transaction_id is not None:
             self._set(identity, self._live_energy(station, update.transaction_id, energy[1].value))
 
     def _live_energy(self, station: _Station, transaction_id: str, register: float) -> list:
         sessions = station.sessions
-        start = sessions.open.get(transaction_id)
-        if transaction_id != sessions.last or start is None:
+        session = sessions.known.get(transaction_id)
+        if session is None or session.stopped:
             return []
-        return _energy_writes(register - start)
+        session.now = register
+        if transaction_id != sessions.last or session.start is None:
+            return []
+        return _energy_writes(register - session.start)
 
     def _transaction(self, identity: str, update: domain.TransactionEvent) -> None:
         station = self._station(identity)
@@ -342,67 +380,61 @@ class Tree:
                 "offline": int(update.offline),
             },
         )
-        sessions = station.sessions
+        self._set(identity, self._session_writes(station.sessions, update))
+
+    def _session_writes(self, sessions: _Sessions, update: domain.TransactionEvent) -> list:
         tid = update.transaction_id
         writes: list[StateWrite] = [
             ("transactions.lastEvent", update.raw, TRANSACTIONS["lastEvent"])
         ]
-        if tid in sessions.closed or tid == "-1":
-            # late, repeated or anonymous: recorded in the row, never reopened
-            self._set(identity, writes)
-            return
-        is_new = tid not in sessions.open
-        if is_new:
-            sessions.open[tid] = update.meter_start_wh
-            sessions.last = tid
-        if update.evse_id is not None and sessions.where.get(tid, (None,))[0] is None:
-            sessions.where[tid] = (update.evse_id, update.connector_id)
-        elif sessions.open[tid] is None and update.meter_start_wh is not None:
-            sessions.open[tid] = update.meter_start_wh
-        start = sessions.open[tid]
+        if tid == "-1":
+            return writes  # anonymous: the row records it, the tree cannot place it
+        session = sessions.known.get(tid)
+        is_new = session is None
+        if session is None:
+            # an Ended of a session never seen, while another runs, is an old one
+            # delivered late: it does not become the latest
+            becomes_last = update.event != "Ended" or not sessions.active
+            session = sessions.known[tid] = _Session()
+            if becomes_last:
+                sessions.last = tid
+                writes += [(f"transactions.{key}", None, TRANSACTIONS[key]) for key in _LAST_FIELDS]
+                writes.append(("transactions.last.id", tid, TRANSACTIONS["last.id"]))
+            sessions.forget_old()
+        if session.evse_id is None and update.evse_id is not None:
+            session.evse_id, session.connector_id = update.evse_id, update.connector_id
+        if session.start is None and update.meter_start_wh is not None:
+            session.start = update.meter_start_wh
+        if update.event == "Ended":
+            session.stopped = True
+            if session.stop is None:
+                session.stop = (
+                    update.meter_stop_wh
+                    if update.meter_stop_wh is not None
+                    else update.meter_now_wh
+                )
+        elif not session.stopped and update.meter_now_wh is not None:
+            session.now = update.meter_now_wh
         if tid == sessions.last:
-            if is_new:
-                writes += [
-                    ("transactions.last.id", tid, TRANSACTIONS["last.id"]),
-                    ("transactions.last.stoppedAt", None, TRANSACTIONS["last.stoppedAt"]),
-                    ("transactions.last.stopReason", None, TRANSACTIONS["last.stopReason"]),
-                ]
-                writes += _energy_writes(0.0 if start is not None else None)
             for key, value in (
                 ("last.idToken", update.id_token),
-                ("last.evseId", update.evse_id),
-                ("last.meterStartWh", start),
+                ("last.evseId", session.evse_id),
+                ("last.meterStartWh", session.start),
                 ("last.startedAt", update.timestamp if update.event == "Started" else None),
+                ("last.stoppedAt", update.timestamp if update.event == "Ended" else None),
+                ("last.stopReason", update.stop_reason if update.event == "Ended" else None),
             ):
                 if value is not None:
                     writes.append((f"transactions.{key}", value, TRANSACTIONS[key]))
-            register = update.meter_stop_wh if update.event == "Ended" else update.meter_now_wh
-            if register is not None and start is not None:
-                writes += _energy_writes(register - start)
-        if update.event == "Ended":
-            del sessions.open[tid]
-            sessions.where.pop(tid, None)
-            sessions.closed[tid] = None
-            if len(sessions.closed) > CLOSED_SESSIONS_KEPT:
-                sessions.closed.popitem(last=False)
-            if tid == sessions.last:
-                writes.append(
-                    (
-                        "transactions.last.stoppedAt",
-                        update.timestamp,
-                        TRANSACTIONS["last.stoppedAt"],
-                    )
-                )
-                if update.stop_reason is not None:
-                    writes.append(
-                        (
-                            "transactions.last.stopReason",
-                            update.stop_reason,
-                            TRANSACTIONS["last.stopReason"],
-                        )
-                    )
-        writes.append(("transactions.active", bool(sessions.open), TRANSACTIONS["active"]))
-        self._set(identity, writes)
+            register = session.stop if session.stopped else session.now
+            if session.start is not None:
+                energy = 0.0 if register is None and not session.stopped else None
+                if register is not None:
+                    energy = register - session.start
+                if energy is not None or is_new:
+                    writes += _energy_writes(energy)
+        writes.append(("transactions.active", sessions.active, TRANSACTIONS["active"]))
+        return writes
 
     def _device_model(self, identity: str, update: domain.DeviceModelReport) -> None:
         writes: list[StateWrite] = []
