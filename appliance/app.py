@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import trio
 
 from appliance import __version__
 from appliance.config import Config
+from appliance.controls import Controls
 from appliance.rpc import DIALECTS, SchemaSet
 from appliance.store import Retention, Store, TransactionIds
 from appliance.transport import Server
@@ -40,7 +44,16 @@ def compile_schemas(config: Config) -> dict[str, SchemaSet]:
     return {name: SchemaSet(DIALECTS[name]) for name in config.subprotocols}
 
 
-async def serve(config: Config) -> None:
+@dataclass(frozen=True, slots=True)
+class Running:
+    server: Server
+    port: int
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Running]:
+    """The appliance, serving until the block ends; then every connection is closed with
+    1001 and the database flushed."""
     store = Store(
         config.database_path,
         config.storage.commit_interval_ms,
@@ -49,34 +62,43 @@ async def serve(config: Config) -> None:
     opened = await trio.to_thread.run_sync(store.open)
     try:
         schemas = compile_schemas(config)
-        server = Server(config, store, schemas, TransactionIds(store, opened), Tree(store, opened))
+        tree = Tree(store, opened)
+        server = Server(config, store, schemas, TransactionIds(store, opened), tree)
+        server.controls = Controls(server, store, tree, config.device_model.fetch_on_boot)
         listeners = await trio.open_tcp_listeners(config.port, host=config.host or None)
-        # What start-up built lives for the whole run: keep it out of every collection.
-        # Each frame then allocates a few dozen short-lived containers; collecting the
-        # young generation every 700 allocations (the default) costs more than it frees.
-        gc.freeze()
-        gc.set_threshold(20_000, 20, 50)
-        with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(server.run, listeners)
-                port = listeners[0].socket.getsockname()[1]
-                log.info(
-                    "ocpp-appliance %s listening on ws://%s:%d/<identity> (%s), database %s",
-                    __version__,
-                    config.host,
-                    port,
-                    ", ".join(config.subprotocols),
-                    config.database_path,
-                )
-                async for signum in signals:
-                    log.info("%s: closing connections", signal.Signals(signum).name)
-                    break
-                await server.shutdown()
-                # connections got CLOSE_GRACE_SEC to answer the close frame
-                with trio.move_on_after(2):
-                    while server.connections or server.streams:
-                        await trio.sleep(0.05)
-                nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            # stale commands are swept before the first charge point can connect
+            await nursery.start(server.controls.run)
+            await nursery.start(server.run, listeners)
+            yield Running(server, listeners[0].socket.getsockname()[1])
+            await server.shutdown()
+            # connections got CLOSE_GRACE_SEC to answer the close frame
+            with trio.move_on_after(2):
+                while server.connections or server.streams:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
     finally:
         await trio.to_thread.run_sync(store.close)
+
+
+async def serve(config: Config) -> None:
+    with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
+        async with running(config) as appliance:
+            # What start-up built lives for the whole run: keep it out of every
+            # collection. Each frame then allocates a few dozen short-lived containers;
+            # collecting the young generation every 700 allocations (the default) costs
+            # more than it frees.
+            gc.freeze()
+            gc.set_threshold(20_000, 20, 50)
+            log.info(
+                "ocpp-appliance %s listening on ws://%s:%d/<identity> (%s), database %s",
+                __version__,
+                config.host,
+                appliance.port,
+                ", ".join(config.subprotocols),
+                config.database_path,
+            )
+            async for signum in signals:
+                log.info("%s: closing connections", signal.Signals(signum).name)
+                break
     log.info("database flushed; bye")

@@ -83,6 +83,77 @@ def cmd_get(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _value(text: str) -> object:
+    """SPEC §8: VALUE as JSON where it parses (16, true, "text"), else as text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _await_outcome(config: configuration.Config, seq: int, base: str | None) -> int:
+    from appliance import reader
+
+    # the call may wait its turn (call_timeout_sec), then for the answer (again)
+    patience = 2 * config.call_timeout_sec + 5
+    if not reader.wait_done(config.database_path, seq, patience):
+        print(
+            f"ocpp-appliance: the appliance did not take the command within {patience:g} s"
+            " — is `ocpp-appliance serve` running with this config?",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if base is None:
+        print("ok (parameter taken)")
+        return EXIT_OK
+    response, error = reader.outcome(config.database_path, base)
+    if error:
+        print(f"ocpp-appliance: {error}", file=sys.stderr)
+        if response:
+            print(response)
+        return EXIT_FAILED
+    print(_pretty(response) if response else "ok")
+    return EXIT_OK
+
+
+def _pretty(text: str) -> str:
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    from appliance import reader
+    from appliance.controls import outcome_folder
+
+    config = configuration.load(args.config)
+    prefix, _, path = args.id.partition(".")
+    if not path:
+        print(f"ocpp-appliance: {args.id!r} is not a full state id", file=sys.stderr)
+        return EXIT_USAGE
+    seq = reader.write_controls(config.database_path, [(args.id, _value(args.value))])
+    folder = outcome_folder(path)
+    return _await_outcome(config, seq, None if folder is None else f"{prefix}.{folder}")
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    from appliance import reader
+    from appliance.tree.ids import escape
+
+    config = configuration.load(args.config)
+    payload = _value(args.payload)
+    if not isinstance(payload, dict):
+        print("ocpp-appliance: the payload must be a JSON object", file=sys.stderr)
+        return EXIT_USAGE
+    base = f"{escape(args.identity)}.control.rpc"
+    seq = reader.write_controls(
+        config.database_path,
+        [(f"{base}.method", args.action), (f"{base}.payload", payload), (f"{base}.execute", 1)],
+    )
+    return _await_outcome(config, seq, base)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str]] = {
     "serve": (
         cmd_serve,
@@ -109,6 +180,18 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str]] = {
         "print the states whose id matches a glob pattern",
         "example: ocpp-appliance get 'CP1.meterValues.*'",
     ),
+    "set": (
+        cmd_set,
+        "write a control, wait for its outcome, print it (exit 0 on success, 1 otherwise)",
+        "example: ocpp-appliance set CP1.control.chargeLimit 16",
+    ),
+    "call": (
+        cmd_call,
+        "run any OCPP action on a charge point, print its answer (exit 0 on a CALLRESULT)",
+        "example: ocpp-appliance call CP1 GetVariables "
+        '\'{"getVariableData": [{"component": {"name": "OCPPCommCtrlr"},'
+        ' "variable": {"name": "HeartbeatInterval"}}]}\'',
+    ),
 }
 
 
@@ -130,6 +213,17 @@ def _parser() -> argparse.ArgumentParser:
         )
         if name in ("status", "get"):
             sub.add_argument("--json", action="store_true", help="print JSON for scripts")
+        if name == "set":
+            sub.add_argument(
+                "id", metavar="ID", help="full state id, e.g. CP1.control.availability"
+            )
+            sub.add_argument("value", metavar="VALUE", help="JSON where it parses, else text")
+        if name == "call":
+            sub.add_argument("identity", metavar="IDENTITY", help="the charge point")
+            sub.add_argument("action", metavar="ACTION", help="an OCPP action, e.g. Reset")
+            sub.add_argument(
+                "payload", metavar="JSON", nargs="?", default="{}", help="its payload (default {})"
+            )
         if name == "get":
             sub.add_argument(
                 "pattern",

@@ -20,7 +20,6 @@ from typing import Any
 
 import jsonschema
 import pytest
-import trio
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "schemas"
@@ -146,10 +145,19 @@ class Appliance:
         return self.proc.wait(timeout)
 
 
+def test_config(extra_config: str) -> str:
+    """TEST_CONFIG + extra_config. Unless the extra config says otherwise, the appliance
+    asks nothing after a boot (fetch_on_boot = false): a test's charge point then gets
+    only the answers it waits for."""
+    if "[device_model]" not in extra_config:
+        extra_config += "\n[device_model]\nfetch_on_boot = false\n"
+    return TEST_CONFIG + extra_config
+
+
 def start_appliance_process(folder: Path, extra_config: str = "") -> Appliance:
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "appliance.toml"
-    config.write_text(TEST_CONFIG + extra_config)
+    config.write_text(test_config(extra_config))
     log_file = folder / "server.log"
     with log_file.open("w") as log:
         proc = subprocess.Popen(
@@ -211,33 +219,14 @@ class InProcess:
 async def in_process_server(folder: Path, extra_config: str = "") -> AsyncIterator[InProcess]:
     """The real Server, in this trio run, so a test can call `server.connections[id].call`."""
     from appliance import config as configuration
-    from appliance.app import compile_schemas
-    from appliance.store import Retention, Store, TransactionIds
-    from appliance.transport import Server
-    from appliance.tree import Tree
+    from appliance.app import running
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "appliance.toml"
-    path.write_text(TEST_CONFIG + extra_config)
+    path.write_text(test_config(extra_config))
     config = configuration.load(str(path))
-    store = Store(
-        config.database_path,
-        config.storage.commit_interval_ms,
-        Retention(config.storage.messages_keep_days, config.storage.meter_values_keep_days),
-    )
-    opened = await trio.to_thread.run_sync(store.open)
-    server = Server(
-        config, store, compile_schemas(config), TransactionIds(store, opened), Tree(store, opened)
-    )
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.run, listeners)
-            yield InProcess(server, listeners[0].socket.getsockname()[1], config.database_path)
-            await server.shutdown()
-            nursery.cancel_scope.cancel()
-    finally:
-        await trio.to_thread.run_sync(store.close)
+    async with running(config) as appliance:
+        yield InProcess(appliance.server, appliance.port, config.database_path)
 
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")

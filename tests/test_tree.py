@@ -34,6 +34,7 @@ from test_tree_sessions import (
 )
 
 from appliance.store import Retention, Store, connect, now_ms
+from appliance.store.schema import SCHEMA_VERSION
 from conftest import ROOT, run_cli, start_appliance_process, wait_for
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -451,7 +452,7 @@ def test_schema_v1_database_is_migrated_and_keeps_its_ids(tmp_path):
 
     running = start_appliance_process(folder, NO_FETCH)
     try:
-        assert running.query("PRAGMA user_version") == [(2,)]
+        assert running.query("PRAGMA user_version") == [(SCHEMA_VERSION,)]
         tables = {r[0] for r in running.query("SELECT name FROM sqlite_schema")}
         assert {"states", "objects", "meter_values", "charge_points"} <= tables
         assert "charge_point_status" in tables

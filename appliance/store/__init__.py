@@ -87,17 +87,31 @@ UPSERT_STATE = (
     " ON CONFLICT (id) DO UPDATE SET val = excluded.val, ack = 1, ts = excluded.ts,"
     " lc = CASE WHEN val IS excluded.val THEN lc ELSE excluded.ts END"
 )
+INSERT_STATE_DEFAULT = (
+    "INSERT INTO states (id, val, ack, ts, lc) VALUES (?1, ?2, 1, ?3, ?3)"
+    " ON CONFLICT (id) DO NOTHING"
+)
 UPSERT_OBJECT = (
     "INSERT INTO objects (id, type, role, unit, writable, name) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (id) DO UPDATE SET type = excluded.type, role = excluded.role,"
     " unit = excluded.unit, writable = excluded.writable, name = excluded.name"
 )
 SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
+# Controls (SPEC §6). A command is acknowledged only if no newer command for the same id
+# is queued: that one runs next, and its row must stay at ack = 0 until it has.
+ACK_COMMAND = (
+    "UPDATE states SET ack = 1, val = ?2, ts = ?3,"
+    " lc = CASE WHEN val IS ?2 THEN lc ELSE ?3 END"
+    " WHERE id = ?1 AND ack = 0"
+    " AND NOT EXISTS (SELECT 1 FROM control_queue WHERE id = ?1 AND seq > ?4)"
+)
+COMMAND_DONE = "DELETE FROM control_queue WHERE seq = ?"
 
 _STOP = object()
 _STATES = object()
 _LAZY = object()
 _MANY = object()
+_DEFAULTS = object()
 
 #: describes a state in `objects`: (type, role, unit, writable, name)
 Meta = tuple[str, str, str | None, bool, str]
@@ -187,6 +201,11 @@ class Store:
     def put(self, statement: str, params: tuple[Any, ...] | dict[str, Any]) -> None:
         """Queue one row; never blocks. Committed within one commit interval."""
         self._queue.put((statement, params))
+
+    def create_states(self, writes: list[StateWrite], ts: int | None = None) -> None:
+        """Queue states that are created if missing and never overwritten (a control's
+        default must not undo what a user wrote)."""
+        self._queue.put((_DEFAULTS, writes, ts or now_ms()))
 
     def put_many(self, statement: str, rows: list[Any]) -> None:
         """Queue several rows of one statement as one item."""
@@ -288,6 +307,7 @@ class Store:
         rows: list[tuple[str, Any]] = []
         latest: dict[str, tuple[Any, int, Meta | None]] = {}
         lazy: dict[Hashable, tuple[Callable[[], list[StateWrite]], int]] = {}
+        defaults: list[tuple[Any, ...]] = []
         for item in pending:
             tag = item[0]
             if tag is _STATES:
@@ -298,6 +318,10 @@ class Store:
                 lazy[item[1]] = (item[2], item[3])
             elif tag is _MANY:
                 rows.extend((item[1], params) for params in item[2])
+            elif tag is _DEFAULTS:
+                for state_id, value, meta in item[1]:
+                    rows.append((INSERT_STATE_DEFAULT, (state_id, _encode(value), item[2])))
+                    defaults.append((state_id, *(meta or _infer_meta(value))))
             else:
                 rows.append(item)
         # lazy producers in arrival order (a later one wins), explicit writes on top
@@ -311,6 +335,7 @@ class Store:
             for state_id, (value, _, meta) in latest.items()
             if self._described.get(state_id) != (meta or _infer_meta(value))
         ]
+        new_objects += [d for d in defaults if self._described.get(d[0]) != d[1:]]
         try:
             with connection:  # one transaction: commit, or roll back on error
                 for statement, group in _runs(rows):
@@ -521,3 +546,43 @@ def _create_private(path: Path) -> None:
     if not path.exists():
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o660))
         os.chmod(path, 0o660)  # the umask may have taken the group's write bit
+
+
+class CommandReader:
+    """The controls' own read connection: what users wrote, and the states a command
+    needs. Blocking; called from a worker thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.connection = sqlite3.connect(path, check_same_thread=False, timeout=5)
+        self.connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self._data_version: int | None = None
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def commands(self, after_seq: int) -> list[tuple[int, str, Any, int]]:
+        """Queued commands newer than `after_seq`, oldest first. Cheap when nothing was
+        committed since the last look (PRAGMA data_version)."""
+        version = self.connection.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version:
+            return []
+        self._data_version = version
+        return self.connection.execute(
+            "SELECT seq, id, val, written_at FROM control_queue WHERE seq > ? ORDER BY seq",
+            (after_seq,),
+        ).fetchall()
+
+    def values(self, ids: list[str]) -> dict[str, Any]:
+        marks = ",".join("?" * len(ids))
+        rows = self.connection.execute(f"SELECT id, val FROM states WHERE id IN ({marks})", ids)
+        return dict(rows.fetchall())
+
+    def identities(self) -> dict[str, str]:
+        """prefix → identity of every charge point seen."""
+        return dict(self.connection.execute("SELECT prefix, identity FROM charge_points"))
+
+    def writable(self, state_id: str) -> bool:
+        row = self.connection.execute(
+            "SELECT writable FROM objects WHERE id = ?", (state_id,)
+        ).fetchone()
+        return bool(row and row[0])

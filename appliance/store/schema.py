@@ -140,6 +140,27 @@ MIGRATIONS: list[str] = [
         (SELECT val FROM states WHERE id = cp.prefix || '.info.lastSeen') AS last_seen
     FROM charge_points AS cp;
     """,
+    # 3: controls written by any process are queued by a trigger, so that none is lost
+    # or run twice, whatever else writes to the same row
+    """
+    CREATE TABLE control_queue (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: the appliance
+                                                       -- remembers the last it took
+        id         TEXT NOT NULL,
+        val,
+        written_at INTEGER NOT NULL
+    );
+    CREATE TRIGGER states_command_inserted AFTER INSERT ON states WHEN NEW.ack = 0
+    BEGIN
+        INSERT INTO control_queue (id, val, written_at)
+        VALUES (NEW.id, NEW.val, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
+    END;
+    CREATE TRIGGER states_command_updated AFTER UPDATE ON states WHEN NEW.ack = 0
+    BEGIN
+        INSERT INTO control_queue (id, val, written_at)
+        VALUES (NEW.id, NEW.val, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
+    END;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

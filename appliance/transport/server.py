@@ -83,6 +83,8 @@ class Server:
         self.schemas = schemas
         self.transaction_ids = transaction_ids
         self.tree = tree
+        #: set by the app: told of every connection and boot (see appliance.controls)
+        self.controls: Any = None
         self.connections: dict[str, Connection] = {}
         self.streams = 0
         self._logged_violations: set[tuple[str, str | None, str]] = set()
@@ -263,6 +265,7 @@ class Connection:
         self._waiters: dict[str, _Waiter] = {}
         self._deadline_changed = trio.Event()
         self._awaiting_pong = False
+        self._nursery: Any = None
 
     # --------------------------------------------------------------- life cycle
 
@@ -272,12 +275,15 @@ class Connection:
             "connect", self.identity, self.remote, self.subprotocol, None
         )
         self.tree.connected(self.identity, self.subprotocol, self.remote)
+        if self.server.controls is not None:
+            self.server.controls.connected(self)
         log.info("%s: connected from %s (%s)", self.identity, self.remote, self.subprotocol)
         try:
             if old is not None:
                 await old.close(1000, "replaced by a new connection")
             with self._scope:
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     nursery.start_soon(self._keep_alive)
                     nursery.start_soon(self._expire_calls)
                     await self._read()
@@ -368,6 +374,9 @@ class Connection:
             log.error("%s: %s", self.identity, exc)
             return
         self.tree.capture(self.identity, self.subprotocol, "in", call.action, call.payload, payload)
+        if call.action == "BootNotification" and self.server.controls is not None:
+            # queued now, sent once the answer above is out (Session sends in order)
+            self._nursery.start_soon(self.server.controls.booted, self)
 
     def _note_violation(self, action: str, kind: str, text: str) -> None:
         self.tree.violation(self.identity, f"{action}: {text}")

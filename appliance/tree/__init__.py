@@ -177,6 +177,21 @@ class Tree:
             station = self._stations[identity] = _Station(escape(identity))
         return station
 
+    def prefix(self, identity: str) -> str:
+        """The escaped first id segment of a charge point."""
+        return self._station(identity).prefix
+
+    def configuration(self, identity: str, keys: list[Any]) -> None:
+        """1.6 GetConfiguration keys → `config.<key>`, writable unless read-only."""
+        writes: list[StateWrite] = []
+        for entry in keys:
+            if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+                continue
+            writable = not entry.get("readonly", False)
+            meta: Meta = ("string", "config", None, writable, entry["key"])
+            writes.append((f"config.{escape(entry['key'])}", entry.get("value"), meta))
+        self._set(identity, writes)
+
     def _set(self, identity: str, writes: list[StateWrite]) -> None:
         prefix = self._station(identity).prefix
         self.store.set_states([(f"{prefix}.{sid}", v, m) for sid, v, m in writes])

@@ -8,7 +8,7 @@ from typing import Any
 
 from appliance.rpc import DIALECTS, Dialect
 from appliance.versions import tables, v16, v21, v201
-from appliance.versions.common import Context, Handler, Payload, Unprocessable
+from appliance.versions.common import Command, Context, Handler, Payload, Unprocessable
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +21,8 @@ class Protocol:
     handlers: dict[str, Handler]
     #: the answer to every call without a handler of its own (shared: never mutated)
     default_responses: dict[str, dict[str, Any]]
+    #: the controls of SPEC §6 as this version's calls: name → (action, payload)
+    commands: dict[str, Command]
     #: runs on every call before its handler (2.x: customData may carry a VIN)
     inspect: Callable[[Context, Payload], None] | None = None
 
@@ -36,6 +38,7 @@ class Protocol:
 def _protocol(
     name: str,
     handlers: dict[str, Handler],
+    commands: dict[str, Command],
     inspect: Callable[[Context, Payload], None] | None = None,
 ) -> Protocol:
     return Protocol(
@@ -44,14 +47,15 @@ def _protocol(
         tables.FROM_CSMS[name],
         handlers,
         tables.MINIMAL_RESPONSES[name],
+        commands,
         inspect,
     )
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    "ocpp1.6": _protocol("ocpp1.6", v16.HANDLERS),
-    "ocpp2.0.1": _protocol("ocpp2.0.1", v201.HANDLERS, v201.custom_data),
-    "ocpp2.1": _protocol("ocpp2.1", v21.HANDLERS, v201.custom_data),
+    "ocpp1.6": _protocol("ocpp1.6", v16.HANDLERS, v16.COMMANDS),
+    "ocpp2.0.1": _protocol("ocpp2.0.1", v201.HANDLERS, v201.COMMANDS, v201.custom_data),
+    "ocpp2.1": _protocol("ocpp2.1", v21.HANDLERS, v201.COMMANDS, v201.custom_data),
 }
 
 __all__ = ["PROTOCOLS", "Context", "Protocol", "Unprocessable"]

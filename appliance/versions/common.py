@@ -98,3 +98,19 @@ def energy_register(readings: list[Reading], context: str | None = None) -> floa
         preferred = [r for r in registers if r.context == context]
         registers = preferred or registers
     return registers[-1].value if registers else None
+
+
+#: the appliance's charging profile: one fixed id, so that each new limit replaces the
+#: last and ClearChargingProfile removes exactly it
+PROFILE_ID = 9000
+#: a fixed start in the past: the limit holds from now on, whatever the charger's clock
+PROFILE_START = "2020-01-01T00:00:00.000Z"
+
+Command = Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]
+
+
+def limit_period(values: dict[str, Any]) -> dict[str, Any]:
+    period: dict[str, Any] = {"startPeriod": 0, "limit": round(float(values["limit"]), 1)}
+    if values.get("phases"):
+        period["numberPhases"] = values["phases"]
+    return period

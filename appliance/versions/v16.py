@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from appliance import domain
 from appliance.domain.clock import iso_now
 from appliance.domain.meter import Reading, reading
 from appliance.versions.common import (
+    PROFILE_ID,
+    PROFILE_START,
+    Command,
     Context,
     Handler,
     Payload,
     as_int,
     energy_register,
+    limit_period,
     need,
     need_int,
     need_number,
@@ -161,3 +167,63 @@ HANDLERS: dict[str, Handler] = {
     "StatusNotification": status_notification,
     "StopTransaction": stop_transaction,
 }
+
+
+def _remote_start(values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    payload: dict[str, Any] = {"idTag": values["idToken"]}
+    if values.get("evseId"):
+        payload["connectorId"] = values["evseId"]  # 1.6 connector n is EVSE n
+    if values.get("chargingProfile") is not None:
+        payload["chargingProfile"] = values["chargingProfile"]
+    return "RemoteStartTransaction", payload
+
+
+def _remote_stop(values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    transaction = as_int(values["transactionId"])
+    if transaction is None:
+        raise ValueError(f"1.6 transaction ids are numbers, not {values['transactionId']!r}")
+    return "RemoteStopTransaction", {"transactionId": transaction}
+
+
+#: the controls of SPEC §6 as 1.6 calls
+COMMANDS: dict[str, Command] = {
+    "availability": lambda v: (
+        "ChangeAvailability",
+        {"connectorId": 0, "type": "Operative" if v["operative"] else "Inoperative"},
+    ),
+    "hardReset": lambda v: ("Reset", {"type": "Hard"}),
+    "softReset": lambda v: ("Reset", {"type": "Soft"}),
+    "chargeLimit": lambda v: (
+        "SetChargingProfile",
+        {
+            "connectorId": 0,
+            "csChargingProfiles": {
+                "chargingProfileId": PROFILE_ID,
+                "stackLevel": 0,
+                "chargingProfilePurpose": "TxDefaultProfile",
+                "chargingProfileKind": "Absolute",
+                "chargingSchedule": {
+                    "startSchedule": PROFILE_START,
+                    "chargingRateUnit": v["unit"],
+                    "chargingSchedulePeriod": [limit_period(v)],
+                },
+            },
+        },
+    ),
+    "clearChargeLimit": lambda v: ("ClearChargingProfile", {"id": PROFILE_ID}),
+    "requestStartTransaction": _remote_start,
+    "requestStopTransaction": _remote_stop,
+    "changeConfiguration": lambda v: (
+        "ChangeConfiguration",
+        {"key": v["key"], "value": _config_text(v["value"])},
+    ),
+    "fetchOnBoot": lambda v: ("GetConfiguration", {}),
+}
+
+
+def _config_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return "" if value is None else str(value)

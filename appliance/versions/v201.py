@@ -9,12 +9,16 @@ from appliance.domain.clock import iso_now
 from appliance.domain.meter import Reading, reading
 from appliance.rpc import Fault
 from appliance.versions.common import (
+    PROFILE_ID,
+    PROFILE_START,
+    Command,
     Context,
     Handler,
     Payload,
     Unprocessable,
     as_int,
     energy_register,
+    limit_period,
     need,
     objects,
     text,
@@ -194,4 +198,78 @@ HANDLERS: dict[str, Handler] = {
     "NotifyReport": notify_report,
     "StatusNotification": status_notification,
     "TransactionEvent": transaction_event,
+}
+
+
+def _request_start(values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    payload: dict[str, Any] = {
+        "idToken": {"idToken": values["idToken"], "type": values["idTokenType"]},
+        "remoteStartId": values["remoteStartId"],
+    }
+    if values.get("evseId"):
+        payload["evseId"] = values["evseId"]
+    if values.get("chargingProfile") is not None:
+        payload["chargingProfile"] = values["chargingProfile"]
+    return "RequestStartTransaction", payload
+
+
+def _set_variable(values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    component: dict[str, Any] = {"name": values["component"]}
+    if values.get("componentInstance"):
+        component["instance"] = values["componentInstance"]
+    if values.get("evseId") is not None:
+        component["evse"] = {"id": values["evseId"]}
+        if values.get("connectorId") is not None:
+            component["evse"]["connectorId"] = values["connectorId"]
+    variable: dict[str, Any] = {"name": values["variable"]}
+    if values.get("variableInstance"):
+        variable["instance"] = values["variableInstance"]
+    data = {
+        "attributeType": values["attributeType"],
+        "attributeValue": values["value"],
+        "component": component,
+        "variable": variable,
+    }
+    return "SetVariables", {"setVariableData": [data]}
+
+
+#: the controls of SPEC §6 as 2.0.1 / 2.1 calls
+COMMANDS: dict[str, Command] = {
+    "availability": lambda v: (
+        "ChangeAvailability",
+        {"operationalStatus": "Operative" if v["operative"] else "Inoperative"},
+    ),
+    "hardReset": lambda v: ("Reset", {"type": "Immediate"}),
+    "softReset": lambda v: ("Reset", {"type": "OnIdle"}),
+    "chargeLimit": lambda v: (
+        "SetChargingProfile",
+        {
+            "evseId": 0,
+            "chargingProfile": {
+                "id": PROFILE_ID,
+                "stackLevel": 0,
+                "chargingProfilePurpose": "ChargingStationMaxProfile",
+                "chargingProfileKind": "Absolute",
+                "chargingSchedule": [
+                    {
+                        "id": 1,
+                        "startSchedule": PROFILE_START,
+                        "chargingRateUnit": v["unit"],
+                        "chargingSchedulePeriod": [limit_period(v)],
+                    }
+                ],
+            },
+        },
+    ),
+    "clearChargeLimit": lambda v: ("ClearChargingProfile", {"chargingProfileId": PROFILE_ID}),
+    "requestStartTransaction": _request_start,
+    "requestStopTransaction": lambda v: (
+        "RequestStopTransaction",
+        {"transactionId": str(v["transactionId"])},
+    ),
+    "setVariable": _set_variable,
+    "fetchOnBoot": lambda v: (
+        "GetBaseReport",
+        {"requestId": v["requestId"], "reportBase": "FullInventory"},
+    ),
 }
