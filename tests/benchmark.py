@@ -231,6 +231,57 @@ def store_throughput(seconds: float = 5.0) -> dict:
     }
 
 
+async def _controls(url: str, database: Path, pid: int, idle_seconds: float, writes: int) -> dict:
+    """Idle CPU with 10 charge points connected, then the time from a database write to
+    the CALL arriving at the charge point."""
+    import sqlite3
+
+    arrived: asyncio.Queue[float] = asyncio.Queue()
+
+    async def charge_point(index: int, stop: asyncio.Event) -> None:
+        async with websockets.connect(f"{url}/IDLE{index}", subprotocols=["ocpp1.6"]) as ws:
+            await ws.send(json.dumps([2, "b", "BootNotification", BOOT]))
+            await ws.recv()
+            while not stop.is_set():
+                try:
+                    text = await asyncio.wait_for(ws.recv(), 0.5)
+                except TimeoutError:
+                    continue
+                frame = json.loads(text)
+                if frame[0] == 2:
+                    arrived.put_nowait(time.perf_counter())
+                    await ws.send(json.dumps([3, frame[1], {"status": "Accepted"}]))
+
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(charge_point(i, stop)) for i in range(10)]
+    await asyncio.sleep(3)  # connected, control defaults written
+    cpu0 = _cpu_seconds(pid)
+    await asyncio.sleep(idle_seconds)
+    idle_percent = (_cpu_seconds(pid) - cpu0) / idle_seconds * 100
+    while not arrived.empty():  # the calls after boot (fetch_on_boot) are not ours
+        arrived.get_nowait()
+    db = sqlite3.connect(database, timeout=10)
+    latencies = []
+    for i in range(writes):
+        started = time.perf_counter()
+        with db:
+            db.execute(
+                "UPDATE states SET val = ?, ack = 0 WHERE id = 'IDLE0.control.availability'",
+                (i % 2,),
+            )
+        latencies.append(await asyncio.wait_for(arrived.get(), 30) - started)
+        await asyncio.sleep(0.05)
+    db.close()
+    stop.set()
+    await asyncio.gather(*tasks)
+    latencies.sort()
+    return {
+        "idle_cpu_percent_10_cps": round(idle_percent, 2),
+        "write_to_call_p50_ms": round(latencies[len(latencies) // 2] * 1000, 1),
+        "write_to_call_p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", default="1,10,100", help="charge point counts (default 1,10,100)")
@@ -239,6 +290,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9300)
     parser.add_argument(
         "--store", action="store_true", help="only measure the rows per second the store sustains"
+    )
+    parser.add_argument(
+        "--controls",
+        action="store_true",
+        help="only measure idle CPU with 10 charge points and write-to-CALL latency",
     )
     parser.add_argument(
         "--paced",
@@ -259,6 +315,17 @@ def main() -> None:
     config.write_text(f'host = "127.0.0.1"\nport = {args.port}\ndatabase = "bench.db"\n')
     script = Path(sys.executable).with_name("ocpp-appliance")
     appliance = [str(script)] if script.exists() else [sys.executable, "-m", "appliance"]
+    if args.controls:
+        server = subprocess.Popen([*appliance, "serve", "--config", str(config)])
+        try:
+            _wait_port(args.port)
+            url = f"ws://127.0.0.1:{args.port}"
+            print(json.dumps(asyncio.run(_controls(url, folder / "bench.db", server.pid, 10, 200))))
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(10)
+        return
+
     servers = [("appliance", [*appliance, "serve", "--config", str(config)])]
     if args.shared:
         shared = Path(args.shared)
