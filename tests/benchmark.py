@@ -282,6 +282,76 @@ async def _controls(url: str, database: Path, pid: int, idle_seconds: float, wri
     }
 
 
+def simulated_days(days: int, charge_points: int = 10, interval_s: int = 60) -> dict:
+    """Database size after `days` of `charge_points` sending one MeterValues (6 sampled
+    values) every `interval_s`, written through the real store with simulated clocks;
+    then after retention (messages 7 days instead of the default 30)."""
+    from appliance.store import INSERT_MESSAGE, Retention, Store, connect
+
+    folder = Path(tempfile.mkdtemp(prefix="ocpp-days-"))
+    path = folder / "days.db"
+    store = Store(path, 1000, Retention(messages_days=30, meter_values_days=365))
+    store.open()
+    store.close()
+    db = connect(path)
+    frame_in = json.dumps([2, "a" * 36, "MeterValues", METER_VALUES], separators=(",", ":"))
+    frame_out = json.dumps([3, "a" * 36, {}])
+    readings = METER_VALUES["meterValue"][0]["sampledValue"]
+    start = int(time.time() * 1000) - days * 86_400_000
+    step = interval_s * 1000
+    for day in range(days):
+        messages, meters = [], []
+        for minute in range(0, 86_400_000, step):
+            ts = start + day * 86_400_000 + minute
+            for cp in range(charge_points):
+                identity = f"CP{cp}"
+                for direction, frame in (("in", frame_in), ("out", frame_out)):
+                    messages.append(
+                        (
+                            ts,
+                            identity,
+                            "ocpp1.6",
+                            direction,
+                            2,
+                            "a" * 36,
+                            "MeterValues",
+                            frame,
+                            None,
+                        )
+                    )
+                for r in readings:
+                    meters.append(
+                        (identity, 1, 1, "1", "2026-11-24T10:00:00Z", r["measurand"],
+                         r.get("phase"), None, None, r["unit"], float(r["value"]), ts, 0)
+                    )  # fmt: skip
+        with db:
+            db.executemany(INSERT_MESSAGE, messages)
+            db.executemany(
+                "INSERT INTO meter_values (identity, evse_id, connector_id, transaction_id,"
+                " sampled_at, measurand, phase, location, context, unit, value, received_at,"
+                " time_suspect) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                meters,
+            )
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    full = path.stat().st_size
+    store.retention = Retention(messages_days=7, meter_values_days=365)
+    while store.prune(db):
+        pass
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pruned = path.stat().st_size
+    db.close()
+    shutil.rmtree(folder, ignore_errors=True)
+    per_cp_day = full / days / charge_points
+    return {
+        "days": days,
+        "charge_points": charge_points,
+        "meter_interval_s": interval_s,
+        "db_mb_keep_all_30d": round(full / 1e6, 1),
+        "db_mb_messages_7d": round(pruned / 1e6, 1),
+        "growth_kb_per_cp_per_day": round(per_cp_day / 1000, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", default="1,10,100", help="charge point counts (default 1,10,100)")
@@ -290,6 +360,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9300)
     parser.add_argument(
         "--store", action="store_true", help="only measure the rows per second the store sustains"
+    )
+    parser.add_argument(
+        "--days", type=int, help="only measure the database size after DAYS of 10 charge points"
     )
     parser.add_argument(
         "--controls",
@@ -308,6 +381,9 @@ def main() -> None:
     counts = [int(n) for n in args.n.split(",")]
     if args.store:
         print(json.dumps(store_throughput(args.duration)))
+        return
+    if args.days:
+        print(json.dumps(simulated_days(args.days)))
         return
 
     folder = Path(tempfile.mkdtemp(prefix="ocpp-bench-"))

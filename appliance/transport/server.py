@@ -42,6 +42,8 @@ log = logging.getLogger("appliance")
 #: how long a peer gets to answer our close frame before the TCP stream is cut; short
 #: enough that shutdown (SPEC §2: exit within 5 s) has time left to flush the database
 CLOSE_GRACE_SEC = 1.5
+#: how long a connection waits before looking again whether the writer caught up
+BACKPRESSURE_PAUSE_SEC = 0.01
 
 
 class CallFailed(Exception):
@@ -319,7 +321,11 @@ class Connection:
 
     async def _read(self) -> None:
         ws = self.ws
+        store = self.server.store
         while not ws.done:
+            while store.overloaded:
+                # backpressure: the database writer falls behind (see Store.overloaded)
+                await trio.sleep(BACKPRESSURE_PAUSE_SEC)
             for event in await ws.receive():
                 opcode = event.opcode
                 if opcode is Opcode.TEXT:
