@@ -37,6 +37,17 @@ MEASURANDS: dict[str, tuple[str, str]] = {
 }
 #: what a sampled value without a measurand is (1.6 §7.31, 2.x MeasurandEnumType default)
 DEFAULT_MEASURAND = "Energy.Active.Import.Register"
+#: ... unless its unit says it cannot be: field chargers (Alfen) send currents without a
+#: measurand, which must not become the meter reading
+_MEASURAND_OF_UNIT = {
+    "A": "Current.Import",
+    "V": "Voltage",
+    "W": "Power.Active.Import",
+    "Percent": "SoC",
+    "Celsius": "Temperature",
+    "Hz": "Frequency",
+    "var": "Power.Reactive.Import",
+}
 
 #: the aggregate names SPEC §5.1 pins: powerW, and powerL1..3 per phase
 _UNPHASED_SUFFIX = {"power": "W"}
@@ -58,7 +69,9 @@ _UNITS: dict[str, tuple[str, float]] = {
     "percent": ("Percent", 1),
     "%": ("Percent", 1),
     "celsius": ("Celsius", 1),
+    "celcius": ("Celsius", 1),  # the 1.6 schema's own spelling (errata: accept both)
     "hz": ("Hz", 1),
+    "hertz": ("Hz", 1),  # 1.6 errata v4.0
 }
 
 # OCPP phases → name suffix: L1 and L1-N are the same conductor for a reading
@@ -148,7 +161,9 @@ def reading(
         return None
     if value != value or value in (float("inf"), float("-inf")):
         return None
-    measurand = measurand or DEFAULT_MEASURAND
+    if not measurand:
+        sent = _UNITS.get(unit.lower(), (unit, 1))[0] if unit else None
+        measurand = _MEASURAND_OF_UNIT.get(sent or "", DEFAULT_MEASURAND)
     name, natural_unit = state_name(measurand, phase)
     if multiplier:
         value *= 10.0**multiplier

@@ -3,6 +3,7 @@ the peer what is wrong."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -78,14 +79,17 @@ def need_number(payload: Payload, key: str) -> float:
 
 
 def text(value: Any) -> str | None:
-    """A string field as stored: other JSON types are kept as their text."""
+    """A string field as stored: other JSON types are kept as their JSON text."""
     if value is None or isinstance(value, str):
         return value
-    return str(value)
+    return json.dumps(value, ensure_ascii=False)
 
 
 def objects(value: Any) -> list[dict[str, Any]]:
-    """The objects of an array field; a broken entry is skipped, not fatal."""
+    """The objects of an array field; a broken entry is skipped, not fatal, and a lone
+    object where an array belongs (seen from Huawei firmware) counts as one item."""
+    if isinstance(value, dict):
+        return [value]
     if not isinstance(value, list):
         return []
     return [item for item in value if isinstance(item, dict)]

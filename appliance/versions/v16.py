@@ -113,7 +113,9 @@ def start_transaction(ctx: Context, payload: Payload) -> Payload:
     connector = need_int(payload, "connectorId")
     id_tag = text(need(payload, "idTag"))
     meter_start = need_number(payload, "meterStart")  # 1.6: always Wh
-    started_at = text(need(payload, "timestamp"))
+    # a start without its time (seen in the field) still needs its id: the appliance's
+    # clock stands in for it
+    started_at = text(payload.get("timestamp")) or iso_now()
     key = (ctx.identity, connector, id_tag, meter_start, started_at)
     transaction_id, _ = ctx.transaction_ids.start(key)
     ctx.emit(
