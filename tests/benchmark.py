@@ -64,9 +64,15 @@ async def _charge_point(
             started = time.perf_counter()
             frame = json.dumps([2, message_id, action, payload])
             await ws.send(frame)
-            text = await ws.recv()
+            while True:
+                text = await ws.recv()
+                answer = json.loads(text)
+                if answer[0] != 2:
+                    break
+                # a call from the central system (it asks for the configuration after a
+                # boot): a load generator is no real charger and says so
+                await ws.send(json.dumps([4, answer[1], "NotImplemented", "load generator", {}]))
             wire.append(len(frame) + len(text))
-            answer = json.loads(text)
             if answer[0] != 3 or answer[1] != message_id:
                 errors.append(answer)
             return time.perf_counter() - started
@@ -388,7 +394,11 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="ocpp-bench-"))
     config = folder / "appliance.toml"
-    config.write_text(f'host = "127.0.0.1"\nport = {args.port}\ndatabase = "bench.db"\n')
+    # fetch_on_boot off: the load generator answers no configuration requests
+    config.write_text(
+        f'host = "127.0.0.1"\nport = {args.port}\ndatabase = "bench.db"\n'
+        "[device_model]\nfetch_on_boot = false\n"
+    )
     script = Path(sys.executable).with_name("ocpp-appliance")
     appliance = [str(script)] if script.exists() else [sys.executable, "-m", "appliance"]
     if args.controls:

@@ -92,6 +92,7 @@ class Server:
         self._logged_violations: set[tuple[str, str | None, str]] = set()
         self._nursery: trio.Nursery | None = None
         self._listening = trio.CancelScope()
+        self._caught_up: trio.Event | None = None
 
     # ------------------------------------------------------------------- listening
 
@@ -224,6 +225,21 @@ class Server:
             return True
         return False
 
+    async def writer_caught_up(self) -> None:
+        """Wait until the database writer has caught up. The first waiter looks every
+        BACKPRESSURE_PAUSE_SEC; the others wait on its event (one poller, not one per
+        charge point)."""
+        if self._caught_up is not None:
+            await self._caught_up.wait()
+            return
+        self._caught_up = trio.Event()
+        try:
+            while self.store.overloaded:
+                await trio.sleep(BACKPRESSURE_PAUSE_SEC)
+        finally:
+            self._caught_up.set()
+            self._caught_up = None
+
     def log_violation_once(self, identity: str, action: str | None, kind: str, text: str) -> None:
         """One log line per identity, action and kind of violation (SPEC §2)."""
         key = (identity, action, kind)
@@ -323,9 +339,9 @@ class Connection:
         ws = self.ws
         store = self.server.store
         while not ws.done:
-            while store.overloaded:
+            if store.overloaded:
                 # backpressure: the database writer falls behind (see Store.overloaded)
-                await trio.sleep(BACKPRESSURE_PAUSE_SEC)
+                await self.server.writer_caught_up()
             for event in await ws.receive():
                 opcode = event.opcode
                 if opcode is Opcode.TEXT:
