@@ -41,6 +41,9 @@ POLL_INTERVAL_SEC = 0.25
 SUCCESS = frozenset({"Accepted", "Scheduled", "RebootRequired"})
 
 
+_UNSET: Any = object()
+
+
 class CommandError(Exception):
     """The command cannot become a call (a bad parameter); the message says why."""
 
@@ -240,9 +243,16 @@ class Controls:
         try:
             response = await connection.call(action, payload)
         except CallFailed as exc:
-            self._finish(command, None, str(exc))
+            self._finish(command, None, str(exc), value=self._reported(command))
             return
-        self._finish(command, response, judge(response))
+        error = judge(response)
+        if command.control is None:  # a dm.* or config.* write
+            if error is None:
+                self.tree.confirm(command.state_id, command.value)
+            else:
+                self._finish(command, response, error, value=self._reported(command))
+                return
+        self._finish(command, response, error)
 
     async def _build(
         self, command: Command, protocol: Protocol
@@ -331,12 +341,24 @@ class Controls:
 
     # ------------------------------------------------------------------- outcome
 
+    def _reported(self, command: Command) -> Any:
+        """What the state goes back to when a write did not take: the value the charge
+        point last reported (a Device Model or configuration state mirrors the charger);
+        a control keeps what was written (a button goes back to 0)."""
+        if command.control is not None:
+            return _UNSET
+        try:
+            return self.tree.reported(command.state_id)
+        except KeyError:
+            return command.value
+
     def _finish(
         self,
         command: Command,
         response: dict[str, Any] | None,
         error: str | None,
         outcome: bool = True,
+        value: Any = _UNSET,
     ) -> None:
         """Write the outcome, acknowledge the command, take it off the queue: one commit."""
         now = now_ms()
@@ -355,7 +377,8 @@ class Controls:
                 log.warning("%s: %s: %s", command.identity, command.path, error)
             else:
                 log.info("%s: %s done", command.identity, command.path)
-        value = 0 if name in BUTTONS else command.value
+        if value is _UNSET:
+            value = 0 if name in BUTTONS else command.value
         self.store.put(ACK_COMMAND, (command.state_id, value, now, command.seq))
         self.store.put(COMMAND_DONE, (command.seq,))
 

@@ -164,6 +164,9 @@ class Tree:
     def __init__(self, store: Store, opened: Opened | None = None) -> None:
         self.store = store
         self._stations: dict[str, _Station] = {}
+        #: writable Device Model / configuration values as last reported, by state id:
+        #: what a rejected write is put back to
+        self._reported: dict[str, Any] = {}
         for identity, tid, evse, connector, start, stop, stopped in (
             opened.sessions if opened else ()
         ):
@@ -177,6 +180,15 @@ class Tree:
             station = self._stations[identity] = _Station(escape(identity))
         return station
 
+    def reported(self, state_id: str) -> Any:
+        """The value a charge point last reported for a writable `dm.*.value` or
+        `config.*` state (KeyError if it has not in this run)."""
+        return self._reported[state_id]
+
+    def confirm(self, state_id: str, value: Any) -> None:
+        """A write the charge point accepted is now what it has."""
+        self._reported[state_id] = value
+
     def prefix(self, identity: str) -> str:
         """The escaped first id segment of a charge point."""
         return self._station(identity).prefix
@@ -189,7 +201,9 @@ class Tree:
                 continue
             writable = not entry.get("readonly", False)
             meta: Meta = ("string", "config", None, writable, entry["key"])
-            writes.append((f"config.{escape(entry['key'])}", entry.get("value"), meta))
+            state = f"config.{escape(entry['key'])}"
+            writes.append((state, entry.get("value"), meta))
+            self._reported[f"{self.prefix(identity)}.{state}"] = entry.get("value")
         self._set(identity, writes)
 
     def _set(self, identity: str, writes: list[StateWrite]) -> None:
@@ -461,7 +475,10 @@ class Tree:
             kind = _DM_TYPES.get(v.data_type or "", "string")
             meta: Meta = (kind, "state", v.unit, v.writable, f"{v.component} {v.variable}")
             state = f"dm.{component}.{variable}.{escape(v.attribute_type)}.value"
-            writes.append((state, _dm_value(v.value, kind), meta))
+            value = _dm_value(v.value, kind)
+            writes.append((state, value, meta))
+            if v.writable:
+                self._reported[f"{self.prefix(identity)}.{state}"] = value
         self._set(identity, writes)
 
     def _vendor_data(self, identity: str, update: domain.VendorData) -> None:
