@@ -8,6 +8,7 @@ editions add fields, so `additionalProperties: false` is never held against a pe
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -48,10 +49,14 @@ class Violation:
 
 
 def schema_root() -> Traversable:
-    """The verbatim OCA schemas: package data when installed, the top-level folder in a checkout."""
-    packaged = resources.files("appliance") / "schemas"
-    if packaged.is_dir():
-        return packaged
+    """The verbatim OCA schemas: package data when installed (a folder in the wheel, one
+    zip in the single executable), the top-level folder in a checkout."""
+    package = resources.files("appliance")
+    if (package / "schemas").is_dir():
+        return package / "schemas"
+    archive = package / "schemas.zip"
+    if archive.is_file():
+        return zipfile.Path(str(archive), "schemas/")
     return Path(__file__).resolve().parents[2] / "schemas"
 
 
