@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -358,6 +359,20 @@ def simulated_days(days: int, charge_points: int = 10, interval_s: int = 60) -> 
     }
 
 
+def write_lock_probe(database: Path, stop: threading.Event, waits: list[float]) -> None:
+    """Another writer, as a user's script would be: how long must it wait for the lock?"""
+    import sqlite3
+
+    db = sqlite3.connect(database, timeout=30, isolation_level=None)
+    while not stop.is_set():
+        started = time.perf_counter()
+        db.execute("BEGIN IMMEDIATE")
+        waits.append(time.perf_counter() - started)
+        db.execute("COMMIT")
+        time.sleep(0.02)
+    db.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", default="1,10,100", help="charge point counts (default 1,10,100)")
@@ -369,6 +384,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--days", type=int, help="only measure the database size after DAYS of 10 charge points"
+    )
+    parser.add_argument(
+        "--write-lock",
+        action="store_true",
+        help="only measure the longest wait of another writer under load (100 charge points)",
     )
     parser.add_argument(
         "--controls",
@@ -401,6 +421,29 @@ def main() -> None:
     )
     script = Path(sys.executable).with_name("ocpp-appliance")
     appliance = [str(script)] if script.exists() else [sys.executable, "-m", "appliance"]
+    if args.write_lock:
+        server = subprocess.Popen([*appliance, "serve", "--config", str(config)])
+        try:
+            _wait_port(args.port)
+            stop, waits = threading.Event(), []
+            probe = threading.Thread(
+                target=write_lock_probe, args=(folder / "bench.db", stop, waits)
+            )
+            probe.start()
+            load = asyncio.run(_load(f"ws://127.0.0.1:{args.port}", 100, args.duration))
+            stop.set()
+            probe.join()
+            waits.sort()
+            print(json.dumps({
+                **load,
+                "other_writer_waits": len(waits),
+                "other_writer_wait_p50_ms": round(waits[len(waits) // 2] * 1000, 1),
+                "other_writer_wait_max_ms": round(waits[-1] * 1000, 1),
+            }))  # fmt: skip
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(10)
+        return
     if args.controls:
         server = subprocess.Popen([*appliance, "serve", "--config", str(config)])
         try:

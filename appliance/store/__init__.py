@@ -153,6 +153,9 @@ _PRUNED = (
 )
 
 
+#: rows per write transaction when a backlog is written: a few tenths of a second of
+#: lock on a Pi, so that a user's control write is not kept waiting
+ROWS_PER_TRANSACTION = 4_000
 #: rows kept in memory while the database cannot be written (locked, disk full): about
 #: 50 MB of frames, hours of a home installation, seconds of a load test
 MAX_PENDING_ROWS = 50_000
@@ -425,8 +428,16 @@ class Store:
         ]
         new_objects += [d for d in batch.defaults if self._described.get(d[0]) != d[1:]]
         try:
+            # history first, in transactions of at most ROWS_PER_TRANSACTION rows: another
+            # writer (a user's control) never waits long behind a backlog
+            rows = batch.rows
+            while len(rows) > ROWS_PER_TRANSACTION:
+                with connection:
+                    for statement, group in _runs(rows[:ROWS_PER_TRANSACTION]):
+                        connection.executemany(statement, group)
+                rows = batch.rows = rows[ROWS_PER_TRANSACTION:]
             with connection:  # one transaction: commit, or roll back on error
-                for statement, group in _runs(batch.rows):
+                for statement, group in _runs(rows):
                     connection.executemany(statement, group)
                 connection.executemany(
                     UPSERT_STATE,
