@@ -16,9 +16,8 @@ from appliance.versions.common import (
     need_number,
     objects,
     text,
+    token_info,
 )
-
-_ACCEPTED = {"status": "Accepted"}
 
 
 def boot_notification(ctx: Context, payload: Payload) -> Payload:
@@ -44,8 +43,7 @@ def heartbeat(ctx: Context, payload: Payload) -> Payload:
 
 
 def authorize(ctx: Context, payload: Payload) -> Payload:
-    need(payload, "idTag")
-    return {"idTagInfo": _ACCEPTED}
+    return {"idTagInfo": token_info(ctx, need(payload, "idTag"))}
 
 
 def status_notification(ctx: Context, payload: Payload) -> Payload:
@@ -122,7 +120,7 @@ def start_transaction(ctx: Context, payload: Payload) -> Payload:
             raw=payload,
         )
     )
-    return {"transactionId": transaction_id, "idTagInfo": _ACCEPTED}
+    return {"transactionId": transaction_id, "idTagInfo": token_info(ctx, id_tag)}
 
 
 def stop_transaction(ctx: Context, payload: Payload) -> Payload:
@@ -142,7 +140,7 @@ def stop_transaction(ctx: Context, payload: Payload) -> Payload:
             raw=payload,
         )
     )
-    return {"idTagInfo": _ACCEPTED} if "idTag" in payload else {}
+    return {"idTagInfo": token_info(ctx, payload["idTag"])} if "idTag" in payload else {}
 
 
 def data_transfer(ctx: Context, payload: Payload) -> Payload:
