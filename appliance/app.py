@@ -15,7 +15,7 @@ from appliance import __version__
 from appliance import config as configuration
 from appliance.config import Config, ConfigError
 from appliance.rpc import DIALECTS, SchemaSet
-from appliance.security.policy import Policy, warnings
+from appliance.security.policy import Policy, config_warnings
 from appliance.store import Retention, Store, TransactionIds
 from appliance.transport import Server
 from appliance.tree import Tree
@@ -51,7 +51,7 @@ def compile_schemas(config: Config) -> dict[str, SchemaSet]:
 
 async def serve(config: Config, policy: Policy | None = None) -> None:
     policy = policy if policy is not None else Policy.build(config)
-    for warning in warnings(config):
+    for warning in config_warnings(config):
         log.warning("config: %s", warning)
     store = Store(
         config.database_path,
@@ -123,7 +123,7 @@ async def reload(server: Server) -> None:
     except ConfigError as exc:
         log.error("SIGHUP: config not reloaded, the running one stays in force: %s", exc)
         return
-    for warning in warnings(new):
+    for warning in config_warnings(new):
         log.warning("config: %s", warning)
     logging.getLogger().setLevel(new.log_level.upper())
     await server.reload(policy)

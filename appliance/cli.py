@@ -46,12 +46,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from appliance.security.policy import Policy, warnings
+    from appliance.security.policy import Policy, config_warnings
 
     path = configuration.find(args.config)
     config = configuration.load(args.config)
     Policy.build(config)  # the TLS files: present, readable, matching
-    for warning in warnings(config):
+    for warning in config_warnings(config):
         print(f"ocpp-appliance: warning: {warning}", file=sys.stderr)
     origin = str(path) if path else "no config file found: built-in defaults"
     print(f"# effective config ({origin}; secrets shown as {configuration.MASK})")

@@ -14,9 +14,12 @@ import contextlib
 import datetime
 import ipaddress
 import json
+import re
+import shutil
 import signal
 import socket
 import ssl
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -868,3 +871,32 @@ def test_reporter_logs_once_per_address_and_reason_and_caps_rows():
     assert later.log and later.record
     assert "49 more" in later.log_note
     assert f"{50 - Reporter.ROWS_PER_WINDOW} more" in later.row_note
+
+
+# ------------------------------------------------------------- the README's commands
+
+README = conftest.ROOT / "README.md"
+
+
+def readme_blocks(language: str, containing: str) -> list[str]:
+    security = README.read_text().split("\n## Security\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(rf"```{language}\n(.*?)```", security, re.DOTALL)
+    return [block for block in blocks if containing in block]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_readme_openssl_commands_make_a_working_mutual_tls_setup(start_appliance, tmp_path):
+    folder = tmp_path / "appliance"
+    folder.mkdir()
+    script = "set -euo pipefail\n" + "\n".join(readme_blocks("sh", "openssl"))
+    made = subprocess.run(
+        ["bash", "-c", script], cwd=folder, capture_output=True, text=True, timeout=60
+    )
+    assert made.returncode == 0, made.stderr
+    [config] = readme_blocks("toml", "client_ca")
+    appliance = start_appliance(config)
+    assert appliance.scheme == "wss"
+    context = ssl.create_default_context(cafile=str(folder / "ca.crt"))
+    context.load_cert_chain(folder / "CP-GARAGE.crt", folder / "CP-GARAGE.key")
+    assert asyncio.run(ocpp16_boot(f"{appliance.url}/CP-GARAGE", ssl=context)) == "Accepted"
+    assert refusal(f"{appliance.url}/CP-OTHER", ssl=context).status_code == 403

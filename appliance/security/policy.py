@@ -57,7 +57,7 @@ class Policy:
         return token is not None and token.casefold() in self.id_tokens
 
 
-def warnings(config: Config) -> list[str]:
+def config_warnings(config: Config) -> list[str]:
     """What loads but deserves a word: plain passwords, passwords outside OCPP's rule.
     Names the key, never the value."""
     found = []
