@@ -1,4 +1,5 @@
-"""`serve`: wire config, store, schemas and the listener together; stop cleanly on a signal."""
+"""`serve`: wire config, store, schemas and the listener together; re-read the config on
+SIGHUP; stop cleanly on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import attrs
 import trio
 
 from appliance import __version__
-from appliance.config import Config
+from appliance import config as configuration
+from appliance.config import Config, ConfigError
 from appliance.controls import Controls
 from appliance.rpc import DIALECTS, SchemaSet
+from appliance.security.policy import Policy, config_warnings
 from appliance.store import Retention, Store, TransactionIds
 from appliance.transport import Server
 from appliance.tree import Tree
@@ -23,6 +27,11 @@ from appliance.tree import Tree
 log = logging.getLogger("appliance")
 
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+RELOAD_SIGNAL = signal.SIGHUP
+
+#: keys a running server cannot change: the listener, the database and the compiled
+#: schemas are made once at start. A SIGHUP that changes them says so and keeps them.
+RESTART_KEYS = ("host", "port", "database", "storage", "enable16", "enable201", "enable21")
 
 
 def setup_logging(level: str) -> None:
@@ -51,9 +60,12 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Running]:
+async def running(config: Config, policy: Policy | None = None) -> AsyncIterator[Running]:
     """The appliance, serving until the block ends; then every connection is closed with
     1001 and the database flushed."""
+    policy = policy if policy is not None else Policy.build(config)
+    for warning in config_warnings(config):
+        log.warning("config: %s", warning)
     store = Store(
         config.database_path,
         config.storage.commit_interval_ms,
@@ -63,7 +75,7 @@ async def running(config: Config) -> AsyncIterator[Running]:
     try:
         schemas = compile_schemas(config)
         tree = Tree(store, opened)
-        server = Server(config, store, schemas, TransactionIds(store, opened), tree)
+        server = Server(config, store, schemas, TransactionIds(store, opened), tree, policy)
         server.controls = Controls(server, store, tree, config.device_model.fetch_on_boot)
         listeners = await trio.open_tcp_listeners(config.port, host=config.host or None)
         async with trio.open_nursery() as nursery:
@@ -81,9 +93,10 @@ async def running(config: Config) -> AsyncIterator[Running]:
         await trio.to_thread.run_sync(store.close)
 
 
-async def serve(config: Config) -> None:
-    with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
-        async with running(config) as appliance:
+async def serve(config: Config, policy: Policy | None = None) -> None:
+    with trio.open_signal_receiver(*SHUTDOWN_SIGNALS, RELOAD_SIGNAL) as signals:
+        async with running(config, policy) as appliance:
+            server = appliance.server
             # What start-up built lives for the whole run: keep it out of every
             # collection. Each frame then allocates a few dozen short-lived containers;
             # collecting the young generation every 700 allocations (the default) costs
@@ -91,14 +104,48 @@ async def serve(config: Config) -> None:
             gc.freeze()
             gc.set_threshold(20_000, 20, 50)
             log.info(
-                "ocpp-appliance %s listening on ws://%s:%d/<identity> (%s), database %s",
+                "ocpp-appliance %s listening on %s://%s:%d/<identity> (%s), database %s%s",
                 __version__,
+                server.policy.scheme,
                 config.host,
                 appliance.port,
                 ", ".join(config.subprotocols),
                 config.database_path,
+                ", client certificates required" if server.policy.mutual_tls else "",
             )
             async for signum in signals:
+                if signum == RELOAD_SIGNAL:
+                    await reload(server)
+                    continue
                 log.info("%s: closing connections", signal.Signals(signum).name)
                 break
     log.info("database flushed; bye")
+
+
+async def reload(server: Server) -> None:
+    """SIGHUP: read the config file again and put it in force (Server.reload). A config
+    that does not load changes nothing: one log line naming the key, the old one stays."""
+    old = server.config
+    if old.source is None:
+        log.warning("SIGHUP: no config file to re-read (running on built-in defaults)")
+        return
+    try:
+        new = await trio.to_thread.run_sync(configuration.load, str(old.source))
+        kept = [key for key in RESTART_KEYS if getattr(new, key) != getattr(old, key)]
+        if (new.tls is None) != (old.tls is None):
+            kept.append("tls")  # ws:// ↔ wss:// on the same port would surprise everyone
+        if kept:
+            new = attrs.evolve(new, **{key: getattr(old, key) for key in kept})
+            log.warning(
+                "SIGHUP: %s changed: takes a restart; the running value stays", ", ".join(kept)
+            )
+        # the TLS files are read again too: a renewed certificate applies to new handshakes
+        policy = await trio.to_thread.run_sync(Policy.build, new)
+    except ConfigError as exc:
+        log.error("SIGHUP: config not reloaded, the running one stays in force: %s", exc)
+        return
+    for warning in config_warnings(new):
+        log.warning("config: %s", warning)
+    logging.getLogger().setLevel(new.log_level.upper())
+    await server.reload(policy)
+    log.info("SIGHUP: config reloaded from %s", old.source)

@@ -26,12 +26,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
     from appliance.app import serve, setup_logging
+    from appliance.security.policy import Policy
     from appliance.store import StoreError
 
     config = configuration.load(args.config)
+    # the TLS files are read and checked here: a bad one is exit 2, before listening
+    policy = Policy.build(config)
     setup_logging(config.log_level)
     try:
-        trio.run(serve, config)
+        trio.run(serve, config, policy)
     except StoreError as exc:
         print(f"ocpp-appliance: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -43,11 +46,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from appliance.security.policy import Policy, config_warnings
+
     path = configuration.find(args.config)
     config = configuration.load(args.config)
+    Policy.build(config)  # the TLS files: present, readable, matching
+    for warning in config_warnings(config):
+        print(f"ocpp-appliance: warning: {warning}", file=sys.stderr)
     origin = str(path) if path else "no config file found: built-in defaults"
-    print(f"# effective config ({origin})")
+    print(f"# effective config ({origin}; secrets shown as {configuration.MASK})")
     print(configuration.to_toml(config), end="")
+    return EXIT_OK
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from appliance.security import passwords
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("ocpp-appliance: the two passwords differ", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        # one line from a pipe or file; only its line break is not part of the password
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        print("ocpp-appliance: empty password", file=sys.stderr)
+        return EXIT_USAGE
+    problem = passwords.rule_problem(password)
+    if problem is not None:
+        print(f"ocpp-appliance: warning: {problem}; hashed all the same", file=sys.stderr)
+    print(passwords.hash_password(password))
     return EXIT_OK
 
 
@@ -169,6 +200,13 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str]] = {
         cmd_example_config,
         "print a commented example config",
         "example: ocpp-appliance example-config > appliance.toml",
+    ),
+    "hash-password": (
+        cmd_hash_password,
+        "read a password (prompt, or one line of stdin) and print a password_hash for the config",
+        "example: ocpp-appliance hash-password < cp-garage.pass (or type it at the prompt),"
+        ' then put the printed scrypt$ln=15,r=8,p=1$… line in [charge_points."CP-GARAGE"]'
+        " password_hash",
     ),
     "status": (
         cmd_status,

@@ -38,6 +38,27 @@ def _checked(default: Any, check: Any) -> Any:
     return field(default=default, metadata={"check": check})
 
 
+def _not_empty(value: str | None) -> str | None:
+    return "must not be empty" if value == "" else None
+
+
+def _password_hash(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from appliance.security.passwords import parse_hash
+
+    try:
+        parse_hash(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _secret(default: Any, check: Any) -> Any:
+    """A secret: never printed (check-config shows ***), never in repr or a log line."""
+    return field(default=default, repr=False, metadata={"check": check, "secret": True})
+
+
 @define(frozen=True)
 class Storage:
     commit_interval_ms: int = _checked(1000, _positive)
@@ -65,6 +86,27 @@ class DeviceModel:
 @define(frozen=True)
 class ChargePoint:
     validation: ValidationMode | None = None
+    #: HTTP Basic auth (security profiles 1 and 2): the charge point's password, plain or
+    #: as `ocpp-appliance hash-password` prints it; at most one of the two
+    password: str | None = _secret(None, _not_empty)
+    password_hash: str | None = _secret(None, _password_hash)
+
+
+@define(frozen=True)
+class Tls:
+    """wss:// (security profile 2), and with `client_ca` mutual TLS (profile 3). Paths are
+    relative to the config file's folder; the files are checked when the config is used
+    (`appliance.security.policy`), so that a message can name the key."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
+
+
+@define(frozen=True)
+class Authorization:
+    #: when not empty, only these RFID/idTokens are answered Accepted
+    id_tokens: list[str] = field(factory=list)
 
 
 @define(frozen=True)
@@ -84,6 +126,8 @@ class Config:
     storage: Storage = field(factory=Storage)
     limits: Limits = field(factory=Limits)
     device_model: DeviceModel = field(factory=DeviceModel)
+    tls: Tls | None = None
+    authorization: Authorization = field(factory=Authorization)
     charge_points: dict[str, ChargePoint] = field(factory=dict)
     #: where the file came from (None: built-in defaults); not a config key
     source: Path | None = field(default=None, eq=False)
@@ -93,6 +137,11 @@ class Config:
         """`database`, relative to the config file's folder."""
         base = self.source.parent if self.source else Path.cwd()
         return base / self.database
+
+    def path(self, name: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        base = self.source.parent if self.source else Path.cwd()
+        return base / name
 
     @property
     def subprotocols(self) -> list[str]:
@@ -168,6 +217,10 @@ def parse(text: str, source: Path | None = None) -> Config:
         raise ConfigError(f"{where}: unknown key 'source'")
     if not config.subprotocols:
         raise ConfigError(f"{where}: enable16, enable201 and enable21 are all false")
+    for identity, settings in config.charge_points.items():
+        if settings.password is not None and settings.password_hash is not None:
+            key = charge_point_key(identity)
+            raise ConfigError(f"{where}: '{key}' sets password and password_hash: keep one")
     return attrs.evolve(config, source=source)
 
 
@@ -181,6 +234,10 @@ def _check_ranges(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
             found.append((key, problem))
         elif attrs.has(type(value)):
             found += _check_ranges(value, key + ".")
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                if attrs.has(type(item)):
+                    found += _check_ranges(item, f"{key}.{_toml_value(name)}.")
     return found
 
 
@@ -222,6 +279,12 @@ def _line_of(text: str, key: str) -> str:
     return f" (line {text.count(chr(10), 0, match.start()) + 1})"
 
 
+def charge_point_key(identity: str, name: str | None = None) -> str:
+    """The TOML key of a charge point's table (or of one of its keys), for messages."""
+    key = f"charge_points.{_toml_value(identity)}"
+    return f"{key}.{name}" if name else key
+
+
 def find(explicit: str | None) -> Path | None:
     """SPEC §4 lookup: --config, $OCPP_APPLIANCE_CONFIG, ./appliance.toml, /etc/…"""
     if explicit:
@@ -248,19 +311,29 @@ def load(explicit: str | None = None) -> Config:
 # --------------------------------------------------------------------------- printing
 
 
+#: what check-config prints instead of a secret
+MASK = "***"
+
+_SECRETS = frozenset(a.name for a in attrs.fields(ChargePoint) if a.metadata.get("secret"))
+
+
 def to_toml(config: Config) -> str:
-    """The effective config as TOML that `parse` reads back."""
+    """The effective config as TOML that `parse` reads back — except that secrets
+    (passwords, password hashes) are printed as `***`: this output lands in terminals,
+    tickets and forum posts."""
     data = _converter.unstructure(config)
     data.pop("source", None)
-    top = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    top = {k: v for k, v in data.items() if not isinstance(v, dict) and v is not None}
     lines = [f"{k} = {_toml_value(v)}" for k, v in top.items()]
     for section, values in data.items():
         if not isinstance(values, dict) or section == "charge_points":
             continue
         lines += ["", f"[{section}]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
     for identity, overrides in data["charge_points"].items():
-        set_values = {k: v for k, v in overrides.items() if v is not None}
+        set_values = {
+            k: MASK if k in _SECRETS else v for k, v in overrides.items() if v is not None
+        }
         lines += ["", f"[charge_points.{_toml_value(identity)}]"]
         lines += [f"{k} = {_toml_value(v)}" for k, v in set_values.items()]
     return "\n".join(lines) + "\n"
@@ -308,7 +381,22 @@ max_json_depth = 64             # deeper payloads are refused as malformed
 [device_model]
 fetch_on_boot = true
 
-# Per charge point overrides, by identity:
+[authorization]
+id_tokens = []                  # e.g. ["04A2B3C4D5E6F7"]: only these RFID/idTokens are
+                                # Accepted (case-insensitive); empty = every token
+
+# wss:// (security profile 2): uncomment, and charge points connect to wss://<box>:9000/<id>
+# [tls]
+# cert = "server.crt"           # PEM, the server certificate (and its chain)
+# key = "server.key"            # PEM, its private key (keep it readable by the service only)
+# client_ca = "cp-ca.crt"       # mutual TLS (profile 3): charge points need a certificate
+#                               # from this CA whose CN is their identity
+
+# Per charge point settings, by identity:
 # [charge_points."CP-GARAGE"]
 # validation = "strict"
+# password_hash = "scrypt$ln=15,r=8,p=1$..."   # Basic auth (profiles 1 and 2): the output
+#                                              # of `ocpp-appliance hash-password`
+# password = "..."              # or the password itself (a hash is better: whoever reads
+#                               # this file then does not learn the password)
 """

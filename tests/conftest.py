@@ -106,7 +106,7 @@ ping_interval_sec = 30
 commit_interval_ms = 50
 """
 
-_LISTENING = re.compile(r"listening on ws://[^:]+:(\d+)/")
+_LISTENING = re.compile(r"listening on (wss?)://[^:]+:(\d+)/")
 
 
 @dataclass
@@ -117,10 +117,12 @@ class Appliance:
     folder: Path
     port: int
     log_file: Path
+    #: ws, or wss with [tls]
+    scheme: str = "ws"
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def db(self) -> Path:
@@ -170,7 +172,7 @@ def start_appliance_process(folder: Path, extra_config: str = "") -> Appliance:
     while time.monotonic() < deadline:
         match = _LISTENING.search(log_file.read_text())
         if match:
-            return Appliance(proc, folder, int(match.group(1)), log_file)
+            return Appliance(proc, folder, int(match.group(2)), log_file, match.group(1))
         if proc.poll() is not None:
             raise AssertionError(f"appliance exited {proc.returncode}:\n{log_file.read_text()}")
         time.sleep(0.05)

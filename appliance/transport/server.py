@@ -1,10 +1,12 @@
-"""The listener: handshake and refusal before the upgrade, one nursery per charge point,
-keep-alive, replacement of a duplicate identity, and the orderly close on shutdown."""
+"""The listener: TLS, handshake, authentication and refusal before the upgrade, one
+nursery per charge point, keep-alive, replacement of a duplicate identity, the live
+config swap (SIGHUP) and the orderly close on shutdown."""
 
 from __future__ import annotations
 
 import logging
 import math
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -32,6 +34,10 @@ from appliance.rpc import (
     Session,
     Validation,
 )
+from appliance.security import guard, passwords
+from appliance.security.guard import AuthFailed, Credential, Reporter, Throttle, Verifier
+from appliance.security.policy import Policy
+from appliance.security.tls import common_names
 from appliance.store import Store, TransactionIds
 from appliance.transport.websocket import WebSocket
 from appliance.tree import Tree
@@ -45,17 +51,48 @@ CLOSE_GRACE_SEC = 1.5
 #: how long a connection waits before looking again whether the writer caught up
 BACKPRESSURE_PAUSE_SEC = 0.01
 
+#: RFC 7235 §4.1: a 401 names the scheme the client should use
+CHALLENGE = (("WWW-Authenticate", 'Basic realm="ocpp", charset="UTF-8"'),)
+
+#: closes that a peer earned by misbehaving: their log line goes through the Reporter
+#: (once per address and reason), not one per connection
+ABUSE_CLOSE_CODES = frozenset({1003, 1009})
+
+#: the KDF runs in worker threads, at most this many at once: a storm of guesses from
+#: many addresses then costs the appliance one core, not all of them
+KDF_THREADS = 1
+
+#: OpenSSL's reasons for a failed TLS handshake, in plain words (the rest as OpenSSL says)
+TLS_FAILURES = {
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no client certificate (mutual TLS requires one)",
+    "CERTIFICATE_VERIFY_FAILED": "client certificate does not chain to tls.client_ca",
+    "WRONG_VERSION_NUMBER": "not TLS (a ws:// client on the wss:// port?)",
+    "HTTP_REQUEST": "plain HTTP on the wss:// port",
+    "UNSUPPORTED_PROTOCOL": "the client offers only TLS older than 1.2",
+    "NO_SHARED_CIPHER": "no cipher suite in common",
+    "TLSV1_ALERT_UNKNOWN_CA": "the charge point does not trust the server certificate",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the charge point rejected the server certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the charge point rejected the server certificate",
+}
+
 
 class CallFailed(Exception):
     """An outgoing call got no usable answer; the message says why in plain words."""
 
 
 class Refusal(Exception):
-    def __init__(self, status: int, reason: str, protocol: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        protocol: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.protocol = protocol
+        self.headers = headers
 
 
 @dataclass(slots=True, eq=False)
@@ -79,8 +116,10 @@ class Server:
         schemas: dict[str, SchemaSet],
         transaction_ids: TransactionIds,
         tree: Tree,
+        policy: Policy | None = None,
     ) -> None:
-        self.config = config
+        #: the one place the config lives while serving; `reload` swaps it whole
+        self.policy = policy if policy is not None else Policy.build(config)
         self.store = store
         self.schemas = schemas
         self.transaction_ids = transaction_ids
@@ -93,6 +132,37 @@ class Server:
         self._nursery: trio.Nursery | None = None
         self._listening = trio.CancelScope()
         self._caught_up: trio.Event | None = None
+        self.throttle = Throttle()
+        self.verifier = Verifier()
+        self.reporter = Reporter()
+        self._kdf_threads = trio.CapacityLimiter(KDF_THREADS)
+
+    @property
+    def config(self) -> Config:
+        return self.policy.config
+
+    def token_accepted(self, token: str | None) -> bool:
+        """The idToken decision under the config in force now (handlers call this)."""
+        return self.policy.token_accepted(token)
+
+    async def reload(self, policy: Policy) -> None:
+        """Put `policy` in force: new handshakes are judged by it at once, and connected
+        charge points it no longer admits are closed (1008, policy violation)."""
+        self.policy = policy
+        for connection in list(self.connections.values()):
+            reason = self.revoked(connection)
+            if reason is not None:
+                log.warning("%s: closing: %s", connection.identity, reason)
+                await connection.close(1008, reason)
+
+    def revoked(self, connection: Connection) -> str | None:
+        """Why the config in force no longer admits `connection`, or None."""
+        if not self.policy.allowed(connection.identity):
+            return "no longer in identity_allowlist"
+        credential = self.policy.credentials.get(connection.identity)
+        if credential is not None and credential != connection.credential:
+            return "password changed in the config"
+        return None
 
     # ------------------------------------------------------------------- listening
 
@@ -117,30 +187,46 @@ class Server:
 
     # ------------------------------------------------------------------ handshake
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, tcp: trio.SocketStream) -> None:
         self.streams += 1
         try:
-            remote = _address(stream)
+            # one policy judges the whole handshake, whatever a SIGHUP swaps meanwhile
+            policy = self.policy
+            host, remote = _peer(tcp)
+            limits = policy.config.limits
             protocol = ServerProtocol(
                 select_subprotocol=self._subprotocol_selector,
-                max_size=self.config.limits.max_frame_bytes,
+                max_size=limits.max_frame_bytes,
             )
+            stream: trio.abc.Stream = tcp
+            if policy.tls is not None:
+                stream = trio.SSLStream(tcp, policy.tls, server_side=True)
             ws = WebSocket(stream, protocol)
             request = None
-            with trio.move_on_after(self.config.limits.handshake_timeout_sec):
-                request = await _read_request(ws)
+            tls_failure = peer_certificate = None
+            # the TLS handshake counts against handshake_timeout_sec too (slowloris)
+            with trio.move_on_after(limits.handshake_timeout_sec):
+                if isinstance(stream, trio.SSLStream):
+                    try:
+                        await stream.do_handshake()
+                        # profile 3: the client certificate, before any WebSocket byte
+                        peer_certificate = stream.getpeercert()
+                    except trio.BrokenResourceError as exc:
+                        tls_failure = f"TLS handshake failed: {_tls_failure(exc)}"
+                if tls_failure is None:
+                    request = await _read_request(ws)
             if request is None:
-                reason = (
-                    f"handshake not completed within {self.config.limits.handshake_timeout_sec:g} s"
+                reason = tls_failure or (
+                    f"handshake not completed within {limits.handshake_timeout_sec:g} s"
                     if not ws.done
                     else "connection closed before the handshake"
                 )
                 if protocol.handshake_exc is not None:
-                    reason = f"bad HTTP request: {protocol.handshake_exc}"
-                self._refused(None, remote, None, reason)
+                    reason = f"bad HTTP request: {_masked(str(protocol.handshake_exc))}"
+                self._refused(None, host, remote, None, reason)
                 await ws.aclose()
                 return
-            connection = self._upgrade(ws, request, remote)
+            connection = await self._upgrade(ws, request, host, remote, policy, peer_certificate)
             await ws.flush()
             if connection is not None:
                 await connection.run()
@@ -161,12 +247,21 @@ class Server:
 
         return select
 
-    def _upgrade(self, ws: WebSocket, request: Request, remote: str) -> Connection | None:
-        """Answer the upgrade: 101 and a Connection, or an HTTP refusal (SPEC §2)."""
+    async def _upgrade(
+        self,
+        ws: WebSocket,
+        request: Request,
+        host: str,
+        remote: str,
+        policy: Policy,
+        peer_certificate: dict[str, Any] | None,
+    ) -> Connection | None:
+        """Answer the upgrade: 101 and a Connection, or an HTTP refusal (SPEC §2, §3)."""
         protocol = ws.protocol
         assert isinstance(protocol, ServerProtocol)
         identity = identity_from_path(request.path)
         response = protocol.accept(request)
+        credential = None
         try:
             if response.status_code != 101:
                 raise Refusal(
@@ -175,15 +270,58 @@ class Server:
             chosen = self._chosen_subprotocol(
                 request, response.headers.get("Sec-WebSocket-Protocol")
             )
-            self._admit(identity, chosen)
+            self._admit(policy, identity, chosen, peer_certificate)
+            credential = policy.credentials.get(identity)
+            if credential is not None:
+                await self._authenticate(credential, request, identity, host, chosen)
+                if self.policy is not policy:
+                    # a SIGHUP came while the password was checked: the new rules decide
+                    policy = self.policy
+                    self._admit(policy, identity, chosen, peer_certificate)
+                    if policy.credentials.get(identity) != credential:
+                        raise Refusal(401, "password changed during the handshake", chosen)
         except Refusal as refusal:
             if response.status_code == 101:
                 response = protocol.reject(refusal.status, refusal.reason + "\n")
+                for name, value in refusal.headers:
+                    response.headers[name] = value
             protocol.send_response(response)
-            self._refused(identity or None, remote, refusal.protocol, refusal.reason)
+            self._refused(identity or None, host, remote, refusal.protocol, refusal.reason)
             return None
         protocol.send_response(response)
-        return Connection(self, ws, identity, remote, PROTOCOLS[chosen])
+        return Connection(self, ws, identity, remote, PROTOCOLS[chosen], credential, host)
+
+    async def _authenticate(
+        self, credential: Credential, request: Request, identity: str, host: str, chosen: str
+    ) -> None:
+        """HTTP Basic auth (security profiles 1 and 2), throttled per address (guard.Throttle:
+        the wait happens here, in this connection's own task). Raises Refusal(401)."""
+        start = self.throttle.begin(host, trio.current_time())
+        if start is None:
+            raise Refusal(401, guard.BUSY, chosen, CHALLENGE)
+        ok = False
+        try:
+            if start:
+                await trio.sleep(start)
+            headers = request.headers.get_all("Authorization")
+            if len(headers) > 1:
+                raise AuthFailed(guard.MALFORMED)
+            password = guard.basic_credentials(headers[0] if headers else None, identity)
+            known = self.verifier.quick(credential, password)
+            if known is None:
+                assert credential.password_hash is not None
+                # the KDF is slow by design: off the event loop, a bounded number at once
+                known = await trio.to_thread.run_sync(
+                    passwords.verify, password, credential.password_hash, limiter=self._kdf_threads
+                )
+                self.verifier.remember(credential, password, known)
+            if not known:
+                raise AuthFailed(guard.WRONG_PASSWORD)
+            ok = True
+        except AuthFailed as failed:
+            raise Refusal(401, str(failed), chosen, CHALLENGE) from None
+        finally:
+            self.throttle.end(host, ok, trio.current_time())
 
     def _chosen_subprotocol(self, request: Request, selected: str | None) -> str:
         if selected is not None:
@@ -194,21 +332,42 @@ class Server:
         enabled = ", ".join(self.config.subprotocols)
         raise Refusal(400, f"no common subprotocol: offered {offered or 'none'}, enabled {enabled}")
 
-    def _admit(self, identity: str, subprotocol: str) -> None:
+    def _admit(
+        self,
+        policy: Policy,
+        identity: str,
+        subprotocol: str,
+        peer_certificate: dict[str, Any] | None,
+    ) -> None:
         if not identity:
             raise Refusal(404, "no charge point identity in the URL path", subprotocol)
-        allowlist = self.config.identity_allowlist
-        if allowlist and identity not in allowlist:
+        if not policy.allowed(identity):
             raise Refusal(403, "identity not in identity_allowlist", subprotocol)
-        if self.streams > self.config.limits.max_connections:
-            limit = self.config.limits.max_connections
+        if policy.mutual_tls:
+            # profile 3: the certificate chains to client_ca (checked by the TLS handshake)
+            # and names this charge point (OCPP 2.0.1 A00.FR.414: CN = the identity)
+            names = common_names(peer_certificate)
+            if names != [identity]:
+                shown = ", ".join(repr(n) for n in names) or "none"
+                raise Refusal(
+                    403, f"client certificate CN ({shown}) is not the identity", subprotocol
+                )
+        limit = policy.config.limits.max_connections
+        if self.streams > limit:
             raise Refusal(503, f"connection limit reached (max_connections = {limit})", subprotocol)
 
     def _refused(
-        self, identity: str | None, remote: str, protocol: str | None, reason: str
+        self, identity: str | None, host: str, remote: str, protocol: str | None, reason: str
     ) -> None:
-        log.warning("%s: refused from %s: %s", identity or "-", remote, reason)
-        self.store.log_connection("refused", identity, remote, protocol, reason)
+        """Log and record a refusal — once per address and reason (guard.Reporter)."""
+        report = self.reporter.refusal(host, reason, trio.current_time())
+        if report.log:
+            note = report.log_note
+            log.warning("%s: refused from %s: %s%s", identity or "-", remote, reason, note)
+        if report.record:
+            self.store.log_connection(
+                "refused", identity, remote, protocol, reason + report.row_note
+            )
 
     # ---------------------------------------------------------------- registry
 
@@ -252,7 +411,14 @@ class Connection:
     """One charge point's WebSocket: a nursery of reader, pinger and call timer."""
 
     def __init__(
-        self, server: Server, ws: WebSocket, identity: str, remote: str, protocol: Protocol
+        self,
+        server: Server,
+        ws: WebSocket,
+        identity: str,
+        remote: str,
+        protocol: Protocol,
+        credential: Credential | None = None,
+        host: str | None = None,
     ) -> None:
         config = server.config
         name = protocol.dialect.subprotocol
@@ -260,6 +426,9 @@ class Connection:
         self.ws = ws
         self.identity = identity
         self.remote = remote
+        self.host = host or remote
+        #: the password it was admitted with: a SIGHUP that changes it closes the connection
+        self.credential = credential
         self.protocol = protocol
         self.subprotocol = name
         self.session = Session(
@@ -277,6 +446,7 @@ class Connection:
             config.heartbeat_interval_sec,
             server.transaction_ids,
             partial(server.tree.apply, identity),
+            server.token_accepted,
         )
         self.close_reason: str | None = None
         self._scope = trio.CancelScope()
@@ -299,6 +469,10 @@ class Connection:
         try:
             if old is not None:
                 await old.close(1000, "replaced by a new connection")
+            revoked = self.server.revoked(self)
+            if revoked is not None:
+                # a SIGHUP landed between the handshake and here
+                await self.close(1008, revoked)
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
@@ -331,6 +505,21 @@ class Connection:
             "disconnect", self.identity, self.remote, self.subprotocol, reason
         )
         suffix = "" if current else " (a newer connection replaced it)"
+        sent = self.ws.protocol.close_sent
+        if sent is not None and sent.code in ABUSE_CLOSE_CODES:
+            # a peer that keeps sending oversized or binary frames: one line per address
+            report = self.server.reporter.refusal(
+                self.host, f"close {sent.code}", trio.current_time()
+            )
+            if report.log:
+                log.warning(
+                    "%s: disconnected from %s: %s%s",
+                    self.identity,
+                    self.remote,
+                    reason,
+                    report.log_note,
+                )
+            return
         log.info("%s: disconnected: %s%s", self.identity, reason, suffix)
 
     # ---------------------------------------------------------------- reading
@@ -494,12 +683,32 @@ async def _read_request(ws: WebSocket) -> Request | None:
     return None
 
 
-def _address(stream: trio.SocketStream) -> str:
+def _peer(stream: trio.SocketStream) -> tuple[str, str]:
+    """The peer's host (the throttle's key) and host:port (what the log shows)."""
     try:
         host, port, *_ = stream.socket.getpeername()
     except (OSError, ValueError):
-        return "?"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return "?", "?"
+    return host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _tls_failure(exc: BaseException) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        # expired, not yet valid, or from another CA: OpenSSL's words, and the rule
+        return (
+            f"client certificate rejected ({cause.verify_message}): it must chain to tls.client_ca"
+        )
+    if isinstance(cause, ssl.SSLError) and cause.reason:
+        return TLS_FAILURES.get(cause.reason, cause.reason)
+    return "connection closed during the TLS handshake"
+
+
+def _masked(text: str) -> str:
+    """A parser's message may quote the offending header line: never an Authorization."""
+    lowered = text.lower()
+    at = lowered.find("authorization")
+    return text if at < 0 else text[:at] + "authorization: ***"
 
 
 def _close_reason(ws: WebSocket) -> str:

@@ -12,6 +12,7 @@ from appliance.domain import Update
 from appliance.domain.meter import Reading
 from appliance.rpc import Fault
 from appliance.store import TransactionIds
+from appliance.versions import tables
 
 Payload = dict[str, Any]
 
@@ -24,6 +25,10 @@ class Unprocessable(Exception):
         self.fault = fault
 
 
+def _accept_every_token(token: str | None) -> bool:
+    return True
+
+
 @dataclass(slots=True)
 class Context:
     """What a handler may use: the connection's identity and the appliance's services.
@@ -34,6 +39,22 @@ class Context:
     heartbeat_interval: int
     transaction_ids: TransactionIds
     emit: Callable[[Update], None]
+    #: is this RFID/idToken accepted? Asked at each call, so a SIGHUP applies at once
+    authorize: Callable[[str | None], bool] = _accept_every_token
+
+
+_ACCEPTED = {"status": "Accepted"}
+
+
+def token_info(ctx: Context, token: Any) -> Payload:
+    """idTagInfo (1.6) / idTokenInfo (2.x) for `token` — a 1.6 idTag string or a 2.x
+    IdTokenType object: the one place every Authorize, Start/StopTransaction and
+    TransactionEvent answer takes its status from."""
+    if isinstance(token, dict):
+        token = token.get("idToken")
+    if ctx.authorize(token if isinstance(token, str) else None):
+        return _ACCEPTED
+    return {"status": tables.REFUSED_TOKEN_STATUS[ctx.protocol]}
 
 
 Handler = Callable[[Context, Payload], Payload]

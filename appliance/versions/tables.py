@@ -21,6 +21,12 @@ OCPP21 = "ocpp2.1"
 # Placeholder timestamp; the caller replaces it with the CSMS clock.
 _PLACEHOLDER_TIME = "2026-01-01T00:00:00Z"
 
+# The status of an idTagInfo / idTokenInfo for a token that `[authorization] id_tokens`
+# does not hold. 1.6 AuthorizationStatus has no "Unknown": Invalid is "not known or not
+# valid". 2.x has Unknown for exactly this (Part 2 C01); its Invalid means known but not
+# valid (expired, blocked), which a plain list cannot say.
+REFUSED_TOKEN_STATUS = {OCPP16: "Invalid", OCPP201: "Unknown", OCPP21: "Unknown"}
+
 # --------------------------------------------------------------------------------------
 # OCPP 1.6 edition 2 + "Improved security for OCPP 1.6-J" whitepaper (edition 3)
 # --------------------------------------------------------------------------------------

@@ -22,9 +22,8 @@ from appliance.versions.common import (
     need_number,
     objects,
     text,
+    token_info,
 )
-
-_ACCEPTED = {"status": "Accepted"}
 
 
 def boot_notification(ctx: Context, payload: Payload) -> Payload:
@@ -50,8 +49,7 @@ def heartbeat(ctx: Context, payload: Payload) -> Payload:
 
 
 def authorize(ctx: Context, payload: Payload) -> Payload:
-    need(payload, "idTag")
-    return {"idTagInfo": _ACCEPTED}
+    return {"idTagInfo": token_info(ctx, need(payload, "idTag"))}
 
 
 def status_notification(ctx: Context, payload: Payload) -> Payload:
@@ -130,7 +128,7 @@ def start_transaction(ctx: Context, payload: Payload) -> Payload:
             raw=payload,
         )
     )
-    return {"transactionId": transaction_id, "idTagInfo": _ACCEPTED}
+    return {"transactionId": transaction_id, "idTagInfo": token_info(ctx, id_tag)}
 
 
 def stop_transaction(ctx: Context, payload: Payload) -> Payload:
@@ -150,7 +148,7 @@ def stop_transaction(ctx: Context, payload: Payload) -> Payload:
             raw=payload,
         )
     )
-    return {"idTagInfo": _ACCEPTED} if "idTag" in payload else {}
+    return {"idTagInfo": token_info(ctx, payload["idTag"])} if "idTag" in payload else {}
 
 
 def data_transfer(ctx: Context, payload: Payload) -> Payload:

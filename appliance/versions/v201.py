@@ -22,9 +22,8 @@ from appliance.versions.common import (
     need,
     objects,
     text,
+    token_info,
 )
-
-_ACCEPTED = {"status": "Accepted"}
 
 
 def boot_notification(ctx: Context, payload: Payload) -> Payload:
@@ -51,8 +50,7 @@ def heartbeat(ctx: Context, payload: Payload) -> Payload:
 
 
 def authorize(ctx: Context, payload: Payload) -> Payload:
-    need(payload, "idToken")
-    return {"idTokenInfo": _ACCEPTED}
+    return {"idTokenInfo": token_info(ctx, need(payload, "idToken"))}
 
 
 def status_notification(ctx: Context, payload: Payload) -> Payload:
@@ -137,7 +135,7 @@ def transaction_event(ctx: Context, payload: Payload) -> Payload:
     )
     # idTokenInfo answers a token; without one the response is empty (Part 2, E01–E15).
     # An event for a transaction the appliance does not know is acknowledged all the same.
-    return {"idTokenInfo": _ACCEPTED} if "idToken" in payload else {}
+    return {"idTokenInfo": token_info(ctx, token)} if "idToken" in payload else {}
 
 
 def _latest_register(found: list[Reading]) -> float | None:
