@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.domain import Update
-from appliance.domain.meter import Reading
+from appliance.domain.meter import Reading, reading
 from appliance.rpc import Fault
 from appliance.store import TransactionIds
 from appliance.versions import tables
@@ -114,6 +114,34 @@ def objects(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         return []
     return [item for item in value if isinstance(item, dict)]
+
+
+def sampled_readings(
+    meter_values: object, unit_of: Callable[[dict[str, Any]], tuple[Any, int]]
+) -> list[Reading]:
+    """MeterValue[] → readings. The versions differ only in where the unit is
+    (`unit_of`: 1.6 `unit`, 2.x `unitOfMeasure` with its multiplier). A signed or
+    non-numeric value is skipped (the frame in `messages` keeps it)."""
+    found = []
+    for meter_value in objects(meter_values):
+        stamp = text(meter_value.get("timestamp"))
+        for sampled in objects(meter_value.get("sampledValue")):
+            if sampled.get("format") == "SignedData":
+                continue
+            unit, multiplier = unit_of(sampled)
+            value = reading(
+                sampled.get("value"),
+                sampled.get("measurand"),
+                sampled.get("phase"),
+                sampled.get("location"),
+                sampled.get("context"),
+                unit,
+                multiplier,
+                stamp,
+            )
+            if value is not None:
+                found.append(value)
+    return found
 
 
 def energy_register(readings: list[Reading], context: str | None = None) -> float | None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from appliance import domain
 from appliance.domain.clock import iso_now
-from appliance.domain.meter import Reading, reading
+from appliance.domain.meter import Reading
 from appliance.versions.common import (
     PROFILE_ID,
     PROFILE_START,
@@ -20,7 +20,7 @@ from appliance.versions.common import (
     need,
     need_int,
     need_number,
-    objects,
+    sampled_readings,
     text,
     token_info,
 )
@@ -70,26 +70,8 @@ def status_notification(ctx: Context, payload: Payload) -> Payload:
 
 
 def readings(meter_values: object) -> list[Reading]:
-    """1.6 MeterValue[] → readings; a SignedData or non-numeric value is skipped."""
-    found = []
-    for meter_value in objects(meter_values):
-        stamp = text(meter_value.get("timestamp"))
-        for sampled in objects(meter_value.get("sampledValue")):
-            if sampled.get("format") == "SignedData":
-                continue
-            value = reading(
-                sampled.get("value"),
-                sampled.get("measurand"),
-                sampled.get("phase"),
-                sampled.get("location"),
-                sampled.get("context"),
-                sampled.get("unit"),
-                0,
-                stamp,
-            )
-            if value is not None:
-                found.append(value)
-    return found
+    """1.6 MeterValue[] → readings; the unit is `unit` (no multiplier in 1.6)."""
+    return sampled_readings(meter_values, lambda sampled: (sampled.get("unit"), 0))
 
 
 def _sample(ctx: Context, connector: int, transaction_id: str | None, found: list) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from appliance import domain
 from appliance.domain.clock import iso_now
-from appliance.domain.meter import Reading, reading
+from appliance.domain.meter import Reading
 from appliance.rpc import Fault
 from appliance.versions.common import (
     PROFILE_ID,
@@ -21,6 +21,7 @@ from appliance.versions.common import (
     limit_period,
     need,
     objects,
+    sampled_readings,
     text,
     token_info,
 )
@@ -68,27 +69,15 @@ def status_notification(ctx: Context, payload: Payload) -> Payload:
     return {}
 
 
+def _unit_of(sampled: dict[str, Any]) -> tuple[Any, int]:
+    unit = sampled.get("unitOfMeasure")
+    unit = unit if isinstance(unit, dict) else {}
+    return unit.get("unit"), as_int(unit.get("multiplier")) or 0
+
+
 def readings(meter_values: object) -> list[Reading]:
     """2.x MeterValueType[] → readings, units × 10^multiplier normalised."""
-    found = []
-    for meter_value in objects(meter_values):
-        stamp = text(meter_value.get("timestamp"))
-        for sampled in objects(meter_value.get("sampledValue")):
-            unit = sampled.get("unitOfMeasure")
-            unit = unit if isinstance(unit, dict) else {}
-            value = reading(
-                sampled.get("value"),
-                sampled.get("measurand"),
-                sampled.get("phase"),
-                sampled.get("location"),
-                sampled.get("context"),
-                unit.get("unit"),
-                as_int(unit.get("multiplier")) or 0,
-                stamp,
-            )
-            if value is not None:
-                found.append(value)
-    return found
+    return sampled_readings(meter_values, _unit_of)
 
 
 def meter_values(ctx: Context, payload: Payload) -> Payload:
