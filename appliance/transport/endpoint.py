@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+from websockets.protocol import State
 
 from appliance.rpc import CallTimedOut, Frame, LocalProtocolError, Session
 from appliance.transport.websocket import WebSocket
@@ -82,6 +83,8 @@ class Endpoint:
         if not frames:
             return
         protocol = self.ws.protocol
+        if protocol.state is not State.OPEN:
+            return  # closing: nothing more may be sent; the waiters fail when it ends
         for frame in frames:
             self._record(frame)
             protocol.send_text(frame.text.encode())
