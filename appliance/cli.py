@@ -185,6 +185,83 @@ def cmd_call(args: argparse.Namespace) -> int:
     return _await_outcome(config, seq, base)
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from appliance.simulator import Options, simulate
+
+    if bool(args.cert) != bool(args.key):
+        print("ocpp-appliance: --cert and --key go together", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.url.startswith(("ws://", "wss://")):
+        print(f"ocpp-appliance: --url must start with ws:// or wss://: {args.url}", file=sys.stderr)
+        return EXIT_USAGE
+    options = Options(
+        url=args.url,
+        count=args.count,
+        protocol=args.protocol,
+        identity_prefix=args.identity_prefix,
+        duration=args.duration,
+        meter_interval=args.meter_interval,
+        speed=args.speed,
+        password=args.password,
+        cafile=args.cafile,
+        cert=args.cert,
+        key=args.key,
+        load=args.load,
+    )
+    return simulate(options, as_json=args.json)
+
+
+def _simulate_arguments(sub: argparse.ArgumentParser) -> None:
+    from appliance.simulator import PROTOCOL_CHOICES
+
+    sub.add_argument("--url", default="ws://127.0.0.1:9000", help="the central system "
+                     "(default ws://127.0.0.1:9000); the identity is appended as the last "
+                     "path segment")  # fmt: skip
+    sub.add_argument("--count", type=_count, default=1, metavar="N", help="charge points (1)")
+    sub.add_argument("--protocol", choices=PROTOCOL_CHOICES, default="ocpp1.6",
+                     help="OCPP version; mix: round-robin over all three (ocpp1.6)")  # fmt: skip
+    sub.add_argument("--identity-prefix", default="SIM", metavar="PREFIX",
+                     help="identities PREFIX001, PREFIX002, … (SIM)")  # fmt: skip
+    sub.add_argument("--duration", type=_positive, metavar="S",
+                     help="stop after S seconds (default: until Ctrl-C)")  # fmt: skip
+    sub.add_argument("--meter-interval", type=_positive, default=60.0, metavar="S",
+                     help="simulated seconds between meter values (60)")  # fmt: skip
+    sub.add_argument(
+        "--speed",
+        type=_positive,
+        default=1.0,
+        metavar="X",
+        help="simulated time runs X times faster (1; 60: a session in ~20 s)",
+    )
+    sub.add_argument("--password", help="HTTP Basic auth password (user = the identity)")
+    sub.add_argument("--cafile", metavar="PEM", help="CA certificate(s) for wss://")
+    sub.add_argument("--cert", metavar="PEM", help="client certificate (security profile 3)")
+    sub.add_argument("--key", metavar="PEM", help="the client certificate's private key")
+    sub.add_argument("--load", action="store_true", help="load test: after boot, MeterValues "
+                     "back to back, one CALL in flight per connection")  # fmt: skip
+    sub.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str]] = {
     "serve": (
         cmd_serve,
@@ -230,6 +307,12 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str]] = {
         '\'{"getVariableData": [{"component": {"name": "OCPPCommCtrlr"},'
         ' "variable": {"name": "HeartbeatInterval"}}]}\'',
     ),
+    "simulate": (
+        cmd_simulate,
+        "run simulated charge points (1.6 / 2.0.1 / 2.1) against a central system",
+        "example: ocpp-appliance simulate --count 3 --speed 60   "
+        "(load test: ocpp-appliance simulate --count 100 --load --duration 10 --json)",
+    ),
 }
 
 
@@ -262,6 +345,8 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "payload", metavar="JSON", nargs="?", default="{}", help="its payload (default {})"
             )
+        if name == "simulate":
+            _simulate_arguments(sub)
         if name == "get":
             sub.add_argument(
                 "pattern",

@@ -114,6 +114,37 @@ async def _load(url: str, count: int, duration: float, pace: float = 0.0) -> dic
     }
 
 
+def _simulator_load(url: str, count: int, duration: float) -> dict:
+    """The same load driven by `ocpp-appliance simulate --load` (mixed into the row: the
+    simulator's own CPU per call)."""
+    import resource
+
+    script = Path(sys.executable).with_name("ocpp-appliance")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "appliance"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(
+        [*_pin(1), *command, "simulate", "--url", url, "--count", str(count), "--load",
+         "--duration", str(duration), "--json", "--identity-prefix", "LOAD"],
+        capture_output=True, text=True, timeout=duration + 120,
+    )  # fmt: skip
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"simulate failed: {done.stderr.strip()}")
+    summary = json.loads(done.stdout)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {
+        "n": count,
+        "calls": summary["calls"],
+        "calls_per_s": summary["calls_per_s"],
+        "p50_ms": summary["p50_ms"],
+        "p99_ms": summary["p99_ms"],
+        "max_ms": summary["max_ms"],
+        "errors": sum(summary["errors"].values()),
+        "reconnects": summary["reconnects"],
+        "simulator_cpu_us_per_call": round(cpu * 1e6 / max(summary["calls"], 1), 1),
+    }
+
+
 # ---------------------------------------------------------------------- measuring
 
 
@@ -169,6 +200,7 @@ def measure(
     duration: float,
     pace: float = 0,
     database: Path | None = None,
+    simulator: bool = False,
 ) -> list:
     server = subprocess.Popen(_pin(0) + command, stderr=subprocess.DEVNULL)
     results = []
@@ -179,7 +211,11 @@ def measure(
         for count in counts:
             cpu0, disk0 = _cpu_seconds(server.pid), _written_bytes(server.pid)
             size0 = _size(database)
-            load = asyncio.run(_load(f"ws://127.0.0.1:{port}", count, duration, pace))
+            url = f"ws://127.0.0.1:{port}"
+            if simulator:
+                load = _simulator_load(url, count, duration)
+            else:
+                load = asyncio.run(_load(url, count, duration, pace))
             cpu1, disk1 = _cpu_seconds(server.pid), _written_bytes(server.pid)
             calls = max(load["calls"], 1)
             row = {
@@ -403,6 +439,11 @@ def main() -> None:
         help="each charge point sends one MeterValues every SECONDS instead of back to back "
         "(e.g. -n 10 --paced 1 --duration 60 for the disk-write measure)",
     )
+    parser.add_argument(
+        "--simulator",
+        action="store_true",
+        help="drive the load with `ocpp-appliance simulate --load` (adds its CPU per call)",
+    )
     args = parser.parse_args()
     counts = [int(n) for n in args.n.split(",")]
     if args.store:
@@ -468,7 +509,9 @@ def main() -> None:
         if name != "appliance":
             command = [*command, str(port)]
         database = folder / "bench.db" if name == "appliance" else None
-        rows = measure(name, command, port, counts, args.duration, args.paced, database)
+        rows = measure(
+            name, command, port, counts, args.duration, args.paced, database, args.simulator
+        )
         results[name] = {row["n"]: row["server_cpu_us_per_call"] for row in rows}
 
     shutil.rmtree(folder, ignore_errors=True)

@@ -1,5 +1,6 @@
 """Transport: the TCP listener, the WebSocket handshake and one task tree per charge point."""
 
-from appliance.transport.server import CallFailed, Connection, Server, identity_from_path
+from appliance.transport.endpoint import CallFailed
+from appliance.transport.server import Connection, Server, identity_from_path
 
 __all__ = ["CallFailed", "Connection", "Server", "identity_from_path"]

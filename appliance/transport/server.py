@@ -5,10 +5,8 @@ config swap (SIGHUP) and the orderly close on shutdown."""
 from __future__ import annotations
 
 import logging
-import math
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -22,7 +20,6 @@ from websockets.server import ServerProtocol
 from appliance.config import Config
 from appliance.rpc import (
     CallReceived,
-    CallTimedOut,
     ErrorReceived,
     Fault,
     Frame,
@@ -39,6 +36,7 @@ from appliance.security.guard import AuthFailed, Credential, Reporter, Throttle,
 from appliance.security.policy import Policy
 from appliance.security.tls import common_names
 from appliance.store import Store, TransactionIds
+from appliance.transport.endpoint import Endpoint
 from appliance.transport.websocket import WebSocket
 from appliance.tree import Tree
 from appliance.versions import PROTOCOLS, Context, Protocol, Unprocessable
@@ -76,10 +74,6 @@ TLS_FAILURES = {
 }
 
 
-class CallFailed(Exception):
-    """An outgoing call got no usable answer; the message says why in plain words."""
-
-
 class Refusal(Exception):
     def __init__(
         self,
@@ -93,13 +87,6 @@ class Refusal(Exception):
         self.reason = reason
         self.protocol = protocol
         self.headers = headers
-
-
-@dataclass(slots=True, eq=False)
-class _Waiter:
-    done: trio.Event = field(default_factory=trio.Event)
-    payload: dict[str, Any] | None = None
-    error: str | None = None
 
 
 def identity_from_path(target: str) -> str:
@@ -407,7 +394,7 @@ class Server:
             log.warning("%s: %s: %s (logged once)", identity, action or "frame", text)
 
 
-class Connection:
+class Connection(Endpoint):
     """One charge point's WebSocket: a nursery of reader, pinger and call timer."""
 
     def __init__(
@@ -450,8 +437,7 @@ class Connection:
         )
         self.close_reason: str | None = None
         self._scope = trio.CancelScope()
-        self._waiters: dict[str, _Waiter] = {}
-        self._deadline_changed = trio.Event()
+        self._init_calls()
         self._awaiting_pong = False
         self._nursery: Any = None
 
@@ -495,8 +481,7 @@ class Connection:
             await self.ws.flush()
 
     def _finish(self) -> None:
-        for call in self.session.close():
-            self._resolve(call.message_id, error="connection closed before the answer")
+        self._fail_pending("connection closed before the answer")
         current = self.server.unregister(self)
         if current:
             self.tree.disconnected(self.identity)
@@ -607,55 +592,10 @@ class Connection:
             frame.violation,
         )
 
-    async def _send_outgoing(self) -> None:
-        frames = self.session.take_outgoing()
-        if not frames:
-            return
-        protocol = self.ws.protocol
-        for frame in frames:
-            self._record(frame)
-            protocol.send_text(frame.text.encode())
-        await self.ws.flush()
-
     # ------------------------------------------------------------ outgoing calls
 
-    async def call(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Send a CALL and wait for its result. Raises CallFailed with the reason (schema
-        violation, CALLERROR, timeout, connection closed)."""
-        try:
-            call = self.session.call(action, payload, trio.current_time())
-        except LocalProtocolError as exc:
-            raise CallFailed(str(exc)) from None
+    def _call_queued(self, action: str, payload: dict[str, Any]) -> None:
         self.tree.capture(self.identity, self.subprotocol, "out", action, payload)
-        waiter = self._waiters[call.message_id] = _Waiter()
-        self._deadline_changed.set()
-        await self._send_outgoing()
-        await waiter.done.wait()
-        if waiter.error is not None:
-            raise CallFailed(waiter.error)
-        assert waiter.payload is not None
-        return waiter.payload
-
-    def _resolve(
-        self, message_id: str, *, payload: dict[str, Any] | None = None, error: str | None = None
-    ) -> None:
-        waiter = self._waiters.pop(message_id, None)
-        if waiter is not None:
-            waiter.payload, waiter.error = payload, error
-            waiter.done.set()
-
-    async def _expire_calls(self) -> None:
-        while True:
-            deadline = self.session.next_deadline()
-            with trio.move_on_at(math.inf if deadline is None else deadline):
-                await self._deadline_changed.wait()
-                self._deadline_changed = trio.Event()
-                continue
-            timed_out: list[CallTimedOut] = self.session.expire(trio.current_time())
-            for event in timed_out:
-                log.warning("%s: %s: %s", self.identity, event.call.action, event.reason)
-                self._resolve(event.call.message_id, error=event.reason)
-            await self._send_outgoing()
 
     # -------------------------------------------------------------- keep-alive
 

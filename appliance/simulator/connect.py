@@ -1,0 +1,117 @@
+"""Opening a client WebSocket with `websockets`' sans-I/O ClientProtocol on trio, and
+turning every way that can fail into one sentence for the user."""
+
+from __future__ import annotations
+
+import base64
+import os
+import ssl
+from urllib.parse import quote
+
+import trio
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidStatus, InvalidURI
+from websockets.http11 import Response
+from websockets.uri import parse_uri
+
+from appliance.transport.websocket import WebSocket
+
+#: a CSMS that has not answered the upgrade by then is not going to
+HANDSHAKE_TIMEOUT_SEC = 10.0
+#: the appliance's own default frame limit; a NotifyReport answer is far smaller
+MAX_FRAME_BYTES = 1 << 20
+
+
+class ConnectError(Exception):
+    """The connection could not be opened; the message says why, in one line."""
+
+
+def ssl_context(cafile: str | None, cert: str | None, key: str | None) -> ssl.SSLContext:
+    """TLS for wss:// (OCPP security profile 2; with a client certificate, profile 3)."""
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+        if cert:
+            context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConnectError(f"cannot load TLS files: {exc}") from None
+    return context
+
+
+def charge_point_url(url: str, identity: str) -> str:
+    return f"{url.rstrip('/')}/{quote(identity, safe='')}"
+
+
+async def open_websocket(
+    url: str,
+    identity: str,
+    subprotocol: str,
+    *,
+    password: str | None = None,
+    context: ssl.SSLContext | None = None,
+) -> WebSocket:
+    """Connect, upgrade offering `subprotocol`, and return the open WebSocket."""
+    target = charge_point_url(url, identity)
+    try:
+        uri = parse_uri(target)
+    except InvalidURI as exc:
+        raise ConnectError(f"not a ws:// or wss:// URL: {exc}") from None
+    where = f"{uri.host}:{uri.port}"
+    with trio.move_on_after(HANDSHAKE_TIMEOUT_SEC) as scope:
+        try:
+            stream: trio.abc.Stream = await trio.open_tcp_stream(uri.host, uri.port)
+        except OSError as exc:
+            raise ConnectError(f"cannot connect to {where}: {_os_reason(exc)}") from None
+        if uri.secure:
+            tls = trio.SSLStream(
+                stream, context or ssl_context(None, None, None), server_hostname=uri.host
+            )
+            try:
+                await tls.do_handshake()
+            except (trio.BrokenResourceError, ssl.SSLError) as exc:
+                await trio.aclose_forcefully(stream)
+                cause = exc.__cause__ or exc
+                raise ConnectError(f"TLS handshake with {where} failed: {cause}") from None
+            stream = tls
+        protocol = ClientProtocol(uri, subprotocols=[subprotocol], max_size=MAX_FRAME_BYTES)
+        request = protocol.connect()
+        if password is not None:
+            token = base64.b64encode(f"{identity}:{password}".encode()).decode()
+            request.headers["Authorization"] = f"Basic {token}"
+        protocol.send_request(request)
+        ws = WebSocket(stream, protocol)
+        await ws.flush()
+        while not ws.done:
+            for event in await ws.receive():
+                if isinstance(event, Response):
+                    _check_response(protocol, event, target)
+                    return ws
+        await ws.aclose()
+        raise ConnectError(f"{where} closed the connection during the WebSocket handshake")
+    assert scope.cancelled_caught
+    raise ConnectError(
+        f"{where} did not complete the WebSocket handshake within {HANDSHAKE_TIMEOUT_SEC:g} s"
+    )
+
+
+def _check_response(protocol: ClientProtocol, response: Response, target: str) -> None:
+    error = protocol.handshake_exc
+    if isinstance(error, InvalidStatus) or response.status_code != 101:
+        body = response.body.decode(errors="replace").strip().splitlines() if response.body else []
+        why = f": {body[0]}" if body else ""
+        hint = " (wrong or missing --password?)" if response.status_code == 401 else ""
+        raise ConnectError(
+            f"{target}: handshake refused with HTTP {response.status_code} "
+            f"{response.reason_phrase}{why}{hint}"
+        )
+    if error is not None:
+        raise ConnectError(f"{target}: bad WebSocket handshake: {error}")
+
+
+def _os_reason(exc: OSError) -> str:
+    """ "Connection refused" rather than trio's "all attempts to connect … failed"."""
+    group = exc.__cause__
+    if isinstance(group, BaseExceptionGroup) and group.exceptions:
+        first = group.exceptions[0]
+        if isinstance(first, OSError) and first.errno:
+            return os.strerror(first.errno)
+    return exc.strerror or str(exc)

@@ -1,0 +1,231 @@
+"""N simulated charge points in one trio run: start them, count what happens, print
+progress, stop them cleanly on --duration, SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import ssl
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import trio
+
+from appliance.rpc import DIALECTS, SchemaSet
+from appliance.simulator.chargepoint import ChargePoint
+from appliance.simulator.connect import ConnectError, ssl_context
+from appliance.simulator.ocpp2x import Ocpp2xChargePoint, Ocpp21ChargePoint
+from appliance.simulator.ocpp16 import Ocpp16ChargePoint
+
+KINDS: dict[str, type[ChargePoint]] = {
+    "ocpp1.6": Ocpp16ChargePoint,
+    "ocpp2.0.1": Ocpp2xChargePoint,
+    "ocpp2.1": Ocpp21ChargePoint,
+}
+PROTOCOL_CHOICES = [*KINDS, "mix"]
+#: seconds between two charge points' connects: a thousand at once would be a SYN flood
+#: of our own making, not a test of the server
+CONNECT_SPACING_SEC = 0.002
+#: progress line interval (seconds)
+PROGRESS_SEC = 1.0
+#: how long stopping may take before the remaining connections are cut
+STOP_GRACE_SEC = 5.0
+#: latencies kept for the percentiles; beyond it, a uniform sample (reservoir)
+MAX_LATENCY_SAMPLES = 1_000_000
+
+
+@dataclass(slots=True)
+class Options:
+    url: str = "ws://127.0.0.1:9000"
+    count: int = 1
+    protocol: str = "ocpp1.6"
+    identity_prefix: str = "SIM"
+    duration: float | None = None
+    meter_interval: float = 60.0
+    speed: float = 1.0
+    password: str | None = None
+    cafile: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    load: bool = False
+    progress: bool | None = None  # None: in --load mode or on a terminal
+
+
+@dataclass(slots=True)
+class Stats:
+    calls: int = 0
+    answered: int = 0
+    sessions: int = 0
+    reconnects: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def call_done(self, seconds: float) -> None:
+        self.calls += 1
+        if len(self.latencies) < MAX_LATENCY_SAMPLES:
+            self.latencies.append(seconds)
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] += 1
+
+    def summary(self, fleet: Fleet) -> dict[str, Any]:
+        elapsed = time.perf_counter() - self.started
+        ordered = sorted(self.latencies)
+
+        def ms(q: float) -> float | None:
+            if not ordered:
+                return None
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+        return {
+            "url": fleet.options.url,
+            "charge_points": fleet.options.count,
+            "protocols": dict(Counter(cp.version for cp in fleet.charge_points)),
+            "mode": "load" if fleet.options.load else "sessions",
+            "elapsed_s": round(elapsed, 2),
+            "calls": self.calls,
+            "calls_per_s": round(self.calls / elapsed, 1) if elapsed > 0 else 0.0,
+            "p50_ms": ms(0.5),
+            "p99_ms": ms(0.99),
+            "max_ms": round(ordered[-1] * 1000, 3) if ordered else None,
+            "sessions": self.sessions,
+            "answered_csms_calls": self.answered,
+            "reconnects": self.reconnects,
+            "errors": dict(self.errors),
+        }
+
+
+class Fleet:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.stats = Stats()
+        self.stopping = False
+        self.error: str | None = None
+        versions = _versions(options.protocol, options.count)
+        self.schemas = {v: SchemaSet(DIALECTS[v]) for v in set(versions)}
+        self.ssl_context: ssl.SSLContext | None = None
+        if options.url.startswith("wss:") or options.cafile or options.cert:
+            self.ssl_context = ssl_context(options.cafile, options.cert, options.key)
+        width = max(3, len(str(options.count)))
+        self.charge_points = [
+            KINDS[version](self, i, f"{options.identity_prefix}{i + 1:0{width}d}")
+            for i, version in enumerate(versions)
+        ]
+        self._scope = trio.CancelScope()
+
+    def fatal(self, message: str) -> None:
+        """A charge point could not even start: stop everything, report it."""
+        if self.error is None:
+            self.error = message
+        self._scope.cancel()
+
+    def stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        for cp in self.charge_points:
+            cp.stop()
+        self._scope.deadline = min(self._scope.deadline, trio.current_time() + STOP_GRACE_SEC)
+
+    async def run(self, out: TextIO = sys.stderr) -> dict[str, Any]:
+        progress = self.options.progress
+        if progress is None:
+            progress = self.options.load or out.isatty()
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._signals)
+                if self.options.duration is not None:
+                    nursery.start_soon(self._timer, self.options.duration)
+                if progress:
+                    nursery.start_soon(self._progress, out)
+                async with trio.open_nursery() as charge_points:
+                    for cp in self.charge_points:
+                        charge_points.start_soon(cp.run)
+                        if self.error is not None or self.stopping:
+                            break
+                        await trio.sleep(CONNECT_SPACING_SEC)
+                nursery.cancel_scope.cancel()
+        if progress and out.isatty():
+            print(file=out)
+        return self.stats.summary(self)
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                self.stop()
+
+    async def _timer(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        self.stop()
+
+    async def _progress(self, out: TextIO) -> None:
+        tty = out.isatty()
+        last_calls, last_time = 0, time.perf_counter()
+        while True:
+            await trio.sleep(PROGRESS_SEC)
+            now = time.perf_counter()
+            stats = self.stats
+            rate = (stats.calls - last_calls) / (now - last_time)
+            last_calls, last_time = stats.calls, now
+            recent = sorted(stats.latencies[-2000:])
+            p99 = recent[min(len(recent) - 1, int(0.99 * len(recent)))] * 1000 if recent else 0
+            connected = sum(1 for cp in self.charge_points if getattr(cp, "ws", None) is not None)
+            line = (
+                f"{now - stats.started:6.1f} s  {connected}/{len(self.charge_points)} connected"
+                f"  {rate:8.1f} calls/s  p99 {p99:7.2f} ms  sessions {stats.sessions}"
+                f"  errors {sum(stats.errors.values())}  reconnects {stats.reconnects}"
+            )
+            print(f"\r{line}" if tty else line, end="" if tty else "\n", file=out, flush=True)
+
+
+def _versions(protocol: str, count: int) -> list[str]:
+    if protocol == "mix":
+        names = list(KINDS)
+        return [names[i % len(names)] for i in range(count)]
+    return [protocol] * count
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    errors = ", ".join(f"{k}: {v}" for k, v in summary["errors"].items()) or "none"
+    protocols = ", ".join(f"{n} × {p}" for p, n in summary["protocols"].items())
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:g} ms"
+
+    return (
+        f"{summary['charge_points']} charge points ({protocols}) against {summary['url']}, "
+        f"{summary['elapsed_s']:g} s\n"
+        f"  calls      {summary['calls']} ({summary['calls_per_s']:g}/s)\n"
+        f"  latency    p50 {ms(summary['p50_ms'])}, p99 {ms(summary['p99_ms'])}, "
+        f"max {ms(summary['max_ms'])}\n"
+        f"  sessions   {summary['sessions']} completed\n"
+        f"  answered   {summary['answered_csms_calls']} calls from the central system\n"
+        f"  reconnects {summary['reconnects']}\n"
+        f"  errors     {errors}\n"
+    )
+
+
+def simulate(options: Options, as_json: bool = False) -> int:
+    """Run the fleet; print the summary. 0: ran (errors are in the summary), 1: could not
+    connect at all."""
+    if not math.isfinite(options.speed) or options.speed <= 0:
+        raise ValueError("--speed must be a positive number")
+    try:
+        fleet = Fleet(options)
+    except ConnectError as exc:
+        print(f"ocpp-appliance simulate: {exc}", file=sys.stderr)
+        return 1
+    summary = trio.run(fleet.run)
+    if fleet.error is not None:
+        print(f"ocpp-appliance simulate: {fleet.error}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        print(format_summary(summary), end="")
+    return 0
