@@ -440,3 +440,25 @@ def test_bad_usage_exits_2(args: list[str]) -> None:
     done = run_cli("simulate", *args)
     assert done.returncode == 2
     assert done.stderr.strip()
+
+
+def test_password_against_the_appliance(start_appliance) -> None:
+    """Security profile 1 end to end: the right password gets in, a wrong one is one line
+    and exit 1."""
+    appliance = start_appliance('[charge_points."SIM001"]\npassword = "correct-horse-battery-1"\n')
+    wrong = simulate(appliance.url, "--password", "wrong-password-12345", "--duration", "5")
+    assert wrong.returncode == 1
+    line = _one_line_error(wrong)
+    assert "HTTP 401" in line
+    right = simulate(
+        appliance.url, "--password", "correct-horse-battery-1", "--duration", "3", *FAST
+    )
+    assert right.returncode == 0, right.stderr
+    rows = appliance.wait_rows(
+        "SELECT event FROM connection_log WHERE identity = 'SIM001' AND event = 'connect'"
+    )
+    assert rows
+    refused = appliance.query(
+        "SELECT reason FROM connection_log WHERE identity = 'SIM001' AND event = 'refused'"
+    )
+    assert refused and "wrong-password" not in refused[0][0]
