@@ -61,10 +61,13 @@ def test_each_version_boots_and_completes_sessions(appliance: Appliance) -> None
     )
     assert {row[0] for row in finished} == set(protocols)
     for identity, tx, start, stop, energy, token in finished:
-        assert stop > start and energy == pytest.approx(stop - start), (identity, tx)
+        # a session the end of --duration cut short right after its start may be empty
+        assert stop >= start and energy == pytest.approx(stop - start), (identity, tx)
         assert token.startswith("TAG")
+    charged = {row[0] for row in finished if row[3] > row[2]}
+    assert charged == set(protocols), "every charge point charged some energy"
     # within one transaction: the energy register and the SoC only rise, power is 3-phase AC
-    identity, tx = finished[-1][:2]
+    identity, tx = max(finished, key=lambda row: row[4])[:2]
     series = appliance.query(
         "SELECT measurand, phase, value FROM meter_values WHERE identity = ? "
         "AND transaction_id = ? ORDER BY seq", identity, tx,
