@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -156,7 +157,13 @@ class Controls:
             task_status.started()
             try:
                 while True:
-                    await self._poll()
+                    try:
+                        await self._poll()
+                    except sqlite3.Error as exc:
+                        # a database another process holds or damaged must not take the
+                        # charge points down with it: the commands wait in the queue
+                        log.warning("controls: cannot read the command queue: %s", exc)
+                        await trio.sleep(1)
                     await trio.sleep(POLL_INTERVAL_SEC)
             finally:
                 with trio.CancelScope(shield=True):
