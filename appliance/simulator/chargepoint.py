@@ -471,6 +471,32 @@ class ChargePoint(Endpoint):
     def vin_data(self) -> str:
         return json.dumps({"vin": self.vin})
 
+    def on_DataTransfer(self, p: dict[str, Any]) -> Answer:
+        if p["vendorId"] != "sim":
+            return {"status": "UnknownVendorId"}, None
+        return {"status": "Accepted", "data": self.vin_data()}, None
+
+    def triggers(self) -> dict[str, Callable[[], Awaitable[Any]]]:
+        """What TriggerMessage can ask for; each version adds its own."""
+        return {
+            "BootNotification": lambda: self.request("BootNotification", self.boot_payload()),
+            "Heartbeat": lambda: self.request("Heartbeat", {}),
+            "StatusNotification": lambda: self.send_status(self.STATUS[self.status]),
+            "FirmwareStatusNotification": lambda: self.request(
+                "FirmwareStatusNotification", {"status": "Idle"}
+            ),
+        }
+
+    def on_TriggerMessage(self, p: dict[str, Any]) -> Answer:
+        action = self.triggers().get(p["requestedMessage"])
+        if action is None:
+            return {"status": "NotImplemented"}, None
+
+        async def followup() -> None:
+            await action()
+
+        return {"status": "Accepted"}, followup
+
 
 def _error_kind(reason: str) -> str:
     """Errors are counted by kind: the CALLERROR code, timeout, closed, invalid."""

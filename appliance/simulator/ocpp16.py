@@ -202,33 +202,14 @@ class Ocpp16ChargePoint(ChargePoint):
         entry[0] = value
         return {"status": "Accepted"}, None
 
-    def on_DataTransfer(self, p: dict[str, Any]) -> Answer:
-        if p["vendorId"] != "sim":
-            return {"status": "UnknownVendorId"}, None
-        return {"status": "Accepted", "data": self.vin_data()}, None
-
-    def on_TriggerMessage(self, p: dict[str, Any]) -> Answer:
-        what = p["requestedMessage"]
-        send: dict[str, Callable[[], Awaitable[Any]]] = {
-            "BootNotification": lambda: self.request("BootNotification", self.boot_payload()),
-            "Heartbeat": lambda: self.request("Heartbeat", {}),
-            "StatusNotification": lambda: self.send_status(self.STATUS[self.status]),
+    def triggers(self) -> dict[str, Callable[[], Awaitable[Any]]]:
+        return {
+            **super().triggers(),
             "MeterValues": self._triggered_meter_values,
             "DiagnosticsStatusNotification": lambda: self.request(
                 "DiagnosticsStatusNotification", {"status": "Idle"}
             ),
-            "FirmwareStatusNotification": lambda: self.request(
-                "FirmwareStatusNotification", {"status": "Idle"}
-            ),
         }
-        action = send.get(what)
-        if action is None:
-            return {"status": "NotImplemented"}, None
-
-        async def followup() -> None:
-            await action()
-
-        return {"status": "Accepted"}, followup
 
     async def _triggered_meter_values(self) -> None:
         reading = self.meter.read(self.vehicle)

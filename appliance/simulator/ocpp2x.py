@@ -304,21 +304,10 @@ class Ocpp2xChargePoint(ChargePoint):
 
         return {"status": "Accepted"}, report
 
-    def on_DataTransfer(self, p: dict[str, Any]) -> Answer:
-        if p["vendorId"] != "sim":
-            return {"status": "UnknownVendorId"}, None
-        return {"status": "Accepted", "data": self.vin_data()}, None
-
-    def on_TriggerMessage(self, p: dict[str, Any]) -> Answer:
-        what = p["requestedMessage"]
-        send: dict[str, Callable[[], Awaitable[Any]]] = {
-            "BootNotification": lambda: self.request("BootNotification", self.boot_payload()),
-            "Heartbeat": lambda: self.request("Heartbeat", {}),
-            "StatusNotification": lambda: self.send_status(self.STATUS[self.status]),
+    def triggers(self) -> dict[str, Callable[[], Awaitable[Any]]]:
+        send = {
+            **super().triggers(),
             "MeterValues": lambda: self.send_load_meter_values(self.meter.read(self.vehicle)),
-            "FirmwareStatusNotification": lambda: self.request(
-                "FirmwareStatusNotification", {"status": "Idle"}
-            ),
             "LogStatusNotification": lambda: self.request(
                 "LogStatusNotification", {"status": "Idle"}
             ),
@@ -329,14 +318,7 @@ class Ocpp2xChargePoint(ChargePoint):
                 tx, "Updated", "Trigger", {"chargingState": "Charging"},
                 self.meter.read(self.vehicle), "Trigger",
             )  # fmt: skip
-        action = send.get(what)
-        if action is None:
-            return {"status": "NotImplemented"}, None
-
-        async def followup() -> None:
-            await action()
-
-        return {"status": "Accepted"}, followup
+        return send
 
 
 class Ocpp21ChargePoint(Ocpp2xChargePoint):
