@@ -20,6 +20,7 @@ from appliance.config import Config, ConfigError
 from appliance.controls import Controls
 from appliance.rpc import DIALECTS, SchemaSet
 from appliance.security.policy import Policy, config_warnings
+from appliance.station import Stations
 from appliance.store import Retention, Store, TransactionIds
 from appliance.transport import Server
 from appliance.tree import Tree
@@ -53,10 +54,14 @@ def compile_schemas(config: Config) -> dict[str, SchemaSet]:
     return {name: SchemaSet(DIALECTS[name]) for name in config.subprotocols}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Running:
     server: Server
+    stations: Stations
+    store: Store
     port: int
+    #: set once the block has ended: everything queued is in the database
+    flushed: bool = False
 
 
 @contextlib.asynccontextmanager
@@ -72,25 +77,30 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
         Retention(config.storage.messages_keep_days, config.storage.meter_values_keep_days),
     )
     opened = await trio.to_thread.run_sync(store.open)
+    running = None
     try:
         schemas = compile_schemas(config)
         tree = Tree(store, opened)
-        server = Server(config, store, schemas, TransactionIds(store, opened), tree, policy)
-        server.controls = Controls(server, store, tree, config.device_model.fetch_on_boot)
+        stations = Stations(policy, store, tree, schemas, TransactionIds(opened, store.put))
+        server = Server(config, store, stations.serve, policy)
+        controls = Controls(stations, store, tree)
         listeners = await trio.open_tcp_listeners(config.port, host=config.host or None)
         async with trio.open_nursery() as nursery:
             # stale commands are swept before the first charge point can connect
-            await nursery.start(server.controls.run)
+            await nursery.start(controls.run)
             await nursery.start(server.run, listeners)
-            yield Running(server, listeners[0].socket.getsockname()[1])
+            running = Running(server, stations, store, listeners[0].socket.getsockname()[1])
+            yield running
             await server.shutdown()
             # connections got CLOSE_GRACE_SEC to answer the close frame
             with trio.move_on_after(2):
-                while server.connections or server.streams:
+                while server.links or server.streams:
                     await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
     finally:
-        await trio.to_thread.run_sync(store.close)
+        flushed = await trio.to_thread.run_sync(store.close)
+        if running is not None:
+            running.flushed = flushed
 
 
 async def serve(config: Config, policy: Policy | None = None) -> None:
@@ -115,16 +125,24 @@ async def serve(config: Config, policy: Policy | None = None) -> None:
             )
             async for signum in signals:
                 if signum == RELOAD_SIGNAL:
-                    await reload(server)
+                    await reload(appliance)
                     continue
                 log.info("%s: closing connections", signal.Signals(signum).name)
                 break
+    if not appliance.flushed:
+        # README "Durability": never "flushed" when it was not
+        raise NotFlushed(f"database NOT flushed: the writer is {appliance.store.health}")
     log.info("database flushed; bye")
 
 
-async def reload(server: Server) -> None:
+class NotFlushed(Exception):
+    """Shutdown could not write everything queued (the CLI exits 1)."""
+
+
+async def reload(appliance: Running) -> None:
     """SIGHUP: read the config file again and put it in force (Server.reload). A config
     that does not load changes nothing: one log line naming the key, the old one stays."""
+    server = appliance.server
     old = server.config
     if old.source is None:
         log.warning("SIGHUP: no config file to re-read (running on built-in defaults)")
@@ -147,5 +165,6 @@ async def reload(server: Server) -> None:
     for warning in config_warnings(new):
         log.warning("config: %s", warning)
     logging.getLogger().setLevel(new.log_level.upper())
+    appliance.stations.policy = policy
     await server.reload(policy)
     log.info("SIGHUP: config reloaded from %s", old.source)

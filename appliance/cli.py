@@ -25,7 +25,7 @@ def _version() -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
-    from appliance.app import serve, setup_logging
+    from appliance.app import NotFlushed, serve, setup_logging
     from appliance.security.policy import Policy
     from appliance.store import StoreError
 
@@ -35,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(config.log_level)
     try:
         trio.run(serve, config, policy)
-    except StoreError as exc:
+    except (StoreError, NotFlushed) as exc:
         print(f"ocpp-appliance: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except OSError as exc:

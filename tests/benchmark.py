@@ -252,15 +252,22 @@ def store_throughput(seconds: float = 5.0) -> dict:
     opened = store.open()
     tree = Tree(store, opened)
     frame = json.dumps([2, "1", "MeterValues", METER_VALUES])
-    readings = v16.readings(METER_VALUES["meterValue"])
     from appliance.domain import MeterSample
+    from appliance.store import FrameRow, now_ms
+    from appliance.versions import VERSIONS, Context
+
+    ctx = Context("CP", "ocpp1.6", 60, None)  # type: ignore[arg-type]
+    readings = v16.readings(ctx, METER_VALUES["meterValue"])
+    del VERSIONS
 
     started = time.perf_counter()
     messages = 0
     while time.perf_counter() - started < seconds:
         for cp in range(10):
             identity = f"CP{cp}"
-            store.record_frame(identity, "ocpp1.6", "in", frame, 2, "1", "MeterValues", None)
+            store.put(
+                FrameRow(now_ms(), identity, "ocpp1.6", "in", 2, "1", "MeterValues", frame, None)
+            )
             tree.apply(identity, MeterSample(1, 1, "1", readings))
             messages += 1
         while store._queue.qsize() > 20_000:  # keep memory bounded: wait for the writer
@@ -329,7 +336,8 @@ def simulated_days(days: int, charge_points: int = 10, interval_s: int = 60) -> 
     """Database size after `days` of `charge_points` sending one MeterValues (6 sampled
     values) every `interval_s`, written through the real store with simulated clocks;
     then after retention (messages 7 days instead of the default 30)."""
-    from appliance.store import INSERT_MESSAGE, Retention, Store, connect
+    from appliance.store import Retention, Store, connect
+    from appliance.store.sql import INSERT_MESSAGE
 
     folder = Path(tempfile.mkdtemp(prefix="ocpp-days-"))
     path = folder / "days.db"

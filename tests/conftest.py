@@ -209,6 +209,8 @@ def appliance(start_appliance: Callable[..., Appliance]) -> Appliance:
 @dataclass
 class InProcess:
     server: Any
+    #: identity → the connected charge point's Station (`.call(action, payload)`)
+    stations: dict[str, Any]
     port: int
     db: Path
 
@@ -219,7 +221,7 @@ class InProcess:
 
 @contextlib.asynccontextmanager
 async def in_process_server(folder: Path, extra_config: str = "") -> AsyncIterator[InProcess]:
-    """The real Server, in this trio run, so a test can call `server.connections[id].call`."""
+    """The real appliance, in this trio run, so a test can call `stations[id].call`."""
     from appliance import config as configuration
     from appliance.app import running
 
@@ -228,7 +230,9 @@ async def in_process_server(folder: Path, extra_config: str = "") -> AsyncIterat
     path.write_text(test_config(extra_config))
     config = configuration.load(str(path))
     async with running(config) as appliance:
-        yield InProcess(appliance.server, appliance.port, config.database_path)
+        yield InProcess(
+            appliance.server, appliance.stations.stations, appliance.port, config.database_path
+        )
 
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")

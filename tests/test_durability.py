@@ -17,13 +17,10 @@ import pytest
 from websockets.sync.client import connect
 
 import conftest
-from appliance.store import (
-    _STATES,
-    INSERT_MESSAGE,
-    INSERT_METER_VALUE,
-    UPSERT_STATE,
-    _Batch,
-)
+from appliance.store import FrameRow, MeterValueRow, StateWrite, TransactionRow
+from appliance.store.rows import States
+from appliance.store.sql import INSERT_MESSAGE, INSERT_METER_VALUE, TRANSACTION_EVENT
+from appliance.store.writer import _Batch
 from conftest import start_appliance_process, wait_for
 
 METER_VALUES = {
@@ -188,17 +185,20 @@ def test_a_full_disk_is_survived_and_writes_resume(tmp_path):
 def test_the_buffer_sheds_frame_copies_first_then_meter_values():
     batch = _Batch()
     for i in range(6):
-        batch.absorb((INSERT_MESSAGE, (i, "frame")))
-        batch.absorb((INSERT_METER_VALUE, (i, "reading")))
-    batch.absorb((UPSERT_STATE, ("session row",)))
-    batch.absorb((_STATES, [("CP.info.vendor", "V", None)], 1))
+        batch.absorb(FrameRow(i, "CP", "ocpp1.6", "in", 2, "1", "Heartbeat", "[]", None))
+        reading = MeterValueRow("CP", 1, 1, None, None, "Power", None, None, None, "W", i, i, 0)
+        batch.absorb([reading])
+    session = TransactionRow("CP", "1", 1, 1, None, None, None, 0, None, None, 0, 0, None, 0)
+    batch.absorb(session)
+    batch.absorb(States([StateWrite("CP.info.vendor", "V", None)], 1))
     assert batch.shed(limit=9) == "4 frame copies"
     assert [r[1][0] for r in batch.rows if r[0] is INSERT_MESSAGE] == [4, 5]
     assert batch.shed(limit=3) == "2 frame copies, 4 meter values"
-    assert [r[0] for r in batch.rows] == [INSERT_METER_VALUE, INSERT_METER_VALUE, UPSERT_STATE]
+    kinds = [r[0] for r in batch.rows]
+    assert kinds == [INSERT_METER_VALUE, INSERT_METER_VALUE, TRANSACTION_EVENT]
     assert batch.states()["CP.info.vendor"][0] == "V"  # states are never shed
     assert batch.shed(limit=0) == "2 meter values"
-    assert [r[0] for r in batch.rows] == [UPSERT_STATE]
+    assert [r[0] for r in batch.rows] == [TRANSACTION_EVENT]
 
 
 def test_retention_prunes_months_of_rows_in_small_batches(tmp_path):

@@ -38,8 +38,8 @@ async def test_server_call_in_process(tmp_path):
                 result["call"] = await trio.to_thread.run_sync(charge_point)
 
             nursery.start_soon(run_cp)
-            while "CP2" not in running.server.connections:
+            while "CP2" not in running.stations:
                 await trio.sleep(0.01)
-            answer = await running.server.connections["CP2"].call("Reset", {"type": "Immediate"})
+            answer = await running.stations["CP2"].call("Reset", {"type": "Immediate"})
         assert answer == {"status": "Accepted"}
         assert result["call"][2] == "Reset"

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 import conftest
-from appliance.transport import CallFailed
+from appliance.station import CallFailed
 from conftest import Appliance, in_process_server, query
 
 BOOT16 = {"chargePointVendor": "Vendor", "chargePointModel": "Model"}
@@ -410,9 +410,9 @@ async def test_second_connection_with_same_identity_replaces_the_first(tmp_path)
 
             # the registry still holds the new connection after the old one is gone
             await trio.sleep(0.2)
-            current = running.server.connections.get("DUP")
+            current = running.stations.get("DUP")
             assert current is not None, "the replaced connection took the new one with it"
-            assert current.remote == address(new)
+            assert current.link.remote == address(new)
 
             def answer_reset() -> list[Any]:
                 call = json.loads(new.recv(timeout=5))
@@ -551,7 +551,7 @@ async def test_nothing_is_sent_before_the_first_call_of_the_charge_point(tmp_pat
     with trio.fail_after(30):
         async with in_process_server(tmp_path) as running:
             ws = await in_thread(open_client, f"{running.url}/QUIET", subprotocols=["ocpp2.0.1"])
-            connection = await eventually(lambda: running.server.connections.get("QUIET"))
+            connection = await eventually(lambda: running.stations.get("QUIET"))
             results: dict[str, Any] = {}
             async with trio.open_nursery() as nursery:
 
@@ -586,7 +586,7 @@ async def test_outgoing_calls_wait_for_the_previous_answer(tmp_path, monkeypatch
         async with in_process_server(tmp_path) as running:
             ws = await in_thread(open_client, f"{running.url}/SERIAL", subprotocols=["ocpp2.0.1"])
             await in_thread(assert_heartbeat_answered, ws)
-            connection = running.server.connections["SERIAL"]
+            connection = running.stations["SERIAL"]
             results: dict[str, Any] = {}
 
             async def reset(kind: str) -> None:
@@ -619,7 +619,7 @@ async def test_call_timeout_is_reported_and_stale_result_ignored(tmp_path, monke
         async with in_process_server(tmp_path) as running:
             ws = await in_thread(open_client, f"{running.url}/SLOW", subprotocols=["ocpp2.0.1"])
             await in_thread(assert_heartbeat_answered, ws)
-            connection = running.server.connections["SLOW"]
+            connection = running.stations["SLOW"]
             failure: dict[str, Any] = {}
 
             async def reset() -> None:
@@ -641,7 +641,7 @@ async def test_call_timeout_is_reported_and_stale_result_ignored(tmp_path, monke
             # the late answer is dropped; the connection keeps working both ways
             await in_thread(ws.send, json.dumps([3, call[1], {"status": "Accepted"}]))
             await in_thread(assert_heartbeat_answered, ws, "after-stale")
-            assert running.server.connections.get("SLOW") is connection
+            assert running.stations.get("SLOW") is connection
 
             async with trio.open_nursery() as nursery:
                 answered: dict[str, Any] = {}

@@ -33,8 +33,7 @@ from test_tree_sessions import (
     wait_state,
 )
 
-from appliance.store import Retention, Store, connect, now_ms
-from appliance.store.schema import SCHEMA_VERSION
+from appliance.store import SCHEMA_VERSION, Retention, Store, connect, now_ms
 from conftest import ROOT, run_cli, start_appliance_process, wait_for
 
 FIXTURES = ROOT / "tests" / "fixtures"

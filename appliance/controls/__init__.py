@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,19 +19,11 @@ from typing import Any
 
 import trio
 
-from appliance.store import (
-    ACK_COMMAND,
-    COMMAND_DONE,
-    CommandReader,
-    Meta,
-    StateWrite,
-    Store,
-    now_ms,
-)
-from appliance.transport import CallFailed, Connection, Server
+from appliance.station import CallFailed, Connected, Station, Stations
+from appliance.store import CommandDone, CommandReader, Meta, StateWrite, Store, now_ms
 from appliance.tree import Tree
 from appliance.tree.ids import unescape
-from appliance.versions import Protocol
+from appliance.versions import Version
 
 log = logging.getLogger("appliance.controls")
 
@@ -50,11 +41,11 @@ class CommandError(Exception):
 
 
 def _writable(kind: str, name: str) -> Meta:
-    return (kind, "control", None, True, name)
+    return Meta(kind, "control", None, True, name)
 
 
 def _outcome(name: str) -> Meta:
-    return ("string", "state", None, False, name)
+    return Meta("string", "state", None, False, name)
 
 
 # Every control state of SPEC §6 with its default and description. Parameters are taken
@@ -121,29 +112,45 @@ def default_states(prefix: str) -> list[StateWrite]:
     """The control states of a charge point, created on its first connection."""
     writes: list[StateWrite] = []
     for name, (value, meta) in PARAMETERS.items():
-        writes.append((f"{prefix}.control.{name}", value, meta))
+        writes.append(StateWrite(f"{prefix}.control.{name}", value, meta))
     for name, (value, meta, _) in TRIGGERS.items():
-        writes.append((f"{prefix}.control.{name}", value, meta))
+        writes.append(StateWrite(f"{prefix}.control.{name}", value, meta))
     for folder in FOLDERS:
-        writes.append((f"{prefix}.{folder}.lastResponse", "", _outcome("answer (JSON)")))
-        writes.append((f"{prefix}.{folder}.lastError", "", _outcome("error; empty: ok")))
+        writes.append(StateWrite(f"{prefix}.{folder}.lastResponse", "", _outcome("answer (JSON)")))
+        writes.append(StateWrite(f"{prefix}.{folder}.lastError", "", _outcome("error; empty: ok")))
     return writes
 
 
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """A command for a charge point's command worker (station.Job)."""
+
+    controls: Controls
+    command: Command
+
+    async def run(self, station: Station) -> None:
+        try:
+            await self.controls._execute(self.command, station)
+        except Exception as exc:  # a bug must not stop the charge point's controls
+            log.exception("%s: %s failed", self.command.identity, self.command.path)
+            self.controls._finish(self.command, None, f"internal error: {exc}")
+
+    def abandon(self, reason: str) -> None:
+        self.controls._finish(self.command, None, reason)
+
+
 class Controls:
-    def __init__(self, server: Server, store: Store, tree: Tree, fetch_on_boot: bool) -> None:
-        self.server = server
+    def __init__(self, stations: Stations, store: Store, tree: Tree) -> None:
+        self.stations = stations
         self.store = store
         self.tree = tree
-        self.fetch_on_boot = fetch_on_boot
         self._reader = CommandReader(store.path)
         # one connection, one thread at a time
         self._reader_limiter = trio.CapacityLimiter(1)
-        self._workers: dict[str, trio.MemorySendChannel[Command]] = {}
+        self._events = stations.subscribe()
         self._prefixes: dict[str, str] = {}
         self._last_seq = 0
         self._nursery: trio.Nursery | None = None
-        self._request_ids = 0
 
     async def _read(self, function: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(function, *args, limiter=self._reader_limiter)
@@ -154,6 +161,7 @@ class Controls:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await self._sweep_stale()
+            nursery.start_soon(self._follow_connections)
             task_status.started()
             try:
                 while True:
@@ -206,28 +214,23 @@ class Controls:
                 self._finish(command, None, None, outcome=False)
         for command in commands:
             if command.control not in PARAMETERS:
-                self._worker(command.identity).send_nowait(command)
+                station = self.stations.get(command.identity)
+                if station is None:
+                    self._finish(command, None, "not connected")
+                else:
+                    # the charge point's own worker runs them one after another
+                    station.submit(_Job(self, command))
 
-    def _worker(self, identity: str) -> trio.MemorySendChannel[Command]:
-        channel = self._workers.get(identity)
-        if channel is None:
-            channel, receive = trio.open_memory_channel[Command](math.inf)
-            self._workers[identity] = channel
-            assert self._nursery is not None
-            self._nursery.start_soon(self._work, receive)
-        return channel
-
-    async def _work(self, commands: trio.MemoryReceiveChannel[Command]) -> None:
-        async for command in commands:
-            try:
-                await self._execute(command)
-            except Exception as exc:  # a bug must not stop the charge point's controls
-                log.exception("%s: %s failed", command.identity, command.path)
-                self._finish(command, None, f"internal error: {exc}")
+    async def _follow_connections(self) -> None:
+        """Each charge point gets its control states on its first connection."""
+        async for event in self._events:
+            if isinstance(event, Connected):
+                prefix = self.tree.prefix(event.station.identity)
+                self.store.create_states(default_states(prefix))
 
     # ----------------------------------------------------------------- execution
 
-    async def _execute(self, command: Command) -> None:
+    async def _execute(self, command: Command, station: Station) -> None:
         name = command.control
         if name in BUTTONS and not _truthy(command.value):
             self._finish(command, None, None, outcome=False)  # released, not pressed
@@ -238,17 +241,13 @@ class Controls:
         if name is not None and name not in TRIGGERS:
             self._finish(command, None, f"control.{name} is not a control")
             return
-        connection = self.server.connections.get(command.identity)
-        if connection is None:
-            self._finish(command, None, "not connected")
-            return
         try:
-            action, payload, judge = await self._build(command, connection.protocol)
+            action, payload, judge = await self._build(command, station.version)
         except (CommandError, ValueError) as exc:
             self._finish(command, None, str(exc))
             return
         try:
-            response = await connection.call(action, payload)
+            response = await station.call(action, payload)
         except CallFailed as exc:
             self._finish(command, None, str(exc), value=self._reported(command))
             return
@@ -262,11 +261,11 @@ class Controls:
         self._finish(command, response, error)
 
     async def _build(
-        self, command: Command, protocol: Protocol
+        self, command: Command, version: Version
     ) -> tuple[str, dict[str, Any], Callable[[dict[str, Any]], str | None]]:
         """(action, payload, judge of the answer) of a command, for its version."""
         name = command.control
-        build = protocol.commands
+        build = version.commands
         if name == "availability":
             return (*build["availability"]({"operative": _truthy(command.value)}), _status)
         if name in ("hardReset.trigger", "softReset.trigger"):
@@ -278,9 +277,8 @@ class Controls:
             token = str(params["idToken"] or "")
             if not token:
                 raise CommandError("requestStartTransaction.idToken is empty")
-            self._request_ids += 1
             remote_start_id = _int(params["remoteStartId"], "remoteStartId") or (
-                now_ms() // 1000 % 1_000_000_000 + self._request_ids
+                now_ms() // 1000 % 1_000_000_000 + self.stations.request_id()
             )
             values = {
                 "idToken": token,
@@ -375,8 +373,8 @@ class Controls:
             answer = "" if response is None else json.dumps(response, ensure_ascii=False)
             self.store.set_states(
                 [
-                    (f"{base}.lastResponse", answer, _outcome("answer (JSON)")),
-                    (f"{base}.lastError", error or "", _outcome("error; empty: ok")),
+                    StateWrite(f"{base}.lastResponse", answer, _outcome("answer (JSON)")),
+                    StateWrite(f"{base}.lastError", error or "", _outcome("error; empty: ok")),
                 ],
                 now,
             )
@@ -386,30 +384,7 @@ class Controls:
                 log.info("%s: %s done", command.identity, command.path)
         if value is _UNSET:
             value = 0 if name in BUTTONS else command.value
-        self.store.put(ACK_COMMAND, (command.state_id, value, now, command.seq))
-        self.store.put(COMMAND_DONE, (command.seq,))
-
-    # ------------------------------------------------------------ connection hooks
-
-    def connected(self, connection: Connection) -> None:
-        self.store.create_states(default_states(self.tree.prefix(connection.identity)))
-
-    async def booted(self, connection: Connection) -> None:
-        """After each boot: ask for the Device Model (2.x) or the configuration (1.6)."""
-        if not self.fetch_on_boot:
-            return
-        self._request_ids += 1
-        action, payload = connection.protocol.commands["fetchOnBoot"](
-            {"requestId": self._request_ids}
-        )
-        try:
-            response = await connection.call(action, payload)
-        except CallFailed as exc:
-            log.warning("%s: %s after boot: %s", connection.identity, action, exc)
-            return
-        keys = response.get("configurationKey")
-        if isinstance(keys, list):
-            self.tree.configuration(connection.identity, keys)
+        self.store.put(CommandDone(command.state_id, value, now, command.seq))
 
 
 _START_PARAMS = ("idToken", "idTokenType", "evseId", "remoteStartId", "chargingProfile")

@@ -3,6 +3,7 @@ tree applies. No OCPP version appears here."""
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,3 +111,13 @@ Update = (
     | DeviceModelReport
     | VendorData
 )
+
+
+def start_key(
+    identity: str, connector: object, id_tag: object, meter_start: object, started_at: object
+) -> Hashable:
+    """What makes a 1.6 StartTransaction the same start: compared exactly (an integer
+    register is never compared through a float, README "Sessions")."""
+    if isinstance(meter_start, float) and meter_start.is_integer():
+        meter_start = int(meter_start)  # the REAL column gives back 1000.0 for 1000
+    return (identity, connector, id_tag, type(meter_start).__name__, meter_start, started_at)

@@ -7,6 +7,7 @@ derived camelCase name. Energy is kept in Wh, power in W, whatever the charge po
 
 from __future__ import annotations
 
+import math
 import re
 from functools import lru_cache
 from typing import NamedTuple
@@ -154,18 +155,31 @@ def reading(
     multiplier: int,
     sampled_at: str | None,
 ) -> Reading | None:
-    """A Reading, or None for a value that is not a number (1.6 SignedData, garbage)."""
+    """A Reading, or None for a value that is not a number (1.6 SignedData, garbage).
+    Raises Unusable for a number that cannot be a reading (beyond a double, or a
+    multiplier that makes it so)."""
     try:
         value = float(raw_value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
-    if value != value or value in (float("inf"), float("-inf")):
+    except OverflowError:
+        raise Unusable(f"value {str(raw_value)[:40]} is beyond a double") from None
+    if not math.isfinite(value):
         return None
     if not measurand:
         sent = _UNITS.get(unit.lower(), (unit, 1))[0] if unit else None
         measurand = _MEASURAND_OF_UNIT.get(sent or "", DEFAULT_MEASURAND)
     name, natural_unit = state_name(measurand, phase)
     if multiplier:
-        value *= 10.0**multiplier
+        try:
+            value *= 10.0**multiplier
+        except OverflowError:
+            raise Unusable(f"multiplier {multiplier} is beyond a double") from None
     value, unit = normalise(value, unit, natural_unit)
+    if not math.isfinite(value):
+        raise Unusable(f"value {raw_value} × 10^{multiplier} is beyond a double")
     return Reading(name, measurand, phase, location, context, unit, value, sampled_at)
+
+
+class Unusable(ValueError):
+    """A sampled value that is a number but cannot be a reading; the frame keeps it."""

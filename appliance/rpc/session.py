@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.rpc.dialects import Dialect, Fault, MessageType
-from appliance.rpc.validation import SchemaSet, Violation
+from appliance.rpc.validation import SchemaSet, Violation, has_lone_surrogate
 
 #: OCPP 2.x Part 4 §4.1.4 caps message ids at 36 characters; 1.6 sets no cap but the
 #: appliance's own ids (UUIDs) fit it.
@@ -46,7 +46,22 @@ class SessionClosed(LocalProtocolError):
 
 
 def encode(frame: list[Any]) -> str:
-    return json.dumps(frame, separators=_JSON_SEPARATORS, ensure_ascii=False)
+    text = json.dumps(frame, separators=_JSON_SEPARATORS, ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            # a lone surrogate (JSON allows "\ud800", UTF-8 does not): send it escaped
+            text = json.dumps(frame, separators=_JSON_SEPARATORS, ensure_ascii=True)
+    return text
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON (RFC 8259 §6)")
+
+
+#: JSON as RFC 8259 has it: NaN and Infinity, which Python's json takes, are refused
+_DECODER = json.JSONDecoder(parse_constant=_not_json)
 
 
 # ---------------------------------------------------------------------------- records
@@ -206,11 +221,17 @@ class Session:
         return call
 
     def answer(self, call: CallReceived, payload: dict[str, Any]) -> None:
-        """Send the CALLRESULT. A response that breaks the schema is never sent: the peer
-        gets InternalError instead and LocalProtocolError is raised."""
+        """Send the CALLRESULT. A response that breaks the schema is never sent and
+        LocalProtocolError is raised; the peer gets instead the code of its own request's
+        violation, where a leniently taken request made a valid answer impossible (README
+        "Validation"), else InternalError."""
         violation = self.schemas.check_response(call.action, payload, inbound=False)
         if violation is not None:
-            self.fail(call, Fault.INTERNAL, "the central system could not build a valid answer")
+            taken = call.violation
+            if taken is not None:
+                self.fail(call, taken.fault, taken.detail)
+            else:
+                self.fail(call, Fault.INTERNAL, "the central system could not build a valid answer")
             raise LocalProtocolError(f"{call.action} response breaks the schema: {violation}")
         self._emit([MessageType.CALLRESULT, call.message_id, payload], call.message_id, call.action)
         self._send_next(self._now)
@@ -315,7 +336,7 @@ class Session:
 
     def _parse(self, text: str) -> list[Any]:
         try:
-            message = json.loads(text)
+            message = _DECODER.decode(text)
         except (ValueError, RecursionError) as exc:
             raise _Refused(
                 _Inbound(Fault.FRAME, f"not JSON: {exc}", self.dialect.unreadable_id)
@@ -384,7 +405,9 @@ class Session:
             # 2.1: NotifyPeriodicEventStream is only ever a SEND; everything else a CALL
             expected = "a CALL" if is_send else "a SEND"
             raise refuse(Fault.NOT_SUPPORTED, f"{action} must be sent as {expected}")
-        violation = self.schemas.check_request(action, payload)
+        violation = self.schemas.check_request(
+            action, payload, surrogates=_escapes(text) and has_lone_surrogate(payload)
+        )
         if violation is not None and (
             violation.fault is Fault.FORMAT or self.validation is Validation.STRICT
         ):
@@ -425,7 +448,9 @@ class Session:
             details = message[4] if len(message) == 5 else None
             return Received(frame, ErrorReceived(call, message[2], message[3], details))
         payload = message[2]
-        violation = self.schemas.check_response(call.action, payload)
+        violation = self.schemas.check_response(
+            call.action, payload, surrogates=_escapes(text) and has_lone_surrogate(payload)
+        )
         if violation is not None:
             frame = Frame("in", text, kind, message_id, call.action, violation.text)
             if MessageType.CALLRESULTERROR in self.dialect.message_types and (
@@ -447,6 +472,11 @@ class Session:
 class _Refused(Exception):
     def __init__(self, inbound: _Inbound) -> None:
         self.inbound = inbound
+
+
+def _escapes(text: str) -> bool:
+    """Whether `text` may hold a lone surrogate: only a \\u escape can write one."""
+    return "\\u" in text
 
 
 def _readable_id(message: object) -> str | None:

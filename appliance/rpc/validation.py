@@ -94,27 +94,53 @@ class SchemaSet:
     def knows_response(self, action: str) -> bool:
         return action in self.responses
 
-    def check_request(self, action: str, payload: object, inbound: bool = True) -> Violation | None:
-        return _check(self.dialect, self.requests[action], payload, inbound)
+    def check_request(
+        self, action: str, payload: object, inbound: bool = True, surrogates: bool = False
+    ) -> Violation | None:
+        return _check(self.dialect, self.requests[action], payload, inbound, surrogates)
 
     def check_response(
-        self, action: str, payload: object, inbound: bool = True
+        self, action: str, payload: object, inbound: bool = True, surrogates: bool = False
     ) -> Violation | None:
-        return _check(self.dialect, self.responses[action], payload, inbound)
+        return _check(self.dialect, self.responses[action], payload, inbound, surrogates)
+
+
+#: what a lone surrogate is to the error table: an invalid value
+_SURROGATE = (Fault.PROPERTY, "Surrogate", "a string holds a lone surrogate (not Unicode text)")
 
 
 def _check(
-    dialect: Dialect, validator: jsonschema_rs.Validator, payload: object, inbound: bool
+    dialect: Dialect,
+    validator: jsonschema_rs.Validator,
+    payload: object,
+    inbound: bool,
+    surrogates: bool,
 ) -> Violation | None:
     """`inbound`: a peer's message, whose unknown fields are tolerated. What the appliance
-    sends is held to the letter of the schema."""
+    sends is held to the letter of the schema. `surrogates`: the payload holds a lone
+    surrogate ("\ud800" is JSON, but no Unicode text), which the validator cannot take:
+    it is reported, and the rest validated with the surrogates replaced."""
     if not isinstance(payload, dict):
         detail = f"payload is {type(payload).__name__}, not an object"
         code = dialect.error_code(Fault.FORMAT)
         return Violation(Fault.FORMAT, "Type", detail, f"{code}: {detail}")
+    if surrogates:
+        return _violations(dialect, validator, _without_surrogates(payload), inbound, [_SURROGATE])
+    try:
+        return _violations(dialect, validator, payload, inbound, [])
+    except UnicodeEncodeError:
+        return _check(dialect, validator, payload, inbound, True)
+
+
+def _violations(
+    dialect: Dialect,
+    validator: jsonschema_rs.Validator,
+    payload: object,
+    inbound: bool,
+    found: list[tuple[Fault, str, str]],
+) -> Violation | None:
     if validator.is_valid(payload):
-        return None
-    found: list[tuple[Fault, str, str]] = []
+        return _violation(dialect, found)
     for error in validator.iter_errors(payload):
         kind = type(error.kind).__name__
         if inbound and kind in _IGNORED_KINDS:
@@ -122,6 +148,10 @@ def _check(
         fault = _FAULT_OF_KIND.get(kind, Fault.PROPERTY)
         where = ".".join(str(p) for p in error.instance_path) or "payload"
         found.append((fault, kind, f"{where}: {error.message}"))
+    return _violation(dialect, found)
+
+
+def _violation(dialect: Dialect, found: list[tuple[Fault, str, str]]) -> Violation | None:
     if not found:
         return None
     found.sort(key=lambda f: _fault_rank(f[0]))
@@ -131,3 +161,31 @@ def _check(
         texts.append(f"and {len(found) - _MAX_NAMED_VIOLATIONS} more")
     detail = "; ".join(texts)
     return Violation(fault, kind, detail, f"{dialect.error_code(fault)}: {detail}")
+
+
+def _without_surrogates(value: object) -> object:
+    """`value` with every lone surrogate in its strings (keys too) replaced by "?"."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode() if not value.isascii() else value
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_surrogates(item) for item in value]
+    return value
+
+
+def has_lone_surrogate(value: object) -> bool:
+    """Whether a string in `value` (keys too) holds a lone surrogate."""
+    if isinstance(value, str):
+        if value.isascii():
+            return False
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(has_lone_surrogate(k) or has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_lone_surrogate(item) for item in value)
+    return False

@@ -4,7 +4,7 @@ wallbox's behaviour, independent of the OCPP version.
 `Ocpp16ChargePoint` and `Ocpp2xChargePoint` (in `ocpp16` / `ocpp2x`) say how each step is
 spelled on the wire and how the central system's calls are answered. Every frame goes
 through the project's sans-I/O `Session`, so everything sent is schema-validated; the
-outgoing-call machinery is the appliance's own (`transport.endpoint.Endpoint`).
+outgoing-call machinery is the appliance's own (`station.Calls`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import trio
-from websockets.frames import Opcode
 from websockets.protocol import State
 
 from appliance.rpc import (
@@ -35,7 +34,8 @@ from appliance.rpc import (
 from appliance.simulator.connect import ConnectError, open_websocket
 from appliance.simulator.minimal import minimal_response
 from appliance.simulator.physics import Meter, Reading, Vehicle
-from appliance.transport.endpoint import CallFailed, Endpoint
+from appliance.station.calls import CallFailed, Calls
+from appliance.transport.websocket import WebSocket
 from appliance.versions.tables import FROM_CSMS
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class Transaction:
     stop_reason: str | None = None
 
 
-class ChargePoint(Endpoint):
+class ChargePoint:
     """The version-independent part. Subclasses implement the `send_*` steps and the
     `on_<Action>` answers to the central system."""
 
@@ -110,12 +110,13 @@ class ChargePoint(Endpoint):
         self.heartbeat_interval_s = 300.0
         self.boot_reason = "PowerUp"
         self.session: Session
+        self.calls: Calls
+        self.ws: WebSocket | None = None
         self._wake = trio.Event()
         self._live_scope = trio.CancelScope()
         self._run_scope = trio.CancelScope()
         self._rebooting = False
         self._nursery: trio.Nursery | None = None
-        self._init_calls()
 
     # ---------------------------------------------------------------- time
 
@@ -174,7 +175,7 @@ class ChargePoint(Endpoint):
     def stop(self) -> None:
         """The fleet is stopping: end the session, close with 1000."""
         self._live_scope.cancel()
-        if getattr(self, "ws", None) is None:
+        if self.ws is None:
             self._run_scope.cancel()
 
     async def _connection(self) -> None:
@@ -185,24 +186,24 @@ class ChargePoint(Endpoint):
             call_timeout=CALL_TIMEOUT_SEC,
             wait_for_peer=False,
         )
-        self._init_calls()
+        self.calls = Calls(self.identity, self.session, self._send_outgoing)
         self._live_scope = trio.CancelScope()
         if self.fleet.stopping:
             self._live_scope.cancel()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._expire_calls)
+                nursery.start_soon(self.calls.expire)
                 nursery.start_soon(self._drive)
                 await self._read()
                 nursery.cancel_scope.cancel()
         finally:
-            self._fail_pending("connection closed before the answer")
+            self.calls.fail_pending("connection closed before the answer")
             self.tx = None
             self.vehicle = None
             with trio.CancelScope(shield=True):
-                await self.ws.aclose()
-            self.ws = None  # type: ignore[assignment]
+                await self._open_ws().aclose()
+            self.ws = None
 
     async def _drive(self) -> None:
         with self._live_scope:
@@ -218,13 +219,13 @@ class ChargePoint(Endpoint):
         await self.close(1000, "reset" if self._rebooting else "simulation ended")
 
     async def close(self, code: int, reason: str) -> None:
-        protocol = self.ws.protocol
-        if protocol.state is State.OPEN:
-            protocol.send_close(code, reason)
-            await self.ws.flush()
+        ws = self._open_ws()
+        if ws.protocol.state is State.OPEN:
+            ws.protocol.send_close(code, reason)
+            await ws.flush()
         # the reader sees the peer's close echo and ends the connection; don't wait forever
         with trio.move_on_after(CLOSE_GRACE_SEC):
-            while not self.ws.done:
+            while not ws.done:
                 await trio.sleep(0.02)
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
@@ -232,12 +233,24 @@ class ChargePoint(Endpoint):
     # ---------------------------------------------------------------- reading
 
     async def _read(self) -> None:
-        ws = self.ws
+        ws = self._open_ws()
         while not ws.done:
-            for event in await ws.receive():
-                if getattr(event, "opcode", None) is Opcode.TEXT:
-                    self._on_text(event.data.decode())  # type: ignore[union-attr]
+            for text in await ws.receive_messages():
+                self._on_text(text)
             await self._send_outgoing()
+
+    def _open_ws(self) -> WebSocket:
+        assert self.ws is not None, "not connected"
+        return self.ws
+
+    async def _send_outgoing(self) -> None:
+        frames = self.session.take_outgoing()
+        ws = self.ws
+        if not frames or ws is None or ws.protocol.state is not State.OPEN:
+            return  # closing: nothing more may be sent; the waiters fail when it ends
+        for frame in frames:
+            ws.protocol.send_text(frame.text.encode())
+        await ws.flush()
 
     def _on_text(self, text: str) -> None:
         received = self.session.receive(text, trio.current_time())
@@ -245,10 +258,10 @@ class ChargePoint(Endpoint):
         if isinstance(event, CallReceived):
             self._answer(event)
         elif isinstance(event, ResultReceived):
-            self._resolve(event.call.message_id, payload=event.payload)
+            self.calls.resolve(event.call.message_id, payload=event.payload)
         elif isinstance(event, ErrorReceived):
             error = f"CALLERROR {event.code}: {event.description}".rstrip(": ")
-            self._resolve(event.call.message_id, error=error)
+            self.calls.resolve(event.call.message_id, error=error)
         elif isinstance(event, ProtocolViolation):
             self.fleet.stats.error("protocol violation by the central system")
             log.warning("%s: %s", self.identity, event.reason)
@@ -286,7 +299,7 @@ class ChargePoint(Endpoint):
         """A CALL; a failure is counted by kind and returns None."""
         started = time.perf_counter()
         try:
-            result = await self.call(action, payload)
+            result = await self.calls.call(action, payload)
         except CallFailed as exc:
             self.fleet.stats.error(_error_kind(str(exc)))
             log.info("%s: %s failed: %s", self.identity, action, exc)

@@ -1,6 +1,7 @@
-"""Transport: the TCP listener, the WebSocket handshake and one task tree per charge point."""
+"""Transport: the TCP listener, TLS, the WebSocket handshake and authentication; each
+accepted connection becomes a `Link` that moves text messages."""
 
-from appliance.transport.endpoint import CallFailed
-from appliance.transport.server import Connection, Server, identity_from_path
+from appliance.transport.link import Link
+from appliance.transport.server import ServeLink, Server, identity_from_path
 
-__all__ = ["CallFailed", "Connection", "Server", "identity_from_path"]
+__all__ = ["Link", "ServeLink", "Server", "identity_from_path"]

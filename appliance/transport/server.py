@@ -1,60 +1,44 @@
 """The listener: TLS, handshake, authentication and refusal before the upgrade, one
 nursery per charge point, keep-alive, replacement of a duplicate identity, the live
-config swap (SIGHUP) and the orderly close on shutdown."""
+config swap (SIGHUP) and the orderly close on shutdown.
+
+What a connection carries is not this module's business: each accepted `Link` (text
+messages in and out) is handed to `serve_link`, which the app sets to the station layer.
+This is also every connection's error boundary (README "Bad peers"): whatever escapes
+from it is logged once with the identity and a traceback, the connection is closed with
+1011, and every other connection carries on."""
 
 from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Sequence
-from functools import partial
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import trio
-from websockets.frames import Opcode
+from websockets.frames import CloseCode
 from websockets.http11 import Request
-from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from appliance.config import Config
-from appliance.rpc import (
-    CallReceived,
-    ErrorReceived,
-    Fault,
-    Frame,
-    LocalProtocolError,
-    ProtocolViolation,
-    ResultReceived,
-    SchemaSet,
-    SendReceived,
-    Session,
-    Validation,
-)
 from appliance.security import guard, passwords
 from appliance.security.guard import AuthFailed, Credential, Reporter, Throttle, Verifier
 from appliance.security.policy import Policy
 from appliance.security.tls import common_names
-from appliance.store import Store, TransactionIds
-from appliance.transport.endpoint import Endpoint
+from appliance.store import ConnectionRow, Store, now_ms
+from appliance.transport.link import Link
 from appliance.transport.websocket import WebSocket
-from appliance.tree import Tree
-from appliance.versions import PROTOCOLS, Context, Protocol, Unprocessable
 
 log = logging.getLogger("appliance")
-
-#: how long a peer gets to answer our close frame before the TCP stream is cut; short
-#: enough that shutdown (SPEC §2: exit within 5 s) has time left to flush the database
-CLOSE_GRACE_SEC = 1.5
-#: how long a connection waits before looking again whether the writer caught up
-BACKPRESSURE_PAUSE_SEC = 0.01
 
 #: RFC 7235 §4.1: a 401 names the scheme the client should use
 CHALLENGE = (("WWW-Authenticate", 'Basic realm="ocpp", charset="UTF-8"'),)
 
 #: closes that a peer earned by misbehaving: their log line goes through the Reporter
-#: (once per address and reason), not one per connection
-ABUSE_CLOSE_CODES = frozenset({1003, 1009})
+#: (once per address and reason), not one per connection (RFC 6455 §7.4.1: protocol
+#: error, unsupported data, invalid UTF-8, message too big)
+ABUSE_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009})
 
 #: the KDF runs in worker threads, at most this many at once: a storm of guesses from
 #: many addresses then costs the appliance one core, not all of them
@@ -95,30 +79,26 @@ def identity_from_path(target: str) -> str:
     return unquote(path.rsplit("/", 1)[-1])
 
 
+#: what runs an accepted connection (the app sets the station layer's)
+ServeLink = Callable[[Link], Awaitable[None]]
+
+
 class Server:
     def __init__(
         self,
         config: Config,
         store: Store,
-        schemas: dict[str, SchemaSet],
-        transaction_ids: TransactionIds,
-        tree: Tree,
+        serve_link: ServeLink,
         policy: Policy | None = None,
     ) -> None:
         #: the one place the config lives while serving; `reload` swaps it whole
         self.policy = policy if policy is not None else Policy.build(config)
         self.store = store
-        self.schemas = schemas
-        self.transaction_ids = transaction_ids
-        self.tree = tree
-        #: set by the app: told of every connection and boot (see appliance.controls)
-        self.controls: Any = None
-        self.connections: dict[str, Connection] = {}
+        self.serve_link = serve_link
+        #: the open connection of each identity
+        self.links: dict[str, Link] = {}
         self.streams = 0
-        self._logged_violations: set[tuple[str, str | None, str]] = set()
-        self._nursery: trio.Nursery | None = None
         self._listening = trio.CancelScope()
-        self._caught_up: trio.Event | None = None
         self.throttle = Throttle()
         self.verifier = Verifier()
         self.reporter = Reporter()
@@ -128,26 +108,22 @@ class Server:
     def config(self) -> Config:
         return self.policy.config
 
-    def token_accepted(self, token: str | None) -> bool:
-        """The idToken decision under the config in force now (handlers call this)."""
-        return self.policy.token_accepted(token)
-
     async def reload(self, policy: Policy) -> None:
         """Put `policy` in force: new handshakes are judged by it at once, and connected
         charge points it no longer admits are closed (1008, policy violation)."""
         self.policy = policy
-        for connection in list(self.connections.values()):
-            reason = self.revoked(connection)
+        for link in list(self.links.values()):
+            reason = self.revoked(link)
             if reason is not None:
-                log.warning("%s: closing: %s", connection.identity, reason)
-                await connection.close(1008, reason)
+                log.warning("%s: closing: %s", link.identity, reason)
+                await link.close(CloseCode.POLICY_VIOLATION, reason)
 
-    def revoked(self, connection: Connection) -> str | None:
-        """Why the config in force no longer admits `connection`, or None."""
-        if not self.policy.allowed(connection.identity):
+    def revoked(self, link: Link) -> str | None:
+        """Why the config in force no longer admits `link`, or None."""
+        if not self.policy.allowed(link.identity):
             return "no longer in identity_allowlist"
-        credential = self.policy.credentials.get(connection.identity)
-        if credential is not None and credential != connection.credential:
+        credential = self.policy.credentials.get(link.identity)
+        if credential is not None and credential != link.credential:
             return "password changed in the config"
         return None
 
@@ -161,7 +137,6 @@ class Server:
     ) -> None:
         """Serve until `shutdown`; connections live in this task's nursery."""
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
             with self._listening:
                 task_status.started()
                 await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
@@ -169,8 +144,8 @@ class Server:
     async def shutdown(self) -> None:
         """Stop accepting, close every connection with 1001, wait for them to end."""
         self._listening.cancel()
-        for connection in list(self.connections.values()):
-            await connection.close(1001, "server shutting down")
+        for link in list(self.links.values()):
+            await link.close(CloseCode.GOING_AWAY, "server shutting down")
 
     # ------------------------------------------------------------------ handshake
 
@@ -181,14 +156,14 @@ class Server:
             policy = self.policy
             host, remote = _peer(tcp)
             limits = policy.config.limits
-            protocol = ServerProtocol(
+            handshake = ServerProtocol(
                 select_subprotocol=self._subprotocol_selector,
                 max_size=limits.max_frame_bytes,
             )
             stream: trio.abc.Stream = tcp
             if policy.tls is not None:
                 stream = trio.SSLStream(tcp, policy.tls, server_side=True)
-            ws = WebSocket(stream, protocol)
+            ws = WebSocket(stream, handshake)
             request = None
             tls_failure = peer_certificate = None
             # the TLS handshake counts against handshake_timeout_sec too (slowloris)
@@ -208,15 +183,15 @@ class Server:
                     if not ws.done
                     else "connection closed before the handshake"
                 )
-                if protocol.handshake_exc is not None:
-                    reason = f"bad HTTP request: {_masked(str(protocol.handshake_exc))}"
+                if handshake.handshake_exc is not None:
+                    reason = f"bad HTTP request: {_masked(str(handshake.handshake_exc))}"
                 self._refused(None, host, remote, None, reason)
                 await ws.aclose()
                 return
-            connection = await self._upgrade(ws, request, host, remote, policy, peer_certificate)
+            link = await self._upgrade(ws, request, host, remote, policy, peer_certificate)
             await ws.flush()
-            if connection is not None:
-                await connection.run()
+            if link is not None:
+                await self._serve(link)
             else:
                 await ws.aclose()
         finally:
@@ -242,8 +217,8 @@ class Server:
         remote: str,
         policy: Policy,
         peer_certificate: dict[str, Any] | None,
-    ) -> Connection | None:
-        """Answer the upgrade: 101 and a Connection, or an HTTP refusal (SPEC §2, §3)."""
+    ) -> Link | None:
+        """Answer the upgrade: 101 and a Link, or an HTTP refusal (README "Connecting")."""
         protocol = ws.protocol
         assert isinstance(protocol, ServerProtocol)
         identity = identity_from_path(request.path)
@@ -276,7 +251,7 @@ class Server:
             self._refused(identity or None, host, remote, refusal.protocol, refusal.reason)
             return None
         protocol.send_response(response)
-        return Connection(self, ws, identity, remote, PROTOCOLS[chosen], credential, host)
+        return Link(ws, identity, chosen, remote, host, credential)
 
     async def _authenticate(
         self, credential: Credential, request: Request, identity: str, host: str, chosen: str
@@ -352,265 +327,77 @@ class Server:
             note = report.log_note
             log.warning("%s: refused from %s: %s%s", identity or "-", remote, reason, note)
         if report.record:
-            self.store.log_connection(
-                "refused", identity, remote, protocol, reason + report.row_note
+            self.store.put(
+                ConnectionRow(
+                    now_ms(), identity, remote, protocol, "refused", reason + report.row_note
+                )
             )
 
-    # ---------------------------------------------------------------- registry
+    # ------------------------------------------------------------ a connection's life
 
-    def register(self, connection: Connection) -> Connection | None:
-        """Make `connection` the one for its identity; returns the one it replaces."""
-        old = self.connections.get(connection.identity)
-        self.connections[connection.identity] = connection
-        return old
-
-    def unregister(self, connection: Connection) -> bool:
-        """Forget `connection` unless a newer one replaced it; True if it was current."""
-        if self.connections.get(connection.identity) is connection:
-            del self.connections[connection.identity]
-            return True
-        return False
-
-    async def writer_caught_up(self) -> None:
-        """Wait until the database writer has caught up. The first waiter looks every
-        BACKPRESSURE_PAUSE_SEC; the others wait on its event (one poller, not one per
-        charge point)."""
-        if self._caught_up is not None:
-            await self._caught_up.wait()
-            return
-        self._caught_up = trio.Event()
-        try:
-            while self.store.overloaded:
-                await trio.sleep(BACKPRESSURE_PAUSE_SEC)
-        finally:
-            self._caught_up.set()
-            self._caught_up = None
-
-    def log_violation_once(self, identity: str, action: str | None, kind: str, text: str) -> None:
-        """One log line per identity, action and kind of violation (SPEC §2)."""
-        key = (identity, action, kind)
-        if key not in self._logged_violations:
-            self._logged_violations.add(key)
-            log.warning("%s: %s: %s (logged once)", identity, action or "frame", text)
-
-
-class Connection(Endpoint):
-    """One charge point's WebSocket: a nursery of reader, pinger and call timer."""
-
-    def __init__(
-        self,
-        server: Server,
-        ws: WebSocket,
-        identity: str,
-        remote: str,
-        protocol: Protocol,
-        credential: Credential | None = None,
-        host: str | None = None,
-    ) -> None:
-        config = server.config
-        name = protocol.dialect.subprotocol
-        self.server = server
-        self.ws = ws
-        self.identity = identity
-        self.remote = remote
-        self.host = host or remote
-        #: the password it was admitted with: a SIGHUP that changes it closes the connection
-        self.credential = credential
-        self.protocol = protocol
-        self.subprotocol = name
-        self.session = Session(
-            protocol.dialect,
-            server.schemas[name],
-            protocol.from_charge_point,
-            validation=Validation(config.validation_for(identity)),
-            call_timeout=config.call_timeout_sec,
-            max_depth=config.limits.max_json_depth,
-        )
-        self.tree = server.tree
-        self.context = Context(
-            identity,
-            name,
-            config.heartbeat_interval_sec,
-            server.transaction_ids,
-            partial(server.tree.apply, identity),
-            server.token_accepted,
-        )
-        self.close_reason: str | None = None
-        self._scope = trio.CancelScope()
-        self._init_calls()
-        self._awaiting_pong = False
-        self._nursery: Any = None
-
-    # --------------------------------------------------------------- life cycle
-
-    async def run(self) -> None:
-        old = self.server.register(self)
-        self.server.store.log_connection(
-            "connect", self.identity, self.remote, self.subprotocol, None
-        )
-        self.tree.connected(self.identity, self.subprotocol, self.remote)
-        if self.server.controls is not None:
-            self.server.controls.connected(self)
-        log.info("%s: connected from %s (%s)", self.identity, self.remote, self.subprotocol)
+    async def _serve(self, link: Link) -> None:
+        """Register, replace an older connection of the same identity, run the link with
+        its keep-alive until it ends: the error boundary of one connection."""
+        identity = link.identity
+        old = self.links.get(identity)
+        self.links[identity] = link
+        self._log_connection("connect", link, None)
+        log.info("%s: connected from %s (%s)", identity, link.remote, link.subprotocol)
         try:
             if old is not None:
-                await old.close(1000, "replaced by a new connection")
-            revoked = self.server.revoked(self)
+                await old.close(CloseCode.NORMAL_CLOSURE, "replaced by a new connection")
+            revoked = self.revoked(link)
             if revoked is not None:
                 # a SIGHUP landed between the handshake and here
-                await self.close(1008, revoked)
-            with self._scope:
+                await link.close(CloseCode.POLICY_VIOLATION, revoked)
+            with link.scope:
                 async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    nursery.start_soon(self._keep_alive)
-                    nursery.start_soon(self._expire_calls)
-                    await self._read()
+                    nursery.start_soon(link.keep_alive, self.config.ping_interval_sec)
+                    try:
+                        await self.serve_link(link)
+                    except Exception:
+                        log.error(
+                            "%s: unexpected error: closing the connection (1011)",
+                            identity,
+                            exc_info=True,
+                        )
+                        await link.close(CloseCode.INTERNAL_ERROR, "internal error")
+                        # let the peer read the close frame (bounded by the close grace)
+                        async for _ in link.messages():
+                            pass
                     nursery.cancel_scope.cancel()
         finally:
-            self._finish()
+            current = self.links.get(identity) is link
+            if current:
+                del self.links[identity]
             with trio.CancelScope(shield=True):
-                await self.ws.aclose()
+                await link.ws.aclose()
+            self._disconnected(link, current)
 
-    async def close(self, code: int, reason: str) -> None:
-        """Send a close frame; the peer has CLOSE_GRACE_SEC to answer before the cut."""
-        if self.close_reason is None:
-            self.close_reason = reason
-        self._scope.deadline = min(self._scope.deadline, trio.current_time() + CLOSE_GRACE_SEC)
-        if self.ws.protocol.state is State.OPEN:
-            self.ws.protocol.send_close(code, reason)
-            await self.ws.flush()
-
-    def _finish(self) -> None:
-        self._fail_pending("connection closed before the answer")
-        current = self.server.unregister(self)
-        if current:
-            self.tree.disconnected(self.identity)
-        reason = self.close_reason or _close_reason(self.ws)
-        self.server.store.log_connection(
-            "disconnect", self.identity, self.remote, self.subprotocol, reason
-        )
+    def _disconnected(self, link: Link, current: bool) -> None:
+        reason = link.ended_reason()
+        self._log_connection("disconnect", link, reason)
         suffix = "" if current else " (a newer connection replaced it)"
-        sent = self.ws.protocol.close_sent
+        sent = link.ws.protocol.close_sent
         if sent is not None and sent.code in ABUSE_CLOSE_CODES:
-            # a peer that keeps sending oversized or binary frames: one line per address
-            report = self.server.reporter.refusal(
-                self.host, f"close {sent.code}", trio.current_time()
-            )
+            # a peer that keeps sending oversized, binary or broken frames: one line per
+            # address and reason, however often it reconnects
+            report = self.reporter.refusal(link.host, f"close {sent.code}", trio.current_time())
             if report.log:
                 log.warning(
                     "%s: disconnected from %s: %s%s",
-                    self.identity,
-                    self.remote,
+                    link.identity,
+                    link.remote,
                     reason,
                     report.log_note,
                 )
             return
-        log.info("%s: disconnected: %s%s", self.identity, reason, suffix)
+        log.info("%s: disconnected: %s%s", link.identity, reason, suffix)
 
-    # ---------------------------------------------------------------- reading
-
-    async def _read(self) -> None:
-        ws = self.ws
-        store = self.server.store
-        while not ws.done:
-            if store.overloaded:
-                # backpressure: the database writer falls behind (see Store.overloaded)
-                await self.server.writer_caught_up()
-            for event in await ws.receive():
-                opcode = event.opcode
-                if opcode is Opcode.TEXT:
-                    self._on_text(event.data.decode())
-                elif opcode is Opcode.PONG:
-                    self._awaiting_pong = False
-                elif opcode is Opcode.BINARY:
-                    # OCPP-J travels in text frames only: 1003 is "cannot accept this data type"
-                    await self.close(1003, "OCPP-J uses text frames, not binary")
-            await self._send_outgoing()
-
-    def _on_text(self, text: str) -> None:
-        session = self.session
-        received = session.receive(text, trio.current_time())
-        self._record(received.frame)
-        self.tree.seen(self.identity)
-        event = received.event
-        if isinstance(event, CallReceived):
-            if event.violation is not None:
-                self._note_violation(event.action, event.violation.kind, event.violation.text)
-            self._answer(event)
-        elif isinstance(event, ResultReceived):
-            if event.violation is not None:
-                self._note_violation(event.call.action, event.violation.kind, event.violation.text)
-            self.tree.capture_response(
-                self.identity, self.subprotocol, "out", event.call.action, event.payload
-            )
-            self._resolve(event.call.message_id, payload=event.payload)
-        elif isinstance(event, ErrorReceived):
-            error = f"CALLERROR {event.code}: {event.description}".rstrip(": ")
-            self._resolve(event.call.message_id, error=error)
-        elif isinstance(event, SendReceived):
-            if event.violation is not None:
-                self._note_violation(event.action, event.violation.kind, event.violation.text)
-        elif isinstance(event, ProtocolViolation):
-            kind = event.fault.name if event.fault else "reply"
-            self.server.log_violation_once(self.identity, received.frame.action, kind, event.reason)
-
-    def _answer(self, call: CallReceived) -> None:
-        try:
-            payload = self.protocol.respond(self.context, call.action, call.payload)
-        except Unprocessable as exc:
-            self.session.fail(call, exc.fault, str(exc))
-            return
-        except Exception:
-            log.exception("%s: %s: handler failed", self.identity, call.action)
-            self.session.fail(call, Fault.INTERNAL, "the central system failed to process it")
-            return
-        try:
-            self.session.answer(call, payload)
-        except LocalProtocolError as exc:
-            log.error("%s: %s", self.identity, exc)
-            return
-        self.tree.capture(self.identity, self.subprotocol, "in", call.action, call.payload, payload)
-        if call.action == "BootNotification" and self.server.controls is not None:
-            # queued now, sent once the answer above is out (Session sends in order)
-            self._nursery.start_soon(self.server.controls.booted, self)
-
-    def _note_violation(self, action: str, kind: str, text: str) -> None:
-        self.tree.violation(self.identity, f"{action}: {text}")
-        self.server.log_violation_once(self.identity, action, kind, text)
-
-    # ---------------------------------------------------------------- writing
-
-    def _record(self, frame: Frame) -> None:
-        self.server.store.record_frame(
-            self.identity,
-            self.subprotocol,
-            frame.direction,
-            frame.text,
-            frame.message_type,
-            frame.message_id,
-            frame.action,
-            frame.violation,
+    def _log_connection(self, event: str, link: Link, reason: str | None) -> None:
+        self.store.put(
+            ConnectionRow(now_ms(), link.identity, link.remote, link.subprotocol, event, reason)
         )
-
-    # ------------------------------------------------------------ outgoing calls
-
-    def _call_queued(self, action: str, payload: dict[str, Any]) -> None:
-        self.tree.capture(self.identity, self.subprotocol, "out", action, payload)
-
-    # -------------------------------------------------------------- keep-alive
-
-    async def _keep_alive(self) -> None:
-        interval = self.server.config.ping_interval_sec
-        while True:
-            await trio.sleep(interval)
-            if self._awaiting_pong:
-                self.close_reason = f"no pong within {interval:g} s: peer presumed dead"
-                log.warning("%s: %s", self.identity, self.close_reason)
-                self._scope.cancel()
-                return
-            self._awaiting_pong = True
-            self.ws.protocol.send_ping(b"ocpp-appliance")
-            await self.ws.flush()
 
 
 async def _read_request(ws: WebSocket) -> Request | None:
@@ -649,14 +436,3 @@ def _masked(text: str) -> str:
     lowered = text.lower()
     at = lowered.find("authorization")
     return text if at < 0 else text[:at] + "authorization: ***"
-
-
-def _close_reason(ws: WebSocket) -> str:
-    received = ws.protocol.close_rcvd
-    if received is not None:
-        text = f": {received.reason}" if received.reason else ""
-        return f"closed by the charge point ({received.code}{text})"
-    sent = ws.protocol.close_sent
-    if sent is not None:
-        return f"closed by the appliance ({sent.code}: {sent.reason})"
-    return "connection lost"

@@ -1,15 +1,30 @@
 """A thin trio driver for `websockets`' sans-I/O protocol: bytes in, events out, bytes to
-send. One object per TCP stream; no tasks of its own."""
+send, and RFC 6455 messages assembled from their frames. One object per TCP stream; no
+tasks of its own. The simulator's client side uses it too.
+
+What the protocol object does by itself (websockets, RFC 6455): frame parsing, masking,
+control frames (pongs, the close handshake, close codes checked: 1002 for a bad one),
+continuation rules and the size limit across fragments (1009). What is left to a driver
+and done here: joining the fragments of a message, checking its UTF-8 (1007, RFC 6455
+§8.1), and closing so that the peer reads the close frame (a half-close, then the rest of
+what it sends is read and dropped, bounded in time and bytes, before the socket closes:
+closing with unread data would reset the connection and lose the close frame).
+"""
 
 from __future__ import annotations
 
 import trio
-from websockets.frames import Frame
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, State
 
 #: bytes read per receive; OCPP frames are small, a NotifyReport takes a few reads
 RECEIVE_SIZE = 65536
+#: after our close frame, how long and how much of the peer's data is still read (and
+#: dropped) so that it can read the close frame before the socket closes: one 16 MiB
+#: frame on a LAN, a few seconds of a slow link
+DRAIN_SEC = 2.0
+DRAIN_BYTES = 16 * 1024 * 1024
 
 
 class WebSocket:
@@ -18,15 +33,31 @@ class WebSocket:
         self.protocol = protocol
         self._pending: list[bytes] = []
         self._sending = False
+        #: our side of the stream is finished: nothing more will be sent
         self.eof_sent = False
         self.peer_eof = False
+        self._drain_deadline = 0.0
+        self._drained = 0
+        #: the fragments of a message being received, and whether it is binary
+        self._parts: list[bytes] = []
+        self._binary = False
+        #: a pong arrived since the last look (the keep-alive resets it)
+        self.pong_received = False
 
     async def receive(self) -> list[Request | Response | Frame]:
         """Read once and return what the protocol parsed; `done` tells when to stop."""
-        try:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            data = b""
+        data = b""
+        if self.eof_sent:
+            # closing: read on only to let the peer read our close frame (see module doc)
+            with trio.move_on_at(self._drain_deadline):
+                data = await self._receive_some()
+            self._drained += len(data)
+            late = trio.current_time() >= self._drain_deadline
+            if not data or late or self._drained > DRAIN_BYTES:
+                self.peer_eof = True
+                return []
+        else:
+            data = await self._receive_some()
         if data:
             self.protocol.receive_data(data)
         else:
@@ -37,9 +68,59 @@ class WebSocket:
         await self.flush()
         return events
 
+    async def _receive_some(self) -> bytes:
+        try:
+            return await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+
+    async def receive_messages(self) -> list[str]:
+        """Read once and return the text messages completed by it, assembled from their
+        fragments (RFC 6455 §5.4). Invalid UTF-8 closes with 1007, a binary message with
+        1003 (OCPP-J travels in text messages only); pongs set `pong_received`."""
+        texts: list[str] = []
+        for event in await self.receive():
+            if not isinstance(event, Frame):
+                continue
+            opcode = event.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                self._binary = opcode is Opcode.BINARY
+                if event.fin:
+                    self._message(event.data, texts)
+                else:
+                    self._parts = [event.data]
+            elif opcode is Opcode.CONT:
+                self._parts.append(event.data)
+                if event.fin:
+                    data, self._parts = b"".join(self._parts), []
+                    self._message(data, texts)
+            elif opcode is Opcode.PONG:
+                self.pong_received = True
+        if self.protocol.state is not State.OPEN:
+            texts.clear()  # RFC 6455 §7.1.7: nothing is processed after a failure
+        await self.flush()
+        return texts
+
+    def _message(self, data: bytes, texts: list[str]) -> None:
+        if self.protocol.state is not State.OPEN:
+            return
+        if self._binary:
+            self.fail(CloseCode.UNSUPPORTED_DATA, "OCPP-J uses text frames, not binary")
+            return
+        try:
+            texts.append(data.decode())
+        except UnicodeDecodeError as exc:
+            self.fail(CloseCode.INVALID_DATA, f"invalid UTF-8 at byte {exc.start}")
+
+    def fail(self, code: int, reason: str) -> None:
+        """Close at once with `code` (the close frame goes out with the next flush)."""
+        if self.protocol.state is State.OPEN:
+            self.protocol.fail(code, reason)
+
     @property
     def done(self) -> bool:
-        return self.eof_sent or self.peer_eof or self.protocol.state is State.CLOSED
+        """Nothing more will arrive: the peer closed, or the drain after our close ended."""
+        return self.peer_eof
 
     async def flush(self) -> None:
         """Send what the protocol has queued.
@@ -58,7 +139,7 @@ class WebSocket:
         self._sending = True
         try:
             while self._pending and not self.eof_sent:
-                # a b"" chunk means: close the TCP stream now (websockets' convention)
+                # a b"" chunk means: our side is finished (websockets' convention)
                 eof = b"" in self._pending
                 data = b"".join(self._pending)
                 self._pending.clear()
@@ -66,12 +147,20 @@ class WebSocket:
                     if data:
                         await self.stream.send_all(data)
                     if eof:
-                        self.eof_sent = True
-                        await self.stream.aclose()
+                        await self._finish_sending()
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self.eof_sent = True
+                    self.peer_eof = True
         finally:
             self._sending = False
+
+    async def _finish_sending(self) -> None:
+        """Half-close where the stream can (the peer sees FIN after our close frame);
+        the reader then drains what the peer still sends (see `receive`)."""
+        self.eof_sent = True
+        self._drain_deadline = trio.current_time() + DRAIN_SEC
+        if isinstance(self.stream, trio.abc.HalfCloseableStream):
+            await self.stream.send_eof()
 
     async def send_text(self, text: str) -> None:
         self.protocol.send_text(text.encode())

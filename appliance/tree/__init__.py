@@ -17,13 +17,13 @@ from appliance import domain
 from appliance.domain.clock import iso_now, order_key, time_suspect
 from appliance.domain.meter import CONTEXT_RANK
 from appliance.store import (
-    INSERT_CHARGE_POINT,
-    INSERT_METER_VALUE,
-    TRANSACTION_EVENT,
+    ChargePointRow,
     Meta,
+    MeterValueRow,
     Opened,
     StateWrite,
     Store,
+    TransactionRow,
     now_ms,
 )
 from appliance.tree.flatten import flatten
@@ -36,7 +36,7 @@ CLOSED_SESSIONS_KEPT = 200
 
 
 def _meta(kind: str, role: str, name: str, unit: str | None = None) -> Meta:
-    return (kind, role, unit, False, name)
+    return Meta(kind, role, unit, False, name)
 
 
 # One place for what each fixed state is (type, role, unit, name).
@@ -95,7 +95,7 @@ _ROLE_OF_UNIT = {
 
 
 _SESSION_LOCATIONS = frozenset({None, "Outlet", "Cable", "EV"})
-_KWH_META: Meta = ("number", "value.energy", "kWh", False, "energyKWh")
+_KWH_META = Meta("number", "value.energy", "kWh", False, "energyKWh")
 #: what a new latest session clears before its own facts arrive
 _LAST_FIELDS = (
     "last.idToken",
@@ -119,7 +119,7 @@ def _reading_writes(base: str, latest: dict[str, tuple[float, float, str]]) -> l
 
 
 def _reading_meta(name: str, unit: str) -> Meta:
-    return ("number", _ROLE_OF_UNIT.get(unit, "value"), unit or None, False, name)
+    return Meta("number", _ROLE_OF_UNIT.get(unit, "value"), unit or None, False, name)
 
 
 @dataclass(slots=True)
@@ -200,7 +200,7 @@ class Tree:
             if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
                 continue
             writable = not entry.get("readonly", False)
-            meta: Meta = ("string", "config", None, writable, entry["key"])
+            meta = Meta("string", "config", None, writable, entry["key"])
             state = f"config.{escape(entry['key'])}"
             writes.append((state, entry.get("value"), meta))
             self._reported[f"{self.prefix(identity)}.{state}"] = entry.get("value")
@@ -208,13 +208,13 @@ class Tree:
 
     def _set(self, identity: str, writes: list[StateWrite]) -> None:
         prefix = self._station(identity).prefix
-        self.store.set_states([(f"{prefix}.{sid}", v, m) for sid, v, m in writes])
+        self.store.set_states([StateWrite(f"{prefix}.{sid}", v, m) for sid, v, m in writes])
 
     # ------------------------------------------------------------ connection events
 
     def connected(self, identity: str, protocol: str, remote: str) -> None:
         station = self._station(identity)
-        self.store.put(INSERT_CHARGE_POINT, (identity, station.prefix, now_ms()))
+        self.store.put(ChargePointRow(identity, station.prefix, now_ms()))
         self._set(
             identity,
             [
@@ -321,7 +321,7 @@ class Tree:
             if session is not None and session.evse_id is not None:
                 update = replace(update, evse_id=session.evse_id, connector_id=session.connector_id)
         received = now_ms()
-        rows = []
+        rows: list[MeterValueRow] = []
         best: dict[str, tuple[tuple[int, float], Any]] = {}
         clock: dict[str | None, tuple[int, float]] = {}  # per timestamp text: parsed once
         for r in update.readings:
@@ -330,7 +330,7 @@ class Tree:
                 clock[stamp] = (int(time_suspect(stamp)), order_key(stamp))
             suspect, order = clock[stamp]
             rows.append(
-                (
+                MeterValueRow(
                     identity,
                     update.evse_id,
                     update.connector_id,
@@ -352,7 +352,7 @@ class Tree:
             rank = (CONTEXT_RANK.get(r.context or "Sample.Periodic", 0), order)
             if r.name not in best or rank >= best[r.name][0]:
                 best[r.name] = (rank, r)
-        self.store.put_many(INSERT_METER_VALUE, rows)
+        self.store.put_rows(rows)
         connector = _connector_base(update.evse_id, update.connector_id) if update.evse_id else None
         prefix = station.prefix
         for base in (connector, "meterValues"):
@@ -391,23 +391,22 @@ class Tree:
         received = now_ms()
         suspect = time_suspect(update.timestamp)
         self.store.put(
-            TRANSACTION_EVENT,
-            {
-                "identity": identity,
-                "transaction_id": update.transaction_id,
-                "evse_id": update.evse_id,
-                "connector_id": update.connector_id,
-                "id_token": update.id_token,
-                "started_at": update.timestamp if update.event == "Started" else None,
-                "stopped_at": update.timestamp if update.event == "Ended" else None,
-                "meter_start_wh": update.meter_start_wh,
-                "meter_stop_wh": update.meter_stop_wh,
-                "stop_reason": update.stop_reason if update.event == "Ended" else None,
-                "received_at": received,
-                "time_suspect": int(suspect),
-                "seq_no": update.seq_no,
-                "offline": int(update.offline),
-            },
+            TransactionRow(
+                identity=identity,
+                transaction_id=update.transaction_id,
+                evse_id=update.evse_id,
+                connector_id=update.connector_id,
+                id_token=update.id_token,
+                started_at=update.timestamp if update.event == "Started" else None,
+                stopped_at=update.timestamp if update.event == "Ended" else None,
+                meter_start_wh=update.meter_start_wh,
+                meter_stop_wh=update.meter_stop_wh,
+                stop_reason=update.stop_reason if update.event == "Ended" else None,
+                received_at=received,
+                time_suspect=int(suspect),
+                seq_no=update.seq_no,
+                offline=int(update.offline),
+            )
         )
         self._set(identity, self._session_writes(station.sessions, update))
 
@@ -473,7 +472,7 @@ class Tree:
             )
             variable = variable_segment(v.variable, v.variable_instance)
             kind = _DM_TYPES.get(v.data_type or "", "string")
-            meta: Meta = (kind, "state", v.unit, v.writable, f"{v.component} {v.variable}")
+            meta = Meta(kind, "state", v.unit, v.writable, f"{v.component} {v.variable}")
             state = f"dm.{component}.{variable}.{escape(v.attribute_type)}.value"
             value = _dm_value(v.value, kind)
             writes.append((state, value, meta))
@@ -497,8 +496,8 @@ class Tree:
     }
 
 
-RAW_META: Meta = ("json", "json", None, False, "latest payload (raw JSON)")
-RESPONSE_META: Meta = ("json", "json", None, False, "its answer (raw JSON)")
+RAW_META = Meta("json", "json", None, False, "latest payload (raw JSON)")
+RESPONSE_META = Meta("json", "json", None, False, "its answer (raw JSON)")
 _DM_TYPES = {
     "integer": "number",
     "decimal": "number",

@@ -1,4 +1,4 @@
-"""Per-version mapping: one module per OCPP version, one table of them."""
+"""Per-version mapping: one module per OCPP version, one table of them (`VERSIONS`)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,22 @@ from typing import Any
 
 from appliance.rpc import DIALECTS, Dialect
 from appliance.versions import tables, v16, v21, v201
-from appliance.versions.common import Command, Context, Handler, Payload, Unprocessable
+from appliance.versions.common import (
+    Answer,
+    Command,
+    Context,
+    Handler,
+    Payload,
+    TransactionIdSource,
+    Unprocessable,
+)
 
 
 @dataclass(frozen=True, slots=True)
-class Protocol:
+class Version:
+    """What one OCPP version means to the appliance: its RPC dialect, who may call what,
+    the handlers of the charge point's calls, and the controls as its calls."""
+
     dialect: Dialect
     #: what charge points may call: the rest of the schemas is answered NotSupported
     from_charge_point: frozenset[str]
@@ -21,27 +32,30 @@ class Protocol:
     handlers: dict[str, Handler]
     #: the answer to every call without a handler of its own (shared: never mutated)
     default_responses: dict[str, dict[str, Any]]
-    #: the controls of SPEC §6 as this version's calls: name → (action, payload)
+    #: the controls of README "Controls" as this version's calls: name → (action, payload)
     commands: dict[str, Command]
     #: runs on every call before its handler (2.x: customData may carry a VIN)
     inspect: Callable[[Context, Payload], None] | None = None
 
-    def respond(self, ctx: Context, action: str, payload: Payload) -> Payload:
+    def respond(self, ctx: Context, action: str, payload: Payload) -> Answer:
+        """The answer to a charge point's call and the updates it implies. Pure: nothing
+        is applied here (raises Unprocessable for a request it cannot answer)."""
+        ctx.updates = []
+        ctx.unusable = []
         if self.inspect is not None:
             self.inspect(ctx, payload)
         handler = self.handlers.get(action)
-        if handler is None:
-            return self.default_responses[action]
-        return handler(ctx, payload)
+        answer = self.default_responses[action] if handler is None else handler(ctx, payload)
+        return Answer(answer, ctx.updates, ctx.unusable)
 
 
-def _protocol(
+def _version(
     name: str,
     handlers: dict[str, Handler],
     commands: dict[str, Command],
     inspect: Callable[[Context, Payload], None] | None = None,
-) -> Protocol:
-    return Protocol(
+) -> Version:
+    return Version(
         DIALECTS[name],
         tables.FROM_CHARGE_POINT[name],
         tables.FROM_CSMS[name],
@@ -52,10 +66,11 @@ def _protocol(
     )
 
 
-PROTOCOLS: dict[str, Protocol] = {
-    "ocpp1.6": _protocol("ocpp1.6", v16.HANDLERS, v16.COMMANDS),
-    "ocpp2.0.1": _protocol("ocpp2.0.1", v201.HANDLERS, v201.COMMANDS, v201.custom_data),
-    "ocpp2.1": _protocol("ocpp2.1", v21.HANDLERS, v201.COMMANDS, v201.custom_data),
+#: every version the appliance speaks, by subprotocol (the names come from rpc.DIALECTS)
+VERSIONS: dict[str, Version] = {
+    tables.OCPP16: _version(tables.OCPP16, v16.HANDLERS, v16.COMMANDS),
+    tables.OCPP201: _version(tables.OCPP201, v201.HANDLERS, v201.COMMANDS, v201.custom_data),
+    tables.OCPP21: _version(tables.OCPP21, v21.HANDLERS, v201.COMMANDS, v201.custom_data),
 }
 
-__all__ = ["PROTOCOLS", "Context", "Protocol", "Unprocessable"]
+__all__ = ["VERSIONS", "Answer", "Context", "TransactionIdSource", "Unprocessable", "Version"]

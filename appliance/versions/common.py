@@ -1,17 +1,22 @@
-"""What the per-version mappings share: the handler context, and field access that tells
-the peer what is wrong."""
+"""What the per-version mappings share: the handler context, the answer, and field access
+that tells the peer what is wrong.
+
+Handlers are pure (README "Architecture"): they take the request and return the answer
+with the version-neutral updates it implies (`Answer`); they write nothing. The station
+applies the updates only once the answer is accepted for sending. The one exception is
+the 1.6 transaction id (`TransactionIds`), which must be decided before the answer."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+import math
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
 
 from appliance.domain import Update
-from appliance.domain.meter import Reading, reading
+from appliance.domain.meter import Reading, Unusable, reading
 from appliance.rpc import Fault
-from appliance.store import TransactionIds
 from appliance.versions import tables
 
 Payload = dict[str, Any]
@@ -29,18 +34,41 @@ def _accept_every_token(token: str | None) -> bool:
     return True
 
 
+class TransactionIdSource(Protocol):
+    """Where a 1.6 StartTransaction gets its id (store.TransactionIds)."""
+
+    def start(self, key: Hashable) -> tuple[int, bool]: ...
+
+
+class Answer(NamedTuple):
+    """A handler's result: the answer's payload, the updates it implies, and what of the
+    request could not be used (recorded as violations; the frame keeps it)."""
+
+    payload: Payload
+    updates: list[Update]
+    unusable: list[str]
+
+
 @dataclass(slots=True)
 class Context:
     """What a handler may use: the connection's identity and the appliance's services.
-    Handlers answer, and `emit` version-neutral updates for the tree."""
+    While a handler runs, `emit` collects its updates and `skip` what it could not use;
+    `Protocol.respond` hands both back with the answer."""
 
     identity: str
     protocol: str
     heartbeat_interval: int
-    transaction_ids: TransactionIds
-    emit: Callable[[Update], None]
+    transaction_ids: TransactionIdSource
     #: is this RFID/idToken accepted? Asked at each call, so a SIGHUP applies at once
     authorize: Callable[[str | None], bool] = _accept_every_token
+    updates: list[Update] = field(default_factory=list)
+    unusable: list[str] = field(default_factory=list)
+
+    def emit(self, update: Update) -> None:
+        self.updates.append(update)
+
+    def skip(self, reason: str) -> None:
+        self.unusable.append(reason)
 
 
 _ACCEPTED = {"status": "Accepted"}
@@ -86,16 +114,21 @@ def need_int(payload: Payload, key: str) -> int:
 
 
 def as_number(value: Any) -> float | None:
+    """A finite number, also from a numeric string; None for anything else (an integer
+    beyond a double among them: the frame keeps it)."""
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if math.isfinite(number) else None
 
 
-def need_number(payload: Payload, key: str) -> float:
-    value = as_number(need(payload, key))
-    if value is None:
-        raise Unprocessable(Fault.TYPE, f"{key} must be a number, not {payload[key]!r}")
+def need_number(payload: Payload, key: str) -> float | None:
+    """A required number; None if it is a number no double can hold (taken as unknown)."""
+    raw = need(payload, key)
+    value = as_number(raw)
+    if value is None and not isinstance(raw, int):
+        raise Unprocessable(Fault.TYPE, f"{key} must be a number, not {raw!r}")
     return value
 
 
@@ -117,11 +150,14 @@ def objects(value: Any) -> list[dict[str, Any]]:
 
 
 def sampled_readings(
-    meter_values: object, unit_of: Callable[[dict[str, Any]], tuple[Any, int]]
+    ctx: Context,
+    meter_values: object,
+    unit_of: Callable[[dict[str, Any]], tuple[Any, int]],
 ) -> list[Reading]:
     """MeterValue[] → readings. The versions differ only in where the unit is
     (`unit_of`: 1.6 `unit`, 2.x `unitOfMeasure` with its multiplier). A signed or
-    non-numeric value is skipped (the frame in `messages` keeps it)."""
+    non-numeric value is skipped (the frame in `messages` keeps it); a number that
+    cannot be a reading is skipped and reported (`ctx.skip`)."""
     found = []
     for meter_value in objects(meter_values):
         stamp = text(meter_value.get("timestamp"))
@@ -129,16 +165,20 @@ def sampled_readings(
             if sampled.get("format") == "SignedData":
                 continue
             unit, multiplier = unit_of(sampled)
-            value = reading(
-                sampled.get("value"),
-                sampled.get("measurand"),
-                sampled.get("phase"),
-                sampled.get("location"),
-                sampled.get("context"),
-                unit,
-                multiplier,
-                stamp,
-            )
+            try:
+                value = reading(
+                    sampled.get("value"),
+                    text(sampled.get("measurand")),
+                    text(sampled.get("phase")),
+                    text(sampled.get("location")),
+                    text(sampled.get("context")),
+                    text(unit),
+                    multiplier,
+                    stamp,
+                )
+            except Unusable as exc:
+                ctx.skip(f"sampled value skipped: {exc}")
+                continue
             if value is not None:
                 found.append(value)
     return found

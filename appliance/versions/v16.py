@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from appliance import domain
+from appliance.domain import start_key
 from appliance.domain.clock import iso_now
 from appliance.domain.meter import Reading
 from appliance.versions.common import (
@@ -69,9 +70,13 @@ def status_notification(ctx: Context, payload: Payload) -> Payload:
     return {}
 
 
-def readings(meter_values: object) -> list[Reading]:
-    """1.6 MeterValue[] → readings; the unit is `unit` (no multiplier in 1.6)."""
-    return sampled_readings(meter_values, lambda sampled: (sampled.get("unit"), 0))
+def _unit_of(sampled: dict[str, Any]) -> tuple[Any, int]:
+    return sampled.get("unit"), 0  # no multiplier in 1.6
+
+
+def readings(ctx: Context, meter_values: object) -> list[Reading]:
+    """1.6 MeterValue[] → readings; the unit is `unit`."""
+    return sampled_readings(ctx, meter_values, _unit_of)
 
 
 def _sample(ctx: Context, connector: int, transaction_id: str | None, found: list) -> None:
@@ -84,7 +89,7 @@ def _sample(ctx: Context, connector: int, transaction_id: str | None, found: lis
 def meter_values(ctx: Context, payload: Payload) -> Payload:
     connector = need_int(payload, "connectorId")
     transaction = as_int(payload.get("transactionId"))
-    found = readings(payload.get("meterValue"))
+    found = readings(ctx, payload.get("meterValue"))
     _sample(ctx, connector, None if transaction is None else str(transaction), found)
     return {}
 
@@ -96,7 +101,8 @@ def start_transaction(ctx: Context, payload: Payload) -> Payload:
     # a start without its time (seen in the field) still needs its id: the appliance's
     # clock stands in for it
     started_at = text(payload.get("timestamp")) or iso_now()
-    key = (ctx.identity, connector, id_tag, meter_start, started_at)
+    # only an identical repeat is a repeat: the register as sent, not through a float
+    key = start_key(ctx.identity, connector, id_tag, payload["meterStart"], started_at)
     transaction_id, _ = ctx.transaction_ids.start(key)
     ctx.emit(
         domain.TransactionEvent(
@@ -117,15 +123,17 @@ def stop_transaction(ctx: Context, payload: Payload) -> Payload:
     # Always acknowledged, also for an unknown id or -1 (offline start): a charger that
     # gets an error retries its StopTransaction forever.
     transaction_id = str(need_int(payload, "transactionId"))
-    found = readings(payload.get("transactionData"))
+    meter_stop = need_number(payload, "meterStop")
+    timestamp = text(need(payload, "timestamp"))
+    found = readings(ctx, payload.get("transactionData"))
     _sample(ctx, 0, transaction_id, found)
     ctx.emit(
         domain.TransactionEvent(
             transaction_id=transaction_id,
             event="Ended",
-            timestamp=text(need(payload, "timestamp")),
+            timestamp=timestamp,
             stop_reason=text(payload.get("reason")) or "Local",
-            meter_stop_wh=need_number(payload, "meterStop"),
+            meter_stop_wh=meter_stop,
             meter_now_wh=energy_register(found, "Transaction.End"),
             raw=payload,
         )

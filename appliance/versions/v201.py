@@ -75,14 +75,14 @@ def _unit_of(sampled: dict[str, Any]) -> tuple[Any, int]:
     return unit.get("unit"), as_int(unit.get("multiplier")) or 0
 
 
-def readings(meter_values: object) -> list[Reading]:
+def readings(ctx: Context, meter_values: object) -> list[Reading]:
     """2.x MeterValueType[] → readings, units × 10^multiplier normalised."""
-    return sampled_readings(meter_values, _unit_of)
+    return sampled_readings(ctx, meter_values, _unit_of)
 
 
 def meter_values(ctx: Context, payload: Payload) -> Payload:
     evse = as_int(need(payload, "evseId"))
-    found = readings(payload.get("meterValue"))
+    found = readings(ctx, payload.get("meterValue"))
     if found:
         # evseId 0 is the station's main meter: it feeds the aggregate only
         ctx.emit(domain.MeterSample(evse or None, None, None, found))
@@ -97,7 +97,7 @@ def transaction_event(ctx: Context, payload: Payload) -> Payload:
     evse_id = as_int(evse.get("id"))
     connector_id = as_int(evse.get("connectorId"))
     token = payload.get("idToken")
-    found = readings(payload.get("meterValue"))
+    found = readings(ctx, payload.get("meterValue"))
     if found:
         ctx.emit(domain.MeterSample(evse_id, connector_id, transaction_id, found))
     begin = energy_register(found, "Transaction.Begin")

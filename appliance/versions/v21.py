@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from appliance.domain.clock import iso_now
 from appliance.versions import v201
-from appliance.versions.common import Context, Handler, Payload, need
+from appliance.versions.common import Context, Handler, Payload, as_int, need, objects
 
 
 def vat_number_validation(ctx: Context, payload: Payload) -> Payload:
     # No VAT registry behind the appliance: the number is echoed and not confirmed.
     answer: Payload = {"vatNumber": need(payload, "vatNumber"), "status": "Rejected"}
-    if "evseId" in payload:
-        answer["evseId"] = payload["evseId"]
+    # the echo is built from the values taken (lenient: "355" is EVSE 355), so that the
+    # answer is valid whatever the request's spelling
+    evse = as_int(payload.get("evseId"))
+    if evse is not None:
+        answer["evseId"] = evse
     return answer
 
 
@@ -25,7 +28,7 @@ def get_certificate_chain_status(ctx: Context, payload: Payload) -> Payload:
                 "status": "Failed",
                 "nextUpdate": iso_now(),
             }
-            for request in need(payload, "certificateStatusRequests")
+            for request in objects(need(payload, "certificateStatusRequests"))
         ]
     }
 

@@ -1,7 +1,18 @@
 """The database schema, as forward migrations. `PRAGMA user_version` is the number of
-migrations applied; each runs in its own transaction at start."""
+migrations applied; each runs in its own transaction at start. Also how a connection is
+opened: WAL, synchronous=FULL, a busy timeout."""
 
 from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+log = logging.getLogger("appliance.store")
+
+#: SQLite waits this long for another process's lock before the batch is retried later
+BUSY_TIMEOUT_MS = 5000
 
 MIGRATIONS: list[str] = [
     # 1: frames, connections, 1.6 transaction ids
@@ -164,3 +175,53 @@ MIGRATIONS: list[str] = [
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class NewerSchema(sqlite3.DatabaseError):
+    """The file was written by a newer appliance."""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    # Before anything writes (journal_mode does): a newer file is left exactly as it was.
+    _refuse_newer(connection, path)
+    if connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0] == 0:
+        # A new file: freed pages go back to the file system as retention prunes.
+        # auto_vacuum can only be chosen before the first page is written.
+        connection.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    connection.execute("PRAGMA journal_mode = WAL")
+    # FULL: each commit is fsynced, so at most one commit interval is lost on power loss.
+    connection.execute("PRAGMA synchronous = FULL")
+    connection.isolation_level = "DEFERRED"
+    return connection
+
+
+def _refuse_newer(connection: sqlite3.Connection, path: Path) -> None:
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        connection.close()
+        raise NewerSchema(
+            f"{path} has schema version {version}, newer than this appliance knows"
+            f" ({SCHEMA_VERSION}): refusing to touch it; run a newer ocpp-appliance"
+        )
+
+
+def migrate(connection: sqlite3.Connection, path: Path) -> None:
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    _refuse_newer(connection, path)
+    for number in range(version, SCHEMA_VERSION):
+        with connection:
+            connection.executescript(
+                "BEGIN IMMEDIATE;" + MIGRATIONS[number] + f";PRAGMA user_version = {number + 1};"
+            )
+        log.info("database: migrated %s to schema version %d", path, number + 1)
+
+
+def create_private(path: Path) -> None:
+    """Create the file group-readable/writable, never world-readable (README
+    "Security"); SQLite gives the -wal and -shm files the same mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o660))
+        os.chmod(path, 0o660)  # the umask may have taken the group's write bit

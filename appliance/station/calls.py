@@ -1,19 +1,18 @@
-"""What both ends of an OCPP-J connection do with their own CALLs: queue one in the
-Session, send the frames, wait for the answer, time it out. The appliance's `Connection`
-and the simulator's charge point are both an `Endpoint`; each says how it records frames."""
+"""Outgoing calls of one OCPP-J connection, for either end: queue one in the `Session`,
+send its frames, wait for the answer, time it out. The appliance's station and the
+simulator's charge point each own one (composition: they say how frames are sent)."""
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from websockets.protocol import State
 
-from appliance.rpc import CallTimedOut, Frame, LocalProtocolError, Session
-from appliance.transport.websocket import WebSocket
+from appliance.rpc import CallTimedOut, LocalProtocolError, Session
 
 log = logging.getLogger("appliance")
 
@@ -29,24 +28,25 @@ class _Waiter:
     error: str | None = None
 
 
-class Endpoint:
-    """Outgoing calls over `self.session` and `self.ws`. Subclasses set `identity`,
-    `session` and `ws`, call `_init_calls()`, run `_expire_calls()` in their nursery and
-    feed answers to `_resolve()`."""
+class Calls:
+    """The calls `session` has in flight or queued, and who waits for them.
 
-    identity: str
-    session: Session
-    ws: WebSocket
+    `flush` sends what the session has queued; `queued(action, payload)` is told of
+    each call that passed validation (the station captures it in the tree)."""
 
-    def _init_calls(self) -> None:
+    def __init__(
+        self,
+        identity: str,
+        session: Session,
+        flush: Callable[[], Awaitable[None]],
+        queued: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.session = session
+        self._flush = flush
+        self._queued = queued
         self._waiters: dict[str, _Waiter] = {}
         self._deadline_changed = trio.Event()
-
-    def _record(self, frame: Frame) -> None:
-        """Hook: a frame crossed the wire (either direction)."""
-
-    def _call_queued(self, action: str, payload: dict[str, Any]) -> None:
-        """Hook: a CALL passed validation and is queued."""
 
     async def call(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Send a CALL and wait for its result. Raises CallFailed with the reason (schema
@@ -55,17 +55,18 @@ class Endpoint:
             call = self.session.call(action, payload, trio.current_time())
         except LocalProtocolError as exc:
             raise CallFailed(str(exc)) from None
-        self._call_queued(action, payload)
+        if self._queued is not None:
+            self._queued(action, payload)
         waiter = self._waiters[call.message_id] = _Waiter()
         self._deadline_changed.set()
-        await self._send_outgoing()
+        await self._flush()
         await waiter.done.wait()
         if waiter.error is not None:
             raise CallFailed(waiter.error)
         assert waiter.payload is not None
         return waiter.payload
 
-    def _resolve(
+    def resolve(
         self, message_id: str, *, payload: dict[str, Any] | None = None, error: str | None = None
     ) -> None:
         waiter = self._waiters.pop(message_id, None)
@@ -73,24 +74,13 @@ class Endpoint:
             waiter.payload, waiter.error = payload, error
             waiter.done.set()
 
-    def _fail_pending(self, reason: str) -> None:
+    def fail_pending(self, reason: str) -> None:
         """The session ended: every call still waiting fails with `reason`."""
         for call in self.session.close():
-            self._resolve(call.message_id, error=reason)
+            self.resolve(call.message_id, error=reason)
 
-    async def _send_outgoing(self) -> None:
-        frames = self.session.take_outgoing()
-        if not frames:
-            return
-        protocol = self.ws.protocol
-        if protocol.state is not State.OPEN:
-            return  # closing: nothing more may be sent; the waiters fail when it ends
-        for frame in frames:
-            self._record(frame)
-            protocol.send_text(frame.text.encode())
-        await self.ws.flush()
-
-    async def _expire_calls(self) -> None:
+    async def expire(self) -> None:
+        """Run in the connection's nursery: time out calls at their deadlines."""
         while True:
             deadline = self.session.next_deadline()
             with trio.move_on_at(math.inf if deadline is None else deadline):
@@ -100,5 +90,5 @@ class Endpoint:
             timed_out: list[CallTimedOut] = self.session.expire(trio.current_time())
             for event in timed_out:
                 log.warning("%s: %s: %s", self.identity, event.call.action, event.reason)
-                self._resolve(event.call.message_id, error=event.reason)
-            await self._send_outgoing()
+                self.resolve(event.call.message_id, error=event.reason)
+            await self._flush()

@@ -1,0 +1,113 @@
+"""All stations: the registry by identity, connection-life events, and what every
+station shares (config in force, tree, store, schemas, 1.6 transaction ids)."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from appliance.config import Config
+from appliance.rpc import SchemaSet
+from appliance.security.policy import Policy
+from appliance.station.station import Connected, Disconnected, Event, Station
+from appliance.store import Store
+from appliance.transport import Link
+from appliance.tree import Tree
+from appliance.versions import VERSIONS, TransactionIdSource
+
+log = logging.getLogger("appliance")
+
+#: events a subscriber may fall behind by before it misses some (each is logged)
+SUBSCRIBER_BUFFER = 1000
+
+
+class Stations:
+    def __init__(
+        self,
+        policy: Policy,
+        store: Store,
+        tree: Tree,
+        schemas: dict[str, SchemaSet],
+        transaction_ids: TransactionIdSource,
+    ) -> None:
+        #: the config in force; the app swaps it on SIGHUP
+        self.policy = policy
+        self.store = store
+        self.tree = tree
+        self.schemas = schemas
+        self.transaction_ids = transaction_ids
+        #: the current station of each identity
+        self.stations: dict[str, Station] = {}
+        self._subscribers: list[trio.MemorySendChannel[Event]] = []
+        self._logged_violations: set[tuple[str, str | None, str]] = set()
+        self._request_ids = 0
+
+    @property
+    def config(self) -> Config:
+        return self.policy.config
+
+    @property
+    def fetch_on_boot(self) -> bool:
+        return self.config.device_model.fetch_on_boot
+
+    def token_accepted(self, token: str | None) -> bool:
+        """The idToken decision under the config in force now (handlers ask at each call,
+        so a SIGHUP applies at once)."""
+        return self.policy.token_accepted(token)
+
+    def get(self, identity: str) -> Station | None:
+        return self.stations.get(identity)
+
+    async def serve(self, link: Link) -> None:
+        """The transport's `serve_link`: one station for the connection's life."""
+        await Station(self, link, VERSIONS[link.subprotocol]).run()
+
+    # ------------------------------------------------------------------ registry
+
+    def attach(self, station: Station) -> None:
+        """`station` is the one of its identity now (a newer connection replaces an
+        older one; the transport closes the older)."""
+        self.stations[station.identity] = station
+        self.tree.connected(station.identity, station.subprotocol, station.link.remote)
+        self.publish(Connected(station))
+
+    def detach(self, station: Station) -> None:
+        current = self.stations.get(station.identity) is station
+        if current:
+            del self.stations[station.identity]
+            self.tree.disconnected(station.identity)
+        self.publish(Disconnected(station, current))
+
+    # -------------------------------------------------------------------- events
+
+    def subscribe(self, buffer: int = SUBSCRIBER_BUFFER) -> trio.MemoryReceiveChannel[Event]:
+        """Connection life (Connected, Booted, Disconnected) from now on."""
+        send, receive = trio.open_memory_channel[Event](buffer)
+        self._subscribers.append(send)
+        return receive
+
+    def publish(self, event: Event) -> None:
+        """Every event to every subscriber, never waiting: one that does not keep up
+        misses events (and the log says so) rather than slowing a charge point."""
+        for channel in list(self._subscribers):
+            try:
+                channel.send_nowait(event)
+            except trio.WouldBlock:
+                log.warning("events: a subscriber fell behind; %s not delivered", event)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.remove(channel)
+
+    # --------------------------------------------------------------------- shared
+
+    def request_id(self) -> int:
+        """A request id for GetBaseReport and RequestStartTransaction, unique in this run."""
+        self._request_ids += 1
+        return self._request_ids
+
+    def log_violation_once(self, identity: str, action: str | None, kind: str, text: str) -> None:
+        """One log line per identity, action and kind of violation (README "Validation")."""
+        key = (identity, action, kind)
+        if key not in self._logged_violations:
+            self._logged_violations.add(key)
+            log.warning("%s: %s: %s (logged once)", identity, action or "frame", text)

@@ -1,0 +1,279 @@
+"""One charge point between the wire and the tree: rpc events → version mapping →
+updates, frames recorded, the after-boot fetch, and the charge point's command worker.
+Runs in its connection's nursery; nothing it starts outlives the connection.
+
+Decide, then do (README "Architecture"): the version mapping answers a call and returns
+the updates it implies without applying anything; the updates are applied only once the
+`Session` has accepted the answer for sending. A call answered with a CALLERROR leaves
+its frame and the error in `messages`, nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from appliance.config import Config
+from appliance.rpc import (
+    CallReceived,
+    ErrorReceived,
+    Fault,
+    Frame,
+    LocalProtocolError,
+    ProtocolViolation,
+    ResultReceived,
+    SchemaSet,
+    SendReceived,
+    Session,
+    Validation,
+)
+from appliance.station.calls import CallFailed, Calls
+from appliance.store import FrameRow, Store, now_ms
+from appliance.transport import Link
+from appliance.tree import Tree
+from appliance.versions import Context, TransactionIdSource, Unprocessable, Version
+
+log = logging.getLogger("appliance")
+
+
+class Job(Protocol):
+    """Work for a charge point's command worker (a control command)."""
+
+    async def run(self, station: Station) -> None: ...
+
+    def abandon(self, reason: str) -> None:
+        """The connection ended before the job ran."""
+
+
+# ------------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    station: Station
+
+
+@dataclass(frozen=True, slots=True)
+class Booted:
+    station: Station
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    station: Station
+    #: False when a newer connection of the same identity replaced this one
+    current: bool
+
+
+Event = Connected | Booted | Disconnected
+
+
+class Hub(Protocol):
+    """What a station uses of the appliance around it (`hub.Stations`)."""
+
+    config: Config
+    store: Store
+    tree: Tree
+    schemas: dict[str, SchemaSet]
+    transaction_ids: TransactionIdSource
+    fetch_on_boot: bool
+
+    def token_accepted(self, token: str | None) -> bool: ...
+    def attach(self, station: Station) -> None: ...
+    def detach(self, station: Station) -> None: ...
+    def publish(self, event: Event) -> None: ...
+    def request_id(self) -> int: ...
+    def log_violation_once(
+        self, identity: str, action: str | None, kind: str, text: str
+    ) -> None: ...
+
+
+class Station:
+    def __init__(self, hub: Hub, link: Link, version: Version) -> None:
+        config = hub.config
+        identity = link.identity
+        self.hub = hub
+        self.link = link
+        self.identity = identity
+        self.version = version
+        self.subprotocol = link.subprotocol
+        self.tree = hub.tree
+        self.session = Session(
+            version.dialect,
+            hub.schemas[self.subprotocol],
+            version.from_charge_point,
+            validation=Validation(config.validation_for(identity)),
+            call_timeout=config.call_timeout_sec,
+            max_depth=config.limits.max_json_depth,
+        )
+        self.context = Context(
+            identity,
+            self.subprotocol,
+            config.heartbeat_interval_sec,
+            hub.transaction_ids,
+            hub.token_accepted,
+        )
+        self.calls = Calls(identity, self.session, self._send_outgoing, self._call_queued)
+        send, receive = trio.open_memory_channel[Job](math.inf)
+        self._jobs, self._job_queue = send, receive
+        self._nursery: trio.Nursery | None = None
+
+    # --------------------------------------------------------------- life cycle
+
+    async def run(self) -> None:
+        """Serve the connection until it ends."""
+        hub = self.hub
+        hub.attach(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self.calls.expire)
+                nursery.start_soon(self._work)
+                store = hub.store
+                async for text in self.link.messages():
+                    self._on_text(text)
+                    await self._send_outgoing()
+                    if store.overloaded:
+                        # backpressure: the database writer falls behind (README
+                        # "Durability"); read on once it caught up
+                        await store.room()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.calls.fail_pending("connection closed before the answer")
+            self._jobs.close()
+            while True:
+                try:
+                    job = self._job_queue.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                job.abandon("not connected")
+            hub.detach(self)
+
+    async def call(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send a CALL to the charge point and wait for its result (CallFailed says why
+        there is none)."""
+        return await self.calls.call(action, payload)
+
+    def submit(self, job: Job) -> None:
+        """Queue work for this charge point's command worker (one job at a time)."""
+        try:
+            self._jobs.send_nowait(job)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            job.abandon("not connected")
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.link.close(code, reason)
+
+    async def _work(self) -> None:
+        async for job in self._job_queue:
+            await job.run(self)
+
+    # ------------------------------------------------------------------ reading
+
+    def _on_text(self, text: str) -> None:
+        session = self.session
+        received = session.receive(text, trio.current_time())
+        self._record(received.frame)
+        self.tree.seen(self.identity)
+        event = received.event
+        if isinstance(event, CallReceived):
+            if event.violation is not None:
+                self._note_violation(event.action, event.violation.kind, event.violation.text)
+            self._answer(event)
+        elif isinstance(event, ResultReceived):
+            if event.violation is not None:
+                self._note_violation(event.call.action, event.violation.kind, event.violation.text)
+            self.tree.capture_response(
+                self.identity, self.subprotocol, "out", event.call.action, event.payload
+            )
+            self.calls.resolve(event.call.message_id, payload=event.payload)
+        elif isinstance(event, ErrorReceived):
+            error = f"CALLERROR {event.code}: {event.description}".rstrip(": ")
+            self.calls.resolve(event.call.message_id, error=error)
+        elif isinstance(event, SendReceived):
+            if event.violation is not None:
+                self._note_violation(event.action, event.violation.kind, event.violation.text)
+        elif isinstance(event, ProtocolViolation):
+            kind = event.fault.name if event.fault else "reply"
+            self.hub.log_violation_once(self.identity, received.frame.action, kind, event.reason)
+
+    def _answer(self, call: CallReceived) -> None:
+        """Decide (the version mapping, pure), then do: answer, apply, capture."""
+        try:
+            answer = self.version.respond(self.context, call.action, call.payload)
+        except Unprocessable as exc:
+            self.session.fail(call, exc.fault, str(exc))
+            return
+        except Exception:
+            log.exception("%s: %s: handler failed", self.identity, call.action)
+            self.session.fail(call, Fault.INTERNAL, "the central system failed to process it")
+            return
+        try:
+            self.session.answer(call, answer.payload)
+        except LocalProtocolError as exc:
+            # the peer got a CALLERROR instead: nothing of the request is applied
+            log.error("%s: %s", self.identity, exc)
+            return
+        apply = self.tree.apply
+        for update in answer.updates:
+            apply(self.identity, update)
+        for reason in answer.unusable:
+            self._note_violation(call.action, "Unusable", reason)
+        self.tree.capture(
+            self.identity, self.subprotocol, "in", call.action, call.payload, answer.payload
+        )
+        if call.action == "BootNotification":
+            self.hub.publish(Booted(self))
+            if self.hub.fetch_on_boot and self._nursery is not None:
+                # queued now, sent once the answer above is out (Session sends in order)
+                self._nursery.start_soon(self._fetch_after_boot)
+
+    def _note_violation(self, action: str, kind: str, text: str) -> None:
+        self.tree.violation(self.identity, f"{action}: {text}")
+        self.hub.log_violation_once(self.identity, action, kind, text)
+
+    # ------------------------------------------------------------------ writing
+
+    def _record(self, frame: Frame) -> None:
+        self.hub.store.put(
+            FrameRow(
+                now_ms(),
+                self.identity,
+                self.subprotocol,
+                frame.direction,
+                frame.message_type,
+                frame.message_id,
+                frame.action,
+                frame.text,
+                frame.violation,
+            )
+        )
+
+    async def _send_outgoing(self) -> None:
+        frames = self.session.take_outgoing()
+        if not frames or not self.link.open:
+            return  # closing: nothing more may be sent; the waiters fail when it ends
+        for frame in frames:
+            self._record(frame)
+        await self.link.send([frame.text for frame in frames])
+
+    def _call_queued(self, action: str, payload: dict[str, Any]) -> None:
+        self.tree.capture(self.identity, self.subprotocol, "out", action, payload)
+
+    # ---------------------------------------------------------------- after boot
+
+    async def _fetch_after_boot(self) -> None:
+        """After each boot: ask for the Device Model (2.x) or the configuration (1.6)."""
+        action, payload = self.version.commands["fetchOnBoot"]({"requestId": self.hub.request_id()})
+        try:
+            response = await self.call(action, payload)
+        except CallFailed as exc:
+            log.warning("%s: %s after boot: %s", self.identity, action, exc)
+            return
+        keys = response.get("configurationKey")
+        if isinstance(keys, list):
+            self.tree.configuration(self.identity, keys)

@@ -1,0 +1,148 @@
+"""Typed records that callers hand to the store. Each is a NamedTuple whose fields are
+the columns of its table, in order: the writer binds it as it is (no copy per row).
+Only `store/` knows the tables these become (see `sql.py`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple
+
+
+class Meta(NamedTuple):
+    """How `objects` describes a state."""
+
+    type: str  # number | string | boolean | json
+    role: str
+    unit: str | None
+    writable: bool
+    name: str
+
+
+class StateWrite(NamedTuple):
+    """One state: its id, its value, and its description (None: inferred from the value)."""
+
+    id: str
+    value: Any
+    meta: Meta | None = None
+
+
+class FrameRow(NamedTuple):
+    """A frame as it crossed the wire (`messages`)."""
+
+    ts: int
+    identity: str
+    protocol: str | None
+    direction: str  # in | out
+    message_type: int | None
+    message_id: str | None
+    action: str | None
+    payload: str
+    violation: str | None
+
+
+class ConnectionRow(NamedTuple):
+    """A connect, disconnect or refusal (`connection_log`)."""
+
+    ts: int
+    identity: str | None
+    remote_addr: str | None
+    protocol: str | None
+    event: str  # connect | disconnect | refused
+    reason: str | None
+
+
+class ChargePointRow(NamedTuple):
+    """A charge point seen for the first time (`charge_points`; later ones change nothing)."""
+
+    identity: str
+    prefix: str
+    first_seen: int
+
+
+class MeterValueRow(NamedTuple):
+    """One sampled value (`meter_values`)."""
+
+    identity: str
+    evse_id: int | None
+    connector_id: int | None
+    transaction_id: str | None
+    sampled_at: str | None
+    measurand: str
+    phase: str | None
+    location: str | None
+    context: str | None
+    unit: str | None
+    value: float
+    received_at: int
+    time_suspect: int
+
+
+class TransactionRow(NamedTuple):
+    """One session event (`transactions`): fields already known are kept, so late,
+    repeated or out-of-order events converge on the same row."""
+
+    identity: str
+    transaction_id: str
+    evse_id: int | None
+    connector_id: int | None
+    id_token: str | None
+    started_at: str | None
+    stopped_at: str | None
+    meter_start_wh: float | None
+    meter_stop_wh: float | None
+    stop_reason: str | None
+    received_at: int
+    time_suspect: int
+    seq_no: int | None
+    offline: int
+
+
+class MetaValue(NamedTuple):
+    """A key of the appliance's own bookkeeping (`meta`)."""
+
+    key: str
+    value: Any
+
+
+class CommandDone(NamedTuple):
+    """A control command carried out: acknowledged with `value` unless a newer command
+    for the same id waits, and taken off `control_queue`."""
+
+    state_id: str
+    value: Any
+    ts: int
+    seq: int
+
+
+# ------------------------------------------------------- state writes, per commit
+
+
+class States(NamedTuple):
+    """State writes; per commit only the latest value of each id is written."""
+
+    writes: list[StateWrite]
+    ts: int
+
+
+class DefaultStates(NamedTuple):
+    """States created if missing and never overwritten (a control's default must not
+    undo what a user wrote)."""
+
+    writes: list[StateWrite]
+    ts: int
+
+
+class LazyStates(NamedTuple):
+    """State writes computed in the writer thread at commit time; of several with the
+    same key in one commit only the latest is computed. `produce` must not touch shared
+    mutable state."""
+
+    key: Hashable
+    produce: Callable[[], list[StateWrite]]
+    ts: int
+
+
+#: the history and bookkeeping rows: each becomes one row of one statement
+Row = FrameRow | ConnectionRow | ChargePointRow | MeterValueRow | TransactionRow | MetaValue
+#: everything the store's queue carries
+Item = Row | list[Row] | CommandDone | States | DefaultStates | LazyStates

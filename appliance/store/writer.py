@@ -1,0 +1,540 @@
+"""The writer: one thread owns the write connection.
+
+The event loop hands it typed rows through a thread-safe queue (`put` never blocks the
+loop) and the thread commits them together at most every `commit_interval_ms`: one
+transaction, one fsync (WAL, synchronous=FULL) per interval whatever the load. The write
+transaction itself is short (rows are gathered in memory first), so another process
+writing a control, or reading, waits at most one commit.
+
+The thread cannot die from a row (README "Durability"): a value SQLite cannot bind as
+given is written in another form (`bindable`), a row that still fails is logged and
+skipped, and should the thread stop anyway `health` says so and `close` does not claim
+that anything was flushed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from appliance.store.migrations import NewerSchema, connect, create_private, migrate
+from appliance.store.retention import Retention, prune
+from appliance.store.rows import (
+    CommandDone,
+    DefaultStates,
+    Item,
+    LazyStates,
+    Meta,
+    Row,
+    States,
+    StateWrite,
+)
+from appliance.store.sql import (
+    ACK_COMMAND,
+    COMMAND_DONE,
+    INSERT_STATE_DEFAULT,
+    SHED_ORDER,
+    STATEMENT,
+    UPSERT_OBJECT,
+    UPSERT_STATE,
+)
+from appliance.store.start import Opened, read_start_state
+
+log = logging.getLogger("appliance.store")
+
+
+class StoreError(Exception):
+    """The database cannot be used (newer schema, not a database, unwritable)."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+#: rows per write transaction when a backlog is written: a few tenths of a second of
+#: lock on a Pi, so that a user's control write is not kept waiting
+ROWS_PER_TRANSACTION = 4_000
+#: rows kept in memory while the database cannot be written (locked, disk full): about
+#: 50 MB of frames, hours of a home installation, seconds of a load test
+MAX_PENDING_ROWS = 50_000
+#: queue items (two to four per message) waiting for a commit before the connections
+#: pause reading: several thousand messages, about a second of the writer's work. Normal
+#: traffic never gets near it; a load test does, and then a crash still loses only about
+#: one commit interval plus one commit
+MAX_BACKLOG = 30_000
+#: the connections read on once the backlog is below this again
+RESUME_BACKLOG = MAX_BACKLOG // 2
+#: SQLite's INTEGER is 64 bits (https://sqlite.org/datatype3.html)
+INT64 = range(-(2**63), 2**63)
+
+#: what `health` says while all is well
+HEALTHY = "ok"
+
+_STOP = object()
+
+#: a statement and its parameters, as the batch keeps them
+_Pending = tuple[str, tuple[Any, ...]]
+
+
+class _Batch:
+    """What one commit writes. Survives failed commits: states stay one per id, lazy
+    producers one per key, so a long outage grows only the rows."""
+
+    def __init__(self) -> None:
+        self.rows: list[_Pending] = []
+        self._states: dict[str, tuple[Any, int, Meta | None]] = {}
+        self._lazy: dict[Hashable, tuple[Callable[[], list[StateWrite]], int]] = {}
+        self.defaults: list[tuple[Any, ...]] = []
+        #: queue items absorbed (the store's backlog counts them)
+        self.items = 0
+
+    @property
+    def empty(self) -> bool:
+        return not (self.rows or self._states or self._lazy)
+
+    @property
+    def size(self) -> int:
+        return len(self.rows) + len(self._states) + len(self._lazy)
+
+    def absorb(self, item: Item) -> None:
+        self.items += 1
+        kind = type(item)
+        statement = STATEMENT.get(kind)
+        if statement is not None:
+            self.rows.append((statement, item))  # type: ignore[arg-type]
+        elif kind is list:
+            assert isinstance(item, list)
+            self.rows.extend((STATEMENT[type(row)], row) for row in item)
+        elif kind is States:
+            assert isinstance(item, States)
+            for state_id, value, meta in item.writes:
+                self._states[state_id] = (value, item.ts, meta)
+        elif kind is LazyStates:
+            assert isinstance(item, LazyStates)
+            self._lazy.pop(item.key, None)  # keep arrival order: the latest goes last
+            self._lazy[item.key] = (item.produce, item.ts)
+        elif kind is CommandDone:
+            assert isinstance(item, CommandDone)
+            self.rows.append((ACK_COMMAND, tuple(item)))
+            self.rows.append((COMMAND_DONE, (item.seq,)))
+        elif kind is DefaultStates:
+            assert isinstance(item, DefaultStates)
+            for state_id, value, meta in item.writes:
+                self.rows.append((INSERT_STATE_DEFAULT, (state_id, encode(value), item.ts)))
+                self.defaults.append((state_id, *(meta or infer_meta(value))))
+        else:
+            raise TypeError(f"the store cannot write a {kind.__name__}")
+
+    def states(self) -> dict[str, tuple[Any, int, Meta | None]]:
+        """The latest value per id: lazy producers in arrival order, explicit writes on top."""
+        latest: dict[str, tuple[Any, int, Meta | None]] = {}
+        for produce, ts in self._lazy.values():
+            for state_id, value, meta in produce():
+                latest[state_id] = (value, ts, meta)
+        latest.update(self._states)
+        return latest
+
+    def shed(self, limit: int) -> str:
+        """Drop the oldest frame copies, then meter values, until `limit` rows remain."""
+        excess = len(self.rows) - limit
+        dropped = []
+        for kind, what in SHED_ORDER:
+            if excess <= 0:
+                break
+            statement = STATEMENT[kind]
+            kept, count = [], 0
+            for row in self.rows:
+                if count < excess and row[0] is statement:
+                    count += 1
+                else:
+                    kept.append(row)
+            if count:
+                self.rows = kept
+                excess -= count
+                dropped.append(f"{count} {what}")
+        return ", ".join(dropped)
+
+
+class Store:
+    def __init__(
+        self, path: Path, commit_interval_ms: int = 1000, retention: Retention | None = None
+    ) -> None:
+        self.path = path
+        self.commit_interval = commit_interval_ms / 1000
+        self.retention = retention or Retention()
+        self._next_prune = time.monotonic() + PRUNE_EVERY_SEC
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._failing: str | None = None
+        #: why the writer thread stopped, if it ever does (it should not)
+        self._stopped: str | None = None
+        #: what `objects` already says, by id (writer thread only)
+        self._described: dict[str, tuple[Any, ...]] = {}
+        self._stopping = threading.Event()
+        self._shedding = False
+        self._queued = 0
+        self._committed = 0  # writer thread only
+        #: the event loop waiting for the backlog to shrink, and how to wake it
+        self._room: trio.Event | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self.commits = 0
+        #: rows the writer could not write in any form and skipped (logged each)
+        self.skipped = 0
+
+    # ------------------------------------------------------------------ life cycle
+
+    def open(self) -> Opened:
+        """Create or migrate the database and start the writer thread. Blocking: call it
+        before serving (or from a worker thread)."""
+        create_private(self.path)
+        try:
+            connection = connect(self.path)
+            migrate(connection, self.path)
+            opened = read_start_state(connection)
+        except NewerSchema as exc:
+            raise StoreError(str(exc)) from None
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
+        self._thread = threading.Thread(
+            target=self._run, args=(connection,), name="sqlite-writer", daemon=True
+        )
+        self._thread.start()
+        return opened
+
+    def close(self) -> bool:
+        """Write everything still queued, commit, and stop the writer. Blocking. True if
+        everything queued is in the database."""
+        if self._thread is None:
+            return self._stopped is None
+        self._stopping.set()
+        self._queue.put(_STOP)
+        self._thread.join()
+        self._thread = None
+        return self._stopped is None and self._failing is None
+
+    @property
+    def health(self) -> str:
+        """`ok`; `failing: <why>` while the database cannot be written (rows are kept
+        and retried); `stopped: <why>` if the writer thread ended (nothing is written)."""
+        if self._stopped is not None:
+            return f"stopped: {self._stopped}"
+        if self._failing is not None:
+            return f"failing: {self._failing}"
+        return HEALTHY
+
+    # -------------------------------------------------------------------- writing
+
+    def put(self, item: Item) -> None:
+        """Queue a typed record (see `rows`); never blocks. Committed within one commit
+        interval."""
+        self._queued += 1  # event-loop thread only
+        self._queue.put(item)
+
+    def put_rows(self, rows: list[Row]) -> None:
+        """Queue several rows as one item (the meter values of one message)."""
+        if rows:
+            self.put(rows)
+
+    def set_states(self, writes: list[StateWrite], ts: int | None = None) -> None:
+        self.put(States(writes, ts or now_ms()))
+
+    def create_states(self, writes: list[StateWrite], ts: int | None = None) -> None:
+        self.put(DefaultStates(writes, ts or now_ms()))
+
+    def set_states_lazily(
+        self, key: Hashable, produce: Callable[[], list[StateWrite]], ts: int | None = None
+    ) -> None:
+        self.put(LazyStates(key, produce, ts or now_ms()))
+
+    @property
+    def overloaded(self) -> bool:
+        """The writer falls behind: more than MAX_BACKLOG items wait for a commit. Not
+        while the database cannot be written at all: then the charge points are answered
+        on and the buffer is bounded instead (see `_bound`)."""
+        return self._failing is None and self._queued - self._committed > MAX_BACKLOG
+
+    async def room(self) -> None:
+        """Wait until the backlog is below RESUME_BACKLOG again (backpressure: the
+        connections pause reading). The writer thread wakes the waiters after the commit
+        that brings it there; nobody polls."""
+        if not self.overloaded:
+            return
+        if self._room is None:
+            self._token = trio.lowlevel.current_trio_token()
+            self._room = trio.Event()
+        await self._room.wait()
+
+    def _wake(self) -> None:
+        """Writer thread: after a commit, let the paused connections read on."""
+        room = self._room
+        if room is None or self._queued - self._committed > RESUME_BACKLOG:
+            return
+        token = self._token
+        if token is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._release, room)
+
+    def _release(self, room: trio.Event) -> None:
+        if self._room is room:
+            self._room = None
+        room.set()
+
+    # -------------------------------------------------------------- writer thread
+
+    def _run(self, connection: sqlite3.Connection) -> None:
+        try:
+            self._loop(connection)
+        except BaseException as exc:
+            # Should never happen (every row error is handled in `_write`): say so
+            # loudly, once, and let `health` and `close` tell the truth.
+            self._stopped = f"{type(exc).__name__}: {exc}"
+            log.critical(
+                "database: the writer stopped (%s); NOTHING more is written",
+                self._stopped,
+                exc_info=True,
+            )
+            raise
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                connection.close()
+
+    def _loop(self, connection: sqlite3.Connection) -> None:
+        batch = _Batch()
+        stopping = False
+        deadline = time.monotonic()
+        while not stopping:
+            if batch.empty:
+                first = self._queue.get()
+                if first is _STOP:
+                    break
+                _take(batch, first)
+                deadline = time.monotonic() + self.commit_interval
+            # Group commit: gather until the deadline, then write in one transaction; a
+            # shutdown cuts the wait short (README "Running": exit within 5 s).
+            self._stopping.wait(max(0.0, deadline - time.monotonic()))
+            stopping = self._drain(batch)
+            deadline = time.monotonic() + self.commit_interval
+            if self._write(connection, batch):
+                batch = _Batch()
+                self._wake()
+                if time.monotonic() >= self._next_prune and not stopping:
+                    self._next_prune = time.monotonic() + PRUNE_EVERY_SEC
+                    self.prune(connection)
+            else:
+                self._bound(batch)
+                if stopping:
+                    # One last chance: another process may hold the lock briefly.
+                    time.sleep(min(self.commit_interval, 1.0))
+                    if not self._write(connection, batch):
+                        log.error("database: %d rows could not be written at exit", batch.size)
+        try:
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("database: checkpoint at exit failed: %s", exc)
+
+    def _drain(self, batch: _Batch) -> bool:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if item is _STOP:
+                return True
+            _take(batch, item)
+
+    def _bound(self, batch: _Batch) -> None:
+        """While the database cannot be written, memory stays bounded: past MAX_PENDING
+        rows the oldest copies of frames go first, then the oldest meter values; states
+        (one per id), sessions and the rest are always kept."""
+        dropped = batch.shed(MAX_PENDING_ROWS)
+        if dropped and not self._shedding:
+            self._shedding = True
+            log.error(
+                "database: unwritable for too long; dropping the oldest buffered rows"
+                " (%s) to stay within %d rows of memory",
+                dropped,
+                MAX_PENDING_ROWS,
+            )
+
+    def _write(self, connection: sqlite3.Connection, batch: _Batch) -> bool:
+        try:
+            latest = batch.states()
+        except Exception:
+            # a producer that fails must not cost the batch: its states are skipped
+            log.exception("database: computing states failed; they are skipped")
+            batch._lazy.clear()
+            latest = batch.states()
+        state_rows = [(i, encode(value), ts) for i, (value, ts, _) in latest.items()]
+        new_objects = [
+            (state_id, *(meta or infer_meta(value)))
+            for state_id, (value, _, meta) in latest.items()
+            if self._described.get(state_id) != tuple(meta or infer_meta(value))
+        ]
+        new_objects += [d for d in batch.defaults if self._described.get(d[0]) != d[1:]]
+        try:
+            try:
+                self._commit(connection, batch, state_rows, new_objects)
+            except sqlite3.OperationalError:
+                raise
+            except Exception as exc:
+                # A value SQLite cannot bind as given (an integer beyond 64 bits, a lone
+                # surrogate): write everything in a form it can take, row by row.
+                log.warning("database: %s; writing the batch value by value", exc)
+                self._commit_each(connection, batch, state_rows, new_objects)
+        except sqlite3.OperationalError as exc:
+            # Locked by another process, disk full: keep everything, retry next interval.
+            if self._failing is None:
+                log.error(
+                    "database: cannot write (%s); answering charge points on, keeping"
+                    " %d rows in memory and retrying every %g s",
+                    exc,
+                    batch.size,
+                    self.commit_interval,
+                )
+            self._failing = str(exc)
+            return False
+        for state_id, *meta in new_objects:
+            self._described[state_id] = tuple(meta)
+        self._committed += batch.items
+        if self._failing is not None:
+            log.warning(
+                "database: writing again (%s cleared), %d rows caught up", self._failing, batch.size
+            )
+            self._failing = None
+            self._shedding = False
+        self.commits += 1
+        return True
+
+    def _commit(
+        self,
+        connection: sqlite3.Connection,
+        batch: _Batch,
+        state_rows: list[tuple[Any, ...]],
+        new_objects: list[tuple[Any, ...]],
+    ) -> None:
+        # history first, in transactions of at most ROWS_PER_TRANSACTION rows: another
+        # writer (a user's control) never waits long behind a backlog
+        rows = batch.rows
+        while len(rows) > ROWS_PER_TRANSACTION:
+            with connection:
+                for statement, group in _runs(rows[:ROWS_PER_TRANSACTION]):
+                    connection.executemany(statement, group)
+            rows = batch.rows = rows[ROWS_PER_TRANSACTION:]
+        with connection:  # one transaction: commit, or roll back on error
+            for statement, group in _runs(rows):
+                connection.executemany(statement, group)
+            connection.executemany(UPSERT_STATE, state_rows)
+            connection.executemany(UPSERT_OBJECT, new_objects)
+
+    def _commit_each(
+        self,
+        connection: sqlite3.Connection,
+        batch: _Batch,
+        state_rows: list[tuple[Any, ...]],
+        new_objects: list[tuple[Any, ...]],
+    ) -> None:
+        """The slow path: one statement per row, each value made bindable; a row that
+        still fails is logged and skipped, never the batch."""
+        every = [
+            *batch.rows,
+            *((UPSERT_STATE, row) for row in state_rows),
+            *((UPSERT_OBJECT, row) for row in new_objects),
+        ]
+        with connection:
+            for statement, params in every:
+                try:
+                    connection.execute(statement, [bindable(value) for value in params])
+                except sqlite3.OperationalError:
+                    raise
+                except Exception as exc:
+                    self.skipped += 1
+                    log.error("database: row skipped (%s): %.300r", exc, params)
+        batch.rows = []
+
+    def prune(self, connection: sqlite3.Connection) -> int:
+        return prune(connection, self.retention)
+
+
+#: how often retention runs (README "Retention")
+PRUNE_EVERY_SEC = 60
+
+
+def _take(batch: _Batch, item: Item) -> None:
+    try:
+        batch.absorb(item)
+    except Exception:  # a caller's bug: the rest of the batch goes on
+        log.exception("database: a queued item could not be taken: %.200r", item)
+
+
+def _runs(rows: Iterable[_Pending]) -> Iterable[tuple[str, list[tuple[Any, ...]]]]:
+    """Consecutive rows of the same statement, so each run is one executemany and the
+    order between statements is kept."""
+    statement: str | None = None
+    group: list[tuple[Any, ...]] = []
+    for row_statement, params in rows:
+        if row_statement is not statement:
+            if group and statement is not None:
+                yield statement, group
+            statement, group = row_statement, []
+        group.append(params)
+    if group and statement is not None:
+        yield statement, group
+
+
+def encode(value: Any) -> Any:
+    """A Python value as the `val` column holds it: booleans 0/1, JSON as text."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return value
+
+
+def bindable(value: Any) -> Any:
+    """`value` in a form SQLite takes, losing nothing: an integer beyond 64 bits as its
+    decimal text, a string with a lone surrogate (JSON allows `\\ud800`, UTF-8 does not)
+    with that surrogate as its JSON escape, anything else as its JSON or str text.
+    (README "Durability": in `states.val` and TEXT columns the text stays as written; a
+    column of INTEGER or REAL affinity keeps SQLite's nearest REAL.)"""
+    kind = type(value)
+    if kind is int:
+        return value if value in INT64 else str(value)
+    if kind is float:
+        return value if math.isfinite(value) else str(value)
+    if kind is str:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode()
+        return value
+    if value is None or kind is bytes:
+        return value
+    if kind is bool:
+        return int(value)
+    try:
+        return bindable(json.dumps(value, ensure_ascii=True, default=str))
+    except ValueError:
+        return str(value)
+
+
+def infer_meta(value: Any) -> Meta:
+    if isinstance(value, bool):
+        kind = "boolean"
+    elif isinstance(value, (int, float)):
+        kind = "number"
+    elif isinstance(value, (dict, list)):
+        kind = "json"
+    else:
+        kind = "string"
+    return Meta(kind, "state", None, False, "")
