@@ -32,7 +32,7 @@ RELOAD_SIGNAL = signal.SIGHUP
 
 #: keys a running server cannot change: the listener, the database and the compiled
 #: schemas are made once at start. A SIGHUP that changes them says so and keeps them.
-RESTART_KEYS = ("host", "port", "database", "storage", "enable16", "enable201", "enable21")
+RESTART_KEYS = ("host", "port", "database", "storage", *(d.config_key for d in DIALECTS.values()))
 
 
 def setup_logging(level: str) -> None:

@@ -16,7 +16,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 def _version() -> str:
     try:
-        from appliance._build import COMMIT  # type: ignore[import-not-found]
+        from appliance._build import COMMIT  # type: ignore[import-not-found, import-untyped, unused-ignore]
     except ImportError:
         return f"ocpp-appliance {__version__}"
     return f"ocpp-appliance {__version__} (commit {COMMIT})"
@@ -62,7 +62,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_hash_password(args: argparse.Namespace) -> int:
     import getpass
 
-    from appliance.security import passwords
+    from appliance import passwords
 
     if sys.stdin.isatty():
         password = getpass.getpass("password: ")
@@ -115,7 +115,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def _value(text: str) -> object:
-    """SPEC §8: VALUE as JSON where it parses (16, true, "text"), else as text."""
+    """README "Command line": VALUE as JSON where it parses (16, true, "text"), else as text."""
     try:
         return json.loads(text)
     except ValueError:

@@ -13,6 +13,8 @@ import cattrs
 import cattrs.v
 from attrs import define, field
 
+from appliance.rpc.dialects import DIALECTS
+
 ENV_VAR = "OCPP_APPLIANCE_CONFIG"
 SYSTEM_CONFIG = Path("/etc/ocpp-appliance/appliance.toml")
 
@@ -45,7 +47,7 @@ def _not_empty(value: str | None) -> str | None:
 def _password_hash(value: str | None) -> str | None:
     if value is None:
         return None
-    from appliance.security.passwords import parse_hash
+    from appliance.passwords import parse_hash
 
     try:
         parse_hash(value)
@@ -146,12 +148,7 @@ class Config:
     @property
     def subprotocols(self) -> list[str]:
         """Enabled subprotocols, newest first (the order of preference)."""
-        enabled = [
-            ("ocpp2.1", self.enable21),
-            ("ocpp2.0.1", self.enable201),
-            ("ocpp1.6", self.enable16),
-        ]
-        return [name for name, on in enabled if on]
+        return [name for name, dialect in DIALECTS.items() if getattr(self, dialect.config_key)]
 
     def validation_for(self, identity: str) -> ValidationMode:
         override = self.charge_points.get(identity)
@@ -286,7 +283,7 @@ def charge_point_key(identity: str, name: str | None = None) -> str:
 
 
 def find(explicit: str | None) -> Path | None:
-    """SPEC §4 lookup: --config, $OCPP_APPLIANCE_CONFIG, ./appliance.toml, /etc/…"""
+    """README "Configuration" lookup: --config, $OCPP_APPLIANCE_CONFIG, ./appliance.toml, /etc/…"""
     if explicit:
         return Path(explicit)
     if os.environ.get(ENV_VAR):

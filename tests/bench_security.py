@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_security import make_pki, tls_config
 
-from appliance.security.passwords import hash_password
+from appliance.passwords import hash_password
 from conftest import Appliance, start_appliance_process
 
 PASSWORD = "Bench-Password-0123456789"

@@ -79,8 +79,14 @@ async def _charge_point(
             return time.perf_counter() - started
 
         await call("BootNotification", BOOT)
+        sample = json.loads(json.dumps(METER_VALUES))
         while time.perf_counter() < stop_at:
-            took = await call("MeterValues", METER_VALUES)
+            # every message a new sample, as a wallbox sends them (an exact repeat would
+            # be taken as a retry and applied once)
+            sample["meterValue"][0]["timestamp"] = (
+                f"2026-11-24T10:00:{counter % 60:02d}.{counter:06d}Z"
+            )
+            took = await call("MeterValues", sample)
             latencies.append(took)
             if pace:
                 await asyncio.sleep(max(0.0, pace - took))

@@ -213,6 +213,8 @@ class InProcess:
     stations: dict[str, Any]
     port: int
     db: Path
+    #: the station hub: `.subscribe()` to connection life
+    hub: Any = None
 
     @property
     def url(self) -> str:
@@ -231,7 +233,11 @@ async def in_process_server(folder: Path, extra_config: str = "") -> AsyncIterat
     config = configuration.load(str(path))
     async with running(config) as appliance:
         yield InProcess(
-            appliance.server, appliance.stations.stations, appliance.port, config.database_path
+            appliance.server,
+            appliance.stations.stations,
+            appliance.port,
+            config.database_path,
+            appliance.stations,
         )
 
 

@@ -1,5 +1,5 @@
-"""The command line as a user types it (SPEC §4, §8): the real `ocpp-appliance` in a
-subprocess, its output and its exit status."""
+"""The command line as a user types it (README "Configuration", "Command line"): the real
+`ocpp-appliance` in a subprocess, its output and its exit status."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from appliance import __version__
 from conftest import run_cli
 
-#: the subcommands of SPEC §8
+#: the subcommands of README "Command line"
 SUBCOMMANDS = [
     "serve",
     "check-config",

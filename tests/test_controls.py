@@ -1,4 +1,5 @@
-"""Controls (SPEC §6, §8 `set` / `call`), as a user drives them against real charge points.
+"""Controls (README "Controls", "Command line" `set` / `call`), as a user drives them
+against real charge points.
 
 The charge points are the `ocpp` package from PyPI (1.6, 2.0.1, 2.1), each in a thread
 with its own asyncio loop; every frame they receive is recorded as it comes off the wire,
@@ -68,7 +69,7 @@ ACTIONS = {
 }
 ACTIONS[V21] = ACTIONS[V201]
 
-#: every control state of SPEC §6 (below `<identity>.control.`)
+#: every control state of README "Controls" (below `<identity>.control.`)
 CONTROLS = [
     "availability",
     "hardReset.trigger",

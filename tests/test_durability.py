@@ -37,6 +37,15 @@ METER_VALUES = {
 }
 
 
+def meter_values(n: int, **extra: object) -> dict:
+    """The n-th distinct MeterValues (its own timestamp): an exact repeat would be taken
+    as a retry and applied once (README "Sessions")."""
+    stamped = json.loads(json.dumps(METER_VALUES))
+    stamped["meterValue"][0]["timestamp"] = f"2026-11-25T10:{n // 60 % 60:02d}:{n % 60:02d}Z"
+    stamped["meterValue"][0]["sampledValue"][0]["value"] = str(1234 + n)
+    return {**stamped, **extra}
+
+
 def with_commit_interval(monkeypatch: pytest.MonkeyPatch, ms: int) -> None:
     config = conftest.TEST_CONFIG.replace("commit_interval_ms = 50", f"commit_interval_ms = {ms}")
     monkeypatch.setattr(conftest, "TEST_CONFIG", config)
@@ -61,7 +70,7 @@ class Load:
                 while not self.stop.is_set():
                     counter += 1
                     message_id = f"{index}-{counter}"
-                    ws.send(json.dumps([2, message_id, "MeterValues", METER_VALUES]))
+                    ws.send(json.dumps([2, message_id, "MeterValues", meter_values(counter)]))
                     answer = json.loads(ws.recv())
                     if answer[1] == message_id and answer[0] == 3:
                         self.answered.append((message_id, time.monotonic()))
@@ -158,9 +167,7 @@ def test_a_full_disk_is_survived_and_writes_resume(tmp_path):
                     pass
             for i in range(40):
                 heartbeat(f"full{i}")  # still answered
-                ws.send(
-                    json.dumps([2, f"mv{i}", "MeterValues", {**METER_VALUES, "transactionId": 1}])
-                )
+                ws.send(json.dumps([2, f"mv{i}", "MeterValues", meter_values(i, transactionId=1)]))
                 assert json.loads(ws.recv())[0] == 3
             wait_for(lambda: "disk is full" in appliance.log(), 10, "the disk-full log line")
             filler.unlink()

@@ -30,7 +30,9 @@ from conftest import (
     schema_errors,
 )
 
-DEFAULT_HEARTBEAT_SEC = 300  # heartbeat_interval_sec default (SPEC §4); TEST_CONFIG keeps it
+DEFAULT_HEARTBEAT_SEC = (
+    300  # heartbeat_interval_sec default (README "Configuration"); TEST_CONFIG keeps it
+)
 
 MESSAGES_SQL = (
     "SELECT direction, message_type, message_id, action, protocol, payload, violation"

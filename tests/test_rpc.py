@@ -1,5 +1,6 @@
-"""The sans-I/O OCPP-J RPC layer (SPEC §2) seen from the peer: the frames a charge point
-would get back, and the events and records the appliance would act on.
+"""The sans-I/O OCPP-J RPC layer (README "What the appliance does on the wire") seen from
+the peer: the frames a charge point would get back, and the events and records the
+appliance would act on.
 
 No sockets, no trio: text goes into `Session.receive`, frames come out of
 `Session.take_outgoing`, and the clock is whatever float the test passes.
@@ -38,8 +39,8 @@ BOTH_MODES = [Validation.STRICT, Validation.LENIENT]
 SCHEMAS = {version: SchemaSet(DIALECTS[version]) for version in VERSIONS}
 
 # ---------------------------------------------------------------- the error-code oracle
-# Written out from the OCPP-J texts (1.6 §4.2.3; 2.0.1 / 2.1 Part 4 §4.3) and SPEC §2,
-# independently of appliance/rpc/dialects.py.
+# Written out from the OCPP-J texts (1.6 §4.2.3; 2.0.1 / 2.1 Part 4 §4.3) and the README's
+# error table, independently of appliance/rpc/dialects.py.
 
 _CODES_16 = {
     "FormationViolation",
@@ -69,7 +70,7 @@ _CODES_2X = {
 }
 VALID_CODES = {"ocpp1.6": _CODES_16, "ocpp2.0.1": _CODES_2X, "ocpp2.1": _CODES_2X}
 
-# SPEC §2 table, by row
+# the README's error table, by row
 _SPEC_16 = {
     "frame": "FormationViolation",
     "format": "FormationViolation",
@@ -103,7 +104,7 @@ FAULT = {
 
 
 def frame_codes(version: str) -> set[str]:
-    """SPEC §2: a broken frame is FormationViolation (or ProtocolError) in 1.6."""
+    """README error table: a broken frame is FormationViolation (or ProtocolError) in 1.6."""
     if version == "ocpp1.6":
         return {"FormationViolation", "ProtocolError"}
     return {"RpcFrameworkError"}
@@ -164,7 +165,7 @@ def _deep_set(base: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[s
     return copy
 
 
-# (case, version) -> (side, action, payload, SPEC row). side "csms": the appliance's
+# (case, version) -> (side, action, payload, README table row). side "csms": the appliance's
 # session; "cp": a session serving FROM_CSMS (1.6 has no range rule in CP→CSMS messages).
 _VIOLATIONS_16 = {
     "missing_required": ("csms", "BootNotification", {"chargePointVendor": "ACME"}, "occurrence"),
@@ -936,7 +937,7 @@ def test_outgoing_1_6_limit_must_be_a_multiple_of_0_1() -> None:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_outgoing_messages_with_fields_outside_the_schema_are_never_sent(version: str) -> None:
-    """SPEC §2: unknown fields are tolerated on *input*; what the appliance sends is
+    """README error table: unknown fields are tolerated on *input*; what the appliance sends is
     schema-valid, and these schemas say additionalProperties: false."""
     session = opened(version)
     with pytest.raises(LocalProtocolError):

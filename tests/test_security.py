@@ -1,4 +1,4 @@
-"""Who gets in (SPEC §3, issue 7): HTTP Basic auth (security profiles 1 and 2), wss://
+"""Who gets in (README "Security", issue 7): HTTP Basic auth (security profiles 1 and 2), wss://
 (profile 2), mutual TLS (profile 3), the idToken list, SIGHUP, the throttle against bad
 peers, and secrets kept out of the database, the log and check-config.
 
@@ -35,7 +35,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 import conftest
-from appliance.security import guard, passwords
+from appliance import passwords
+from appliance.security import guard
 from appliance.security.guard import Credential, Reporter, Throttle, Verifier
 from conftest import Appliance, run_cli, schema_errors
 

@@ -5,7 +5,7 @@ a command is never lost to another write of the same row and never runs twice. T
 looks at the queue four times a second — cheap while idle: one `PRAGMA data_version` tells
 whether anything was committed since the last look — and hands each command to the
 worker of its charge point, which runs them one after another. The outcome is written
-back (SPEC §6): `lastResponse`, `lastError`, `ack = 1`, a trigger set back to 0.
+back (README "Controls"): `lastResponse`, `lastError`, `ack = 1`, a trigger set back to 0.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from appliance.versions import Version
 
 log = logging.getLogger("appliance.controls")
 
-#: how often the queue is looked at: SPEC §6 wants a command picked up within 0.5 s
+#: how often the queue is looked at: README "Controls" wants a command picked up within 0.5 s
 POLL_INTERVAL_SEC = 0.25
 #: statuses that mean the charge point did (or will do) what was asked
 SUCCESS = frozenset({"Accepted", "Scheduled", "RebootRequired"})
@@ -48,7 +48,7 @@ def _outcome(name: str) -> Meta:
     return Meta("string", "state", None, False, name)
 
 
-# Every control state of SPEC §6 with its default and description. Parameters are taken
+# Every control state of README "Controls" with its default and description. Parameters are taken
 # at once; triggers send a call. `folder` names where the outcome is written.
 PARAMETERS: dict[str, tuple[Any, Meta]] = {
     "chargeLimitType": ("A", _writable("string", "unit of chargeLimit: W or A")),
@@ -178,7 +178,7 @@ class Controls:
                     await self._read(self._reader.close)
 
     async def _sweep_stale(self) -> None:
-        """SPEC §6: a command still waiting when the appliance starts is not run (a reset
+        """README "Controls": a command still waiting when the appliance starts is not run (a reset
         queued hours ago must not fire)."""
         stale = await self._read(self._reader.commands, 0)
         self._prefixes = await self._read(self._reader.identities)
@@ -208,7 +208,7 @@ class Controls:
                 self._finish(command, None, "unknown charge point: it has never connected")
                 continue
             commands.append(command)
-        # SPEC §6: rows picked up together are applied parameters first
+        # README "Controls": rows picked up together are applied parameters first
         for command in commands:
             if command.control in PARAMETERS:
                 self._finish(command, None, None, outcome=False)
@@ -265,7 +265,7 @@ class Controls:
     ) -> tuple[str, dict[str, Any], Callable[[dict[str, Any]], str | None]]:
         """(action, payload, judge of the answer) of a command, for its version."""
         name = command.control
-        build = version.commands
+        build = version.controls
         if name == "availability":
             return (*build["availability"]({"operative": _truthy(command.value)}), _status)
         if name in ("hardReset.trigger", "softReset.trigger"):

@@ -97,7 +97,8 @@ class DeviceModelReport:
 
 @dataclass(frozen=True, slots=True)
 class VendorData:
-    """DataTransfer data or customData: where a VIN may hide (SPEC §7)."""
+    """DataTransfer data or customData: where a VIN may hide (README "`states` and
+    `objects`", info.vin)."""
 
     data: Any
 

@@ -1,4 +1,5 @@
-"""The charge point's clock: parsed for ordering, distrusted when implausible (SPEC §2)."""
+"""The charge point's clock: parsed for ordering, distrusted when implausible (README
+"`transactions`", time_suspect)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import time
 from datetime import UTC, datetime
 from functools import lru_cache
 
-# SPEC §2: a timestamp is implausible before 2010 or more than a day ahead.
+# README "`transactions`": a timestamp is implausible before 2010 or more than a day ahead.
 EARLIEST_PLAUSIBLE = datetime(2010, 1, 1, tzinfo=UTC).timestamp()
 MAX_AHEAD_SEC = 24 * 3600
 

@@ -50,7 +50,7 @@ _MEASURAND_OF_UNIT = {
     "var": "Power.Reactive.Import",
 }
 
-#: the aggregate names SPEC §5.1 pins: powerW, and powerL1..3 per phase
+#: the aggregate names README "`states` and `objects`" pins: powerW, and powerL1..3 per phase
 _UNPHASED_SUFFIX = {"power": "W"}
 
 # unit as sent → (normalised unit, factor)

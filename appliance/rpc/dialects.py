@@ -39,6 +39,8 @@ class Fault(enum.Enum):
 class Dialect:
     subprotocol: str
     schema_folder: str
+    #: the config key that enables it (README "Configuration")
+    config_key: str
     message_types: frozenset[MessageType]
     error_codes: dict[Fault, str]
     #: the message id to answer when a frame is too broken to read one (2.x Part 4 §4.2.3)
@@ -80,9 +82,11 @@ _ERRORS_2X = {
 
 _CLASSIC = frozenset({MessageType.CALL, MessageType.CALLRESULT, MessageType.CALLERROR})
 
-OCPP16 = Dialect("ocpp1.6", "v16", _CLASSIC, _ERRORS_16)
-OCPP201 = Dialect("ocpp2.0.1", "v201", _CLASSIC, _ERRORS_2X)
-OCPP21 = Dialect("ocpp2.1", "v21", frozenset(MessageType), _ERRORS_2X)
+# The versions the appliance speaks: listed here, once. Everything else that differs by
+# version is keyed by these subprotocol names.
+OCPP16 = Dialect("ocpp1.6", "v16", "enable16", _CLASSIC, _ERRORS_16)
+OCPP201 = Dialect("ocpp2.0.1", "v201", "enable201", _CLASSIC, _ERRORS_2X)
+OCPP21 = Dialect("ocpp2.1", "v21", "enable21", frozenset(MessageType), _ERRORS_2X)
 
 #: newest first: the order in which a subprotocol offered by a charge point is preferred
 DIALECTS: dict[str, Dialect] = {d.subprotocol: d for d in (OCPP21, OCPP201, OCPP16)}

@@ -10,7 +10,8 @@ Rules (OCPP-J 1.6 §4, OCPP 2.0.1 / 2.1 Part 4 §4): at most one CALL in flight 
 direction; outgoing CALLs queue behind it; a result or error with an unknown or stale
 message id is dropped without harming the connection; malformed input gets the error the
 version prescribes. Until the peer has sent its first CALL, none of ours goes out
-(SPEC §2: some chargers reboot-loop when the central system speaks first).
+(README "What the appliance does on the wire": some chargers reboot-loop when the
+central system speaks first).
 """
 
 from __future__ import annotations
@@ -412,7 +413,8 @@ class Session:
             violation.fault is Fault.FORMAT or self.validation is Validation.STRICT
         ):
             raise refuse(violation.fault, violation.detail)
-        frame = Frame("in", text, kind, message_id, action, violation and violation.text)
+        recorded = None if violation is None else violation.text
+        frame = Frame("in", text, kind, message_id, action, recorded)
         event_type = SendReceived if is_send else CallReceived
         return Received(frame, event_type(message_id, action, payload, violation))
 
@@ -432,7 +434,7 @@ class Session:
                 and isinstance(message[2], str)
                 and isinstance(message[3], str)
             )
-        if not shape_ok:
+        if not shape_ok or message_id is None:
             # Results are never answered (OCPP-J): drop and report.
             return Received(frame, ProtocolViolation(Fault.FRAME, f"malformed reply: {text[:200]}"))
         if kind == MessageType.CALLRESULTERROR:

@@ -1,8 +1,9 @@
 """Official-schema validation with jsonschema-rs, compiled once at start.
 
 A violation is classified into the `Fault` whose OCPP-J error code the spec prescribes
-(SPEC §2 table). Unknown fields are always tolerated: vendors extend payloads and newer
-editions add fields, so `additionalProperties: false` is never held against a peer.
+(README "What the appliance does on the wire", the error table). Unknown fields are
+always tolerated: vendors extend payloads and newer editions add fields, so
+`additionalProperties: false` is never held against a peer.
 """
 
 from __future__ import annotations

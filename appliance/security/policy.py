@@ -8,8 +8,9 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass, field
 
+from appliance import passwords
 from appliance.config import Config, charge_point_key
-from appliance.security import passwords, tls
+from appliance.security import tls
 from appliance.security.guard import Credential
 
 
@@ -51,7 +52,8 @@ class Policy:
         return not allowlist or identity in allowlist
 
     def token_accepted(self, token: str | None) -> bool:
-        """The one decision behind every idTagInfo / idTokenInfo status (SPEC §4)."""
+        """The one decision behind every idTagInfo / idTokenInfo status (README
+        "Configuration", [authorization])."""
         if not self.id_tokens:
             return True
         return token is not None and token.casefold() in self.id_tokens

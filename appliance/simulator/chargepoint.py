@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import trio
 from websockets.protocol import State
@@ -29,17 +30,29 @@ from appliance.rpc import (
     LocalProtocolError,
     ProtocolViolation,
     ResultReceived,
+    SchemaSet,
     Session,
 )
 from appliance.simulator.connect import ConnectError, open_websocket
 from appliance.simulator.minimal import minimal_response
+from appliance.simulator.options import Options, Stats
 from appliance.simulator.physics import Meter, Reading, Vehicle
 from appliance.station.calls import CallFailed, Calls
 from appliance.transport.websocket import WebSocket
 from appliance.versions.tables import FROM_CSMS
 
-if TYPE_CHECKING:
-    from appliance.simulator.fleet import Fleet
+
+class Fleet(Protocol):
+    """What a charge point uses of the fleet it belongs to (`fleet.Fleet`)."""
+
+    options: Options
+    stats: Stats
+    stopping: bool
+    ssl_context: ssl.SSLContext | None
+    schemas: dict[str, SchemaSet]
+
+    def fatal(self, message: str) -> None: ...
+
 
 log = logging.getLogger("appliance.simulator")
 
@@ -220,8 +233,8 @@ class ChargePoint:
 
     async def close(self, code: int, reason: str) -> None:
         ws = self._open_ws()
-        if ws.protocol.state is State.OPEN:
-            ws.protocol.send_close(code, reason)
+        if ws.machine.state is State.OPEN:
+            ws.machine.send_close(code, reason)
             await ws.flush()
         # the reader sees the peer's close echo and ends the connection; don't wait forever
         with trio.move_on_after(CLOSE_GRACE_SEC):
@@ -246,10 +259,10 @@ class ChargePoint:
     async def _send_outgoing(self) -> None:
         frames = self.session.take_outgoing()
         ws = self.ws
-        if not frames or ws is None or ws.protocol.state is not State.OPEN:
+        if not frames or ws is None or ws.machine.state is not State.OPEN:
             return  # closing: nothing more may be sent; the waiters fail when it ends
         for frame in frames:
-            ws.protocol.send_text(frame.text.encode())
+            ws.machine.send_text(frame.text.encode())
         await ws.flush()
 
     def _on_text(self, text: str) -> None:

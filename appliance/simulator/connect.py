@@ -12,6 +12,7 @@ import trio
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus, InvalidURI
 from websockets.http11 import Response
+from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from appliance.transport.websocket import WebSocket
@@ -72,7 +73,9 @@ async def open_websocket(
                 cause = exc.__cause__ or exc
                 raise ConnectError(f"TLS handshake with {where} failed: {cause}") from None
             stream = tls
-        protocol = ClientProtocol(uri, subprotocols=[subprotocol], max_size=MAX_FRAME_BYTES)
+        protocol = ClientProtocol(
+            uri, subprotocols=[Subprotocol(subprotocol)], max_size=MAX_FRAME_BYTES
+        )
         request = protocol.connect()
         if password is not None:
             token = base64.b64encode(f"{identity}:{password}".encode()).decode()

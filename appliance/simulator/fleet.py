@@ -10,21 +10,22 @@ import ssl
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import trio
 
 from appliance.rpc import DIALECTS, SchemaSet
+from appliance.rpc.dialects import OCPP16, OCPP21, OCPP201
 from appliance.simulator.chargepoint import ChargePoint
 from appliance.simulator.connect import ConnectError, ssl_context
 from appliance.simulator.ocpp2x import Ocpp2xChargePoint, Ocpp21ChargePoint
 from appliance.simulator.ocpp16 import Ocpp16ChargePoint
+from appliance.simulator.options import Options, Stats
 
 KINDS: dict[str, type[ChargePoint]] = {
-    "ocpp1.6": Ocpp16ChargePoint,
-    "ocpp2.0.1": Ocpp2xChargePoint,
-    "ocpp2.1": Ocpp21ChargePoint,
+    OCPP16.subprotocol: Ocpp16ChargePoint,
+    OCPP201.subprotocol: Ocpp2xChargePoint,
+    OCPP21.subprotocol: Ocpp21ChargePoint,
 }
 PROTOCOL_CHOICES = [*KINDS, "mix"]
 #: seconds between two charge points' connects: a thousand at once would be a SYN flood
@@ -34,70 +35,6 @@ CONNECT_SPACING_SEC = 0.002
 PROGRESS_SEC = 1.0
 #: how long stopping may take before the remaining connections are cut
 STOP_GRACE_SEC = 5.0
-#: latencies kept for the percentiles; beyond it, a uniform sample (reservoir)
-MAX_LATENCY_SAMPLES = 1_000_000
-
-
-@dataclass(slots=True)
-class Options:
-    url: str = "ws://127.0.0.1:9000"
-    count: int = 1
-    protocol: str = "ocpp1.6"
-    identity_prefix: str = "SIM"
-    duration: float | None = None
-    meter_interval: float = 60.0
-    speed: float = 1.0
-    password: str | None = None
-    cafile: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    load: bool = False
-    progress: bool | None = None  # None: in --load mode or on a terminal
-
-
-@dataclass(slots=True)
-class Stats:
-    calls: int = 0
-    answered: int = 0
-    sessions: int = 0
-    reconnects: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)
-    started: float = field(default_factory=time.perf_counter)
-
-    def call_done(self, seconds: float) -> None:
-        self.calls += 1
-        if len(self.latencies) < MAX_LATENCY_SAMPLES:
-            self.latencies.append(seconds)
-
-    def error(self, kind: str) -> None:
-        self.errors[kind] += 1
-
-    def summary(self, fleet: Fleet) -> dict[str, Any]:
-        elapsed = time.perf_counter() - self.started
-        ordered = sorted(self.latencies)
-
-        def ms(q: float) -> float | None:
-            if not ordered:
-                return None
-            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
-
-        return {
-            "url": fleet.options.url,
-            "charge_points": fleet.options.count,
-            "protocols": dict(Counter(cp.version for cp in fleet.charge_points)),
-            "mode": "load" if fleet.options.load else "sessions",
-            "elapsed_s": round(elapsed, 2),
-            "calls": self.calls,
-            "calls_per_s": round(self.calls / elapsed, 1) if elapsed > 0 else 0.0,
-            "p50_ms": ms(0.5),
-            "p99_ms": ms(0.99),
-            "max_ms": round(ordered[-1] * 1000, 3) if ordered else None,
-            "sessions": self.sessions,
-            "answered_csms_calls": self.answered,
-            "reconnects": self.reconnects,
-            "errors": dict(self.errors),
-        }
 
 
 class Fleet:
@@ -152,7 +89,8 @@ class Fleet:
                 nursery.cancel_scope.cancel()
         if progress and out.isatty():
             print(file=out)
-        return self.stats.summary(self)
+        protocols = dict(Counter(cp.version for cp in self.charge_points))
+        return self.stats.summary(self.options, protocols)
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

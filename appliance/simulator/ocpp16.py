@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import trio
 
+from appliance.rpc.dialects import OCPP16
 from appliance.simulator.chargepoint import Answer, ChargePoint, Transaction, utc_now
 from appliance.simulator.physics import Reading, cap_in_watts
 
@@ -51,7 +52,7 @@ def sampled_values(reading: Reading, context: str) -> list[dict[str, Any]]:
 
 
 class Ocpp16ChargePoint(ChargePoint):
-    version = "ocpp1.6"
+    version = OCPP16.subprotocol
     STATUS: ClassVar[dict[str, str]] = {
         "Available": "Available",
         "Preparing": "Preparing",

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import trio
 
+from appliance.rpc.dialects import OCPP21, OCPP201
 from appliance.simulator.chargepoint import Answer, ChargePoint, Transaction, utc_now
 from appliance.simulator.physics import MAX_POWER_W, Reading, cap_in_watts
 
@@ -80,7 +81,7 @@ def meter_value(reading: Reading, context: str) -> dict[str, Any]:
 
 
 class Ocpp2xChargePoint(ChargePoint):
-    version = "ocpp2.0.1"
+    version = OCPP201.subprotocol
     STATUS: ClassVar[dict[str, str]] = {
         "Available": "Available",
         "Preparing": "Occupied",
@@ -322,7 +323,7 @@ class Ocpp2xChargePoint(ChargePoint):
 
 
 class Ocpp21ChargePoint(Ocpp2xChargePoint):
-    version = "ocpp2.1"
+    version = OCPP21.subprotocol
 
 
 def _token(token: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ station shares (config in force, tree, store, schemas, 1.6 transaction ids)."""
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 import trio
 
@@ -20,6 +21,9 @@ log = logging.getLogger("appliance")
 
 #: events a subscriber may fall behind by before it misses some (each is logged)
 SUBSCRIBER_BUFFER = 1000
+#: retried calls remembered per charge point to know a repeat (see `repeated`): a
+#: charger's offline queue resends far fewer before it gets its answers
+REMEMBERED_CALLS = 256
 
 
 class Stations:
@@ -42,6 +46,8 @@ class Stations:
         self._subscribers: list[trio.MemorySendChannel[Event]] = []
         self._logged_violations: set[tuple[str, str | None, str]] = set()
         self._request_ids = 0
+        #: per identity, the (action, hash of the text) of retried calls applied lately
+        self._applied: dict[str, OrderedDict[tuple[str, int], None]] = {}
 
     @property
     def config(self) -> Config:
@@ -104,6 +110,19 @@ class Stations:
         """A request id for GetBaseReport and RequestStartTransaction, unique in this run."""
         self._request_ids += 1
         return self._request_ids
+
+    def repeated(self, identity: str, action: str, payload_text: str) -> bool:
+        """Whether this exact call was applied already (a retry after a lost answer, maybe
+        over a new connection); remembers it if not."""
+        applied = self._applied.setdefault(identity, OrderedDict())
+        key = (action, hash(payload_text))  # 64 bits: a chance collision is not a concern
+        if key in applied:
+            applied.move_to_end(key)
+            return True
+        applied[key] = None
+        if len(applied) > REMEMBERED_CALLS:
+            applied.popitem(last=False)
+        return False
 
     def log_violation_once(self, identity: str, action: str | None, kind: str, text: str) -> None:
         """One log line per identity, action and kind of violation (README "Validation")."""

@@ -36,6 +36,7 @@ from appliance.store import FrameRow, Store, now_ms
 from appliance.transport import Link
 from appliance.tree import Tree
 from appliance.versions import Context, TransactionIdSource, Unprocessable, Version
+from appliance.versions.tables import RETRIED
 
 log = logging.getLogger("appliance")
 
@@ -75,18 +76,22 @@ Event = Connected | Booted | Disconnected
 class Hub(Protocol):
     """What a station uses of the appliance around it (`hub.Stations`)."""
 
-    config: Config
     store: Store
     tree: Tree
     schemas: dict[str, SchemaSet]
     transaction_ids: TransactionIdSource
-    fetch_on_boot: bool
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def fetch_on_boot(self) -> bool: ...
 
     def token_accepted(self, token: str | None) -> bool: ...
     def attach(self, station: Station) -> None: ...
     def detach(self, station: Station) -> None: ...
     def publish(self, event: Event) -> None: ...
     def request_id(self) -> int: ...
+    def repeated(self, identity: str, action: str, payload_text: str) -> bool: ...
     def log_violation_once(
         self, identity: str, action: str | None, kind: str, text: str
     ) -> None: ...
@@ -183,7 +188,7 @@ class Station:
         if isinstance(event, CallReceived):
             if event.violation is not None:
                 self._note_violation(event.action, event.violation.kind, event.violation.text)
-            self._answer(event)
+            self._answer(event, received.frame)
         elif isinstance(event, ResultReceived):
             if event.violation is not None:
                 self._note_violation(event.call.action, event.violation.kind, event.violation.text)
@@ -201,7 +206,7 @@ class Station:
             kind = event.fault.name if event.fault else "reply"
             self.hub.log_violation_once(self.identity, received.frame.action, kind, event.reason)
 
-    def _answer(self, call: CallReceived) -> None:
+    def _answer(self, call: CallReceived, frame: Frame) -> None:
         """Decide (the version mapping, pure), then do: answer, apply, capture."""
         try:
             answer = self.version.respond(self.context, call.action, call.payload)
@@ -218,6 +223,10 @@ class Station:
             # the peer got a CALLERROR instead: nothing of the request is applied
             log.error("%s: %s", self.identity, exc)
             return
+        if call.action in RETRIED and self.hub.repeated(
+            self.identity, call.action, _payload_text(frame.text, call.message_id)
+        ):
+            return  # answered again, applied once
         apply = self.tree.apply
         for update in answer.updates:
             apply(self.identity, update)
@@ -268,7 +277,7 @@ class Station:
 
     async def _fetch_after_boot(self) -> None:
         """After each boot: ask for the Device Model (2.x) or the configuration (1.6)."""
-        action, payload = self.version.commands["fetchOnBoot"]({"requestId": self.hub.request_id()})
+        action, payload = self.version.controls["fetchOnBoot"]({"requestId": self.hub.request_id()})
         try:
             response = await self.call(action, payload)
         except CallFailed as exc:
@@ -277,3 +286,8 @@ class Station:
         keys = response.get("configurationKey")
         if isinstance(keys, list):
             self.tree.configuration(self.identity, keys)
+
+
+def _payload_text(text: str, message_id: str) -> str:
+    """A CALL's text without its message id: what a retry with a new id has in common."""
+    return text.replace(message_id, "", 1)

@@ -22,7 +22,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -241,10 +241,10 @@ class Store:
         self._queued += 1  # event-loop thread only
         self._queue.put(item)
 
-    def put_rows(self, rows: list[Row]) -> None:
+    def put_rows(self, rows: Sequence[Row]) -> None:
         """Queue several rows as one item (the meter values of one message)."""
         if rows:
-            self.put(rows)
+            self.put(list(rows))
 
     def set_states(self, writes: list[StateWrite], ts: int | None = None) -> None:
         self.put(States(writes, ts or now_ms()))

@@ -45,7 +45,7 @@ class Link:
 
     @property
     def open(self) -> bool:
-        return self.ws.protocol.state is State.OPEN
+        return self.ws.machine.state is State.OPEN
 
     async def messages(self) -> AsyncIterator[str]:
         """The text messages of the peer, until the connection ends."""
@@ -56,11 +56,11 @@ class Link:
 
     async def send(self, texts: list[str]) -> bool:
         """Send text messages in order; False (nothing sent) once closing."""
-        protocol = self.ws.protocol
-        if protocol.state is not State.OPEN:
+        machine = self.ws.machine
+        if machine.state is not State.OPEN:
             return False
         for text in texts:
-            protocol.send_text(text.encode())
+            machine.send_text(text.encode())
         await self.ws.flush()
         return True
 
@@ -69,8 +69,8 @@ class Link:
         if self.close_reason is None:
             self.close_reason = reason
         self.scope.deadline = min(self.scope.deadline, trio.current_time() + CLOSE_GRACE_SEC)
-        if self.ws.protocol.state is State.OPEN:
-            self.ws.protocol.send_close(code, reason)
+        if self.ws.machine.state is State.OPEN:
+            self.ws.machine.send_close(code, reason)
             await self.ws.flush()
 
     async def keep_alive(self, interval: float) -> None:
@@ -87,20 +87,20 @@ class Link:
                 self.scope.cancel()
                 return
             ws.pong_received = False
-            if ws.protocol.state is State.OPEN:
-                ws.protocol.send_ping(b"ocpp-appliance")
+            if ws.machine.state is State.OPEN:
+                ws.machine.send_ping(b"ocpp-appliance")
                 await ws.flush()
 
     def ended_reason(self) -> str:
         """Why the connection ended, in words."""
         if self.close_reason is not None:
             return self.close_reason
-        protocol = self.ws.protocol
-        received = protocol.close_rcvd
+        machine = self.ws.machine
+        received = machine.close_rcvd
         if received is not None:
             text = f": {received.reason}" if received.reason else ""
             return f"closed by the charge point ({received.code}{text})"
-        sent = protocol.close_sent
+        sent = machine.close_sent
         if sent is not None:
             return f"closed by the appliance ({sent.code}: {sent.reason})"
         return "connection lost"

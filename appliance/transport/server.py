@@ -21,8 +21,10 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
+from appliance import passwords
 from appliance.config import Config
-from appliance.security import guard, passwords
+from appliance.rpc.dialects import OCPP16
+from appliance.security import guard
 from appliance.security.guard import AuthFailed, Credential, Reporter, Throttle, Verifier
 from appliance.security.policy import Policy
 from appliance.security.tls import common_names
@@ -63,18 +65,19 @@ class Refusal(Exception):
         self,
         status: int,
         reason: str,
-        protocol: str | None = None,
+        subprotocol: str | None = None,
         headers: Sequence[tuple[str, str]] = (),
     ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
-        self.protocol = protocol
+        self.subprotocol = subprotocol
         self.headers = headers
 
 
 def identity_from_path(target: str) -> str:
-    """The last path segment of the request target, percent-decoded (SPEC §2)."""
+    """The last path segment of the request target, percent-decoded (README "What the
+    appliance does on the wire")."""
     path = urlsplit(target).path
     return unquote(path.rsplit("/", 1)[-1])
 
@@ -139,7 +142,7 @@ class Server:
         async with trio.open_nursery() as nursery:
             with self._listening:
                 task_status.started()
-                await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+                await trio.serve_listeners(self._handle, list(listeners), handler_nursery=nursery)
 
     async def shutdown(self) -> None:
         """Stop accepting, close every connection with 1001, wait for them to end."""
@@ -201,7 +204,7 @@ class Server:
     def _subprotocol_selector(self) -> Any:
         enabled = self.config.subprotocols
 
-        # websockets binds this plain function to its protocol object as a method
+        # websockets binds this plain function to its state machine as a method
         def select(_: ServerProtocol, offered: Sequence[str]) -> str | None:
             # newest enabled version the charge point offers; some firmware varies the case
             lowered = {name.lower(): name for name in offered}
@@ -219,10 +222,10 @@ class Server:
         peer_certificate: dict[str, Any] | None,
     ) -> Link | None:
         """Answer the upgrade: 101 and a Link, or an HTTP refusal (README "Connecting")."""
-        protocol = ws.protocol
-        assert isinstance(protocol, ServerProtocol)
+        machine = ws.machine
+        assert isinstance(machine, ServerProtocol)
         identity = identity_from_path(request.path)
-        response = protocol.accept(request)
+        response = machine.accept(request)
         credential = None
         try:
             if response.status_code != 101:
@@ -244,13 +247,13 @@ class Server:
                         raise Refusal(401, "password changed during the handshake", chosen)
         except Refusal as refusal:
             if response.status_code == 101:
-                response = protocol.reject(refusal.status, refusal.reason + "\n")
+                response = machine.reject(refusal.status, refusal.reason + "\n")
                 for name, value in refusal.headers:
                     response.headers[name] = value
-            protocol.send_response(response)
-            self._refused(identity or None, host, remote, refusal.protocol, refusal.reason)
+            machine.send_response(response)
+            self._refused(identity or None, host, remote, refusal.subprotocol, refusal.reason)
             return None
-        protocol.send_response(response)
+        machine.send_response(response)
         return Link(ws, identity, chosen, remote, host, credential)
 
     async def _authenticate(
@@ -289,8 +292,8 @@ class Server:
         if selected is not None:
             return selected.lower()
         offered = request.headers.get_all("Sec-WebSocket-Protocol")
-        if not "".join(offered).strip(", ") and "ocpp1.6" in self.config.subprotocols:
-            return "ocpp1.6"  # old firmware offers no subprotocol at all
+        if not "".join(offered).strip(", ") and OCPP16.subprotocol in self.config.subprotocols:
+            return OCPP16.subprotocol  # old firmware offers no subprotocol at all
         enabled = ", ".join(self.config.subprotocols)
         raise Refusal(400, f"no common subprotocol: offered {offered or 'none'}, enabled {enabled}")
 
@@ -319,7 +322,7 @@ class Server:
             raise Refusal(503, f"connection limit reached (max_connections = {limit})", subprotocol)
 
     def _refused(
-        self, identity: str | None, host: str, remote: str, protocol: str | None, reason: str
+        self, identity: str | None, host: str, remote: str, subprotocol: str | None, reason: str
     ) -> None:
         """Log and record a refusal — once per address and reason (guard.Reporter)."""
         report = self.reporter.refusal(host, reason, trio.current_time())
@@ -329,7 +332,7 @@ class Server:
         if report.record:
             self.store.put(
                 ConnectionRow(
-                    now_ms(), identity, remote, protocol, "refused", reason + report.row_note
+                    now_ms(), identity, remote, subprotocol, "refused", reason + report.row_note
                 )
             )
 
@@ -355,10 +358,11 @@ class Server:
                     nursery.start_soon(link.keep_alive, self.config.ping_interval_sec)
                     try:
                         await self.serve_link(link)
-                    except Exception:
+                    except Exception as exc:
                         log.error(
-                            "%s: unexpected error: closing the connection (1011)",
+                            "%s: unexpected error (%s): closing the connection (1011)",
                             identity,
+                            _innermost(exc),
                             exc_info=True,
                         )
                         await link.close(CloseCode.INTERNAL_ERROR, "internal error")
@@ -378,7 +382,7 @@ class Server:
         reason = link.ended_reason()
         self._log_connection("disconnect", link, reason)
         suffix = "" if current else " (a newer connection replaced it)"
-        sent = link.ws.protocol.close_sent
+        sent = link.ws.machine.close_sent
         if sent is not None and sent.code in ABUSE_CLOSE_CODES:
             # a peer that keeps sending oversized, binary or broken frames: one line per
             # address and reason, however often it reconnects
@@ -405,9 +409,16 @@ async def _read_request(ws: WebSocket) -> Request | None:
         for event in await ws.receive():
             if isinstance(event, Request):
                 return event
-        if ws.protocol.handshake_exc is not None:
+        if ws.machine.handshake_exc is not None:
             return None
     return None
+
+
+def _innermost(exc: BaseException) -> str:
+    """The error itself, out of the exception groups of the nurseries it crossed."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _peer(stream: trio.SocketStream) -> tuple[str, str]:

@@ -28,9 +28,10 @@ DRAIN_BYTES = 16 * 1024 * 1024
 
 
 class WebSocket:
-    def __init__(self, stream: trio.abc.Stream, protocol: Protocol) -> None:
+    def __init__(self, stream: trio.abc.Stream, machine: Protocol) -> None:
         self.stream = stream
-        self.protocol = protocol
+        #: websockets' sans-I/O protocol object: the RFC 6455 state machine
+        self.machine = machine
         self._pending: list[bytes] = []
         self._sending = False
         #: our side of the stream is finished: nothing more will be sent
@@ -45,7 +46,7 @@ class WebSocket:
         self.pong_received = False
 
     async def receive(self) -> list[Request | Response | Frame]:
-        """Read once and return what the protocol parsed; `done` tells when to stop."""
+        """Read once and return what the state machine parsed; `done` tells when to stop."""
         data = b""
         if self.eof_sent:
             # closing: read on only to let the peer read our close frame (see module doc)
@@ -59,18 +60,18 @@ class WebSocket:
         else:
             data = await self._receive_some()
         if data:
-            self.protocol.receive_data(data)
+            self.machine.receive_data(data)
         else:
             self.peer_eof = True
-            self.protocol.receive_eof()
-        events = self.protocol.events_received()
-        # the protocol may have something to say (pong, close echo, 1009 on a big frame)
+            self.machine.receive_eof()
+        events = self.machine.events_received()
+        # the state machine may have something to say (pong, close echo, 1009 on a big frame)
         await self.flush()
         return events
 
     async def _receive_some(self) -> bytes:
         try:
-            return await self.stream.receive_some(RECEIVE_SIZE)
+            return bytes(await self.stream.receive_some(RECEIVE_SIZE))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
 
@@ -86,23 +87,23 @@ class WebSocket:
             if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
                 self._binary = opcode is Opcode.BINARY
                 if event.fin:
-                    self._message(event.data, texts)
+                    self._message(bytes(event.data), texts)
                 else:
-                    self._parts = [event.data]
+                    self._parts = [bytes(event.data)]
             elif opcode is Opcode.CONT:
-                self._parts.append(event.data)
+                self._parts.append(bytes(event.data))
                 if event.fin:
                     data, self._parts = b"".join(self._parts), []
                     self._message(data, texts)
             elif opcode is Opcode.PONG:
                 self.pong_received = True
-        if self.protocol.state is not State.OPEN:
+        if self.machine.state is not State.OPEN:
             texts.clear()  # RFC 6455 §7.1.7: nothing is processed after a failure
         await self.flush()
         return texts
 
     def _message(self, data: bytes, texts: list[str]) -> None:
-        if self.protocol.state is not State.OPEN:
+        if self.machine.state is not State.OPEN:
             return
         if self._binary:
             self.fail(CloseCode.UNSUPPORTED_DATA, "OCPP-J uses text frames, not binary")
@@ -114,8 +115,8 @@ class WebSocket:
 
     def fail(self, code: int, reason: str) -> None:
         """Close at once with `code` (the close frame goes out with the next flush)."""
-        if self.protocol.state is State.OPEN:
-            self.protocol.fail(code, reason)
+        if self.machine.state is State.OPEN:
+            self.machine.fail(code, reason)
 
     @property
     def done(self) -> bool:
@@ -123,14 +124,14 @@ class WebSocket:
         return self.peer_eof
 
     async def flush(self) -> None:
-        """Send what the protocol has queued.
+        """Send what the state machine has queued.
 
         Several tasks call this (reader, pinger, call timer). Whoever finds no send in
         progress becomes the sender and loops until the buffer is empty; the others only
         append. Cheaper than a lock (no scheduler round trip when there is nothing to
         send, or while another task sends) and the bytes keep their order.
         """
-        chunks = self.protocol.data_to_send()
+        chunks = self.machine.data_to_send()
         if not chunks:
             return
         self._pending.extend(chunks)
@@ -163,7 +164,7 @@ class WebSocket:
             await self.stream.send_eof()
 
     async def send_text(self, text: str) -> None:
-        self.protocol.send_text(text.encode())
+        self.machine.send_text(text.encode())
         await self.flush()
 
     async def aclose(self) -> None:

@@ -27,8 +27,11 @@ from appliance.store import (
     now_ms,
 )
 from appliance.tree.flatten import flatten
-from appliance.tree.ids import PROTOCOL_SEGMENT, component_segment, escape, variable_segment
+from appliance.tree.ids import component_segment, escape, subprotocol_segment, variable_segment
 from appliance.tree.vin import find_vin
+
+#: a state write below a charge point: its id without the prefix, value, description
+Write = tuple[str, Any, Meta | None]
 
 #: how many stopped sessions per charge point are remembered, so that a late event for
 #: one of them never reopens it
@@ -112,9 +115,9 @@ _LAST_FIELDS = (
 def _reading_writes(base: str, latest: dict[str, tuple[float, float, str]]) -> list[StateWrite]:
     writes: list[StateWrite] = []
     for name, (_, value, unit) in latest.items():
-        writes.append((f"{base}.{name}", value, _reading_meta(name, unit)))
+        writes.append(StateWrite(f"{base}.{name}", value, _reading_meta(name, unit)))
         if name == "energyWh" and base.endswith(".meterValues"):
-            writes.append((f"{base}.energyKWh", round(value / 1000, 6), _KWH_META))
+            writes.append(StateWrite(f"{base}.energyKWh", round(value / 1000, 6), _KWH_META))
     return writes
 
 
@@ -195,7 +198,7 @@ class Tree:
 
     def configuration(self, identity: str, keys: list[Any]) -> None:
         """1.6 GetConfiguration keys → `config.<key>`, writable unless read-only."""
-        writes: list[StateWrite] = []
+        writes: list[Write] = []
         for entry in keys:
             if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
                 continue
@@ -206,20 +209,20 @@ class Tree:
             self._reported[f"{self.prefix(identity)}.{state}"] = entry.get("value")
         self._set(identity, writes)
 
-    def _set(self, identity: str, writes: list[StateWrite]) -> None:
+    def _set(self, identity: str, writes: list[Write]) -> None:
         prefix = self._station(identity).prefix
         self.store.set_states([StateWrite(f"{prefix}.{sid}", v, m) for sid, v, m in writes])
 
     # ------------------------------------------------------------ connection events
 
-    def connected(self, identity: str, protocol: str, remote: str) -> None:
+    def connected(self, identity: str, subprotocol: str, remote: str) -> None:
         station = self._station(identity)
         self.store.put(ChargePointRow(identity, station.prefix, now_ms()))
         self._set(
             identity,
             [
                 ("info.connected", True, INFO["connected"]),
-                ("info.protocol", protocol, INFO["protocol"]),
+                ("info.protocol", subprotocol, INFO["protocol"]),
                 ("info.remoteAddress", remote, INFO["remoteAddress"]),
             ],
         )
@@ -238,32 +241,34 @@ class Tree:
     def capture(
         self,
         identity: str,
-        protocol: str,
+        subprotocol: str,
         direction: str,
         action: str,
         payload: Any,
         response: Any = None,
     ) -> None:
-        """`ocpp.<protocol>.<in|out>.<Action>.raw` and `.data.<path>` for the latest CALL
+        """`ocpp.<subprotocol>.<in|out>.<Action>.raw` and `.data.<path>` for the latest CALL
         of each action, `.response` for its answer; flattened in the writer thread."""
         prefix = self._station(identity).prefix
-        base = f"{prefix}.ocpp.{PROTOCOL_SEGMENT[protocol]}.{direction}.{escape(action)}"
+        base = f"{prefix}.ocpp.{subprotocol_segment(subprotocol)}.{direction}.{escape(action)}"
 
         def produce() -> list[StateWrite]:
-            writes: list[StateWrite] = [(f"{base}.raw", payload, RAW_META)]
+            writes = [StateWrite(f"{base}.raw", payload, RAW_META)]
             if response is not None:
-                writes.append((f"{base}.response", response, RESPONSE_META))
-            writes += [(f"{base}.data.{path}", value, None) for path, value in flatten(payload)]
+                writes.append(StateWrite(f"{base}.response", response, RESPONSE_META))
+            writes += [
+                StateWrite(f"{base}.data.{path}", value, None) for path, value in flatten(payload)
+            ]
             return writes
 
         self.store.set_states_lazily((base, "call"), produce)
 
     def capture_response(
-        self, identity: str, protocol: str, direction: str, action: str, response: Any
+        self, identity: str, subprotocol: str, direction: str, action: str, response: Any
     ) -> None:
         prefix = self._station(identity).prefix
-        base = f"{prefix}.ocpp.{PROTOCOL_SEGMENT[protocol]}.{direction}.{escape(action)}"
-        self.store.set_states([(f"{base}.response", response, RESPONSE_META)])
+        base = f"{prefix}.ocpp.{subprotocol_segment(subprotocol)}.{direction}.{escape(action)}"
+        self.store.set_states([StateWrite(f"{base}.response", response, RESPONSE_META)])
 
     # -------------------------------------------------------------------- updates
 
@@ -295,7 +300,7 @@ class Tree:
 
     def _status(self, identity: str, update: domain.ConnectorStatus) -> None:
         if update.evse_id is None:
-            writes = [("info.status", update.status, INFO["status"])]
+            writes: list[Write] = [("info.status", update.status, INFO["status"])]
             if update.error_code is not None:
                 writes.append(("info.errorCode", update.error_code, INFO["errorCode"]))
             self._set(identity, writes)
@@ -376,7 +381,7 @@ class Tree:
         if energy is not None and update.transaction_id is not None:
             self._set(identity, self._live_energy(station, update.transaction_id, energy[1].value))
 
-    def _live_energy(self, station: _Station, transaction_id: str, register: float) -> list:
+    def _live_energy(self, station: _Station, transaction_id: str, register: float) -> list[Write]:
         sessions = station.sessions
         session = sessions.known.get(transaction_id)
         if session is None or session.stopped:
@@ -410,11 +415,9 @@ class Tree:
         )
         self._set(identity, self._session_writes(station.sessions, update))
 
-    def _session_writes(self, sessions: _Sessions, update: domain.TransactionEvent) -> list:
+    def _session_writes(self, sessions: _Sessions, update: domain.TransactionEvent) -> list[Write]:
         tid = update.transaction_id
-        writes: list[StateWrite] = [
-            ("transactions.lastEvent", update.raw, TRANSACTIONS["lastEvent"])
-        ]
+        writes: list[Write] = [("transactions.lastEvent", update.raw, TRANSACTIONS["lastEvent"])]
         if tid == "-1":
             return writes  # anonymous: the row records it, the tree cannot place it
         session = sessions.known.get(tid)
@@ -465,7 +468,7 @@ class Tree:
         return writes
 
     def _device_model(self, identity: str, update: domain.DeviceModelReport) -> None:
-        writes: list[StateWrite] = []
+        writes: list[Write] = []
         for v in update.values:
             component = component_segment(
                 v.component, v.evse_id, v.connector_id, v.component_instance
@@ -518,7 +521,7 @@ def _connector_base(evse_id: int, connector_id: int | None) -> str:
     return f"evse.{evse_id}.connector.{connector_id}"
 
 
-def _energy_writes(energy_wh: float | None) -> list[StateWrite]:
+def _energy_writes(energy_wh: float | None) -> list[Write]:
     kwh = None if energy_wh is None else round(energy_wh / 1000, 6)
     return [
         ("transactions.last.energyWh", energy_wh, TRANSACTIONS["last.energyWh"]),

@@ -22,14 +22,16 @@ def unescape(segment: str) -> str:
     return unquote(segment)
 
 
-#: protocol segments (SPEC §5.1): ocpp1.6 → ocpp1_6
-PROTOCOL_SEGMENT = {"ocpp1.6": "ocpp1_6", "ocpp2.0.1": "ocpp2_0_1", "ocpp2.1": "ocpp2_1"}
+def subprotocol_segment(subprotocol: str) -> str:
+    """The id segment of a subprotocol (README "Object tree"): ocpp1.6 → ocpp1_6."""
+    return subprotocol.replace(".", "_")
 
 
 def component_segment(
     name: str, evse: int | None = None, connector: int | None = None, instance: str | None = None
 ) -> str:
-    """`<name>[@<evse>[-<connector>]][#<instance>]` with each part escaped (SPEC §5.1)."""
+    """`<name>[@<evse>[-<connector>]][#<instance>]` with each part escaped (README
+    "`states` and `objects`")."""
     segment = escape(name)
     if evse is not None:
         segment += f"@{evse}"

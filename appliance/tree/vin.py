@@ -1,4 +1,5 @@
-"""Finding a vehicle identification number where OCPP has no field for it (SPEC §7)."""
+"""Finding a vehicle identification number where OCPP has no field for it (README
+"`states` and `objects`", info.vin)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def plausible(candidate: str) -> bool:
 def find_vin(data: Any) -> str | None:
     """The first plausible VIN in `data`: a string (JSON inside is searched too), an
     object or an array; values under a key containing "vin" are tried first."""
-    preferred, others = [], []
+    preferred: list[str] = []
+    others: list[str] = []
     for key, text in _strings(data, ""):
         (preferred if "vin" in key.lower() else others).append(text)
     for text in preferred + others:

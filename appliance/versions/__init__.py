@@ -10,7 +10,7 @@ from appliance.rpc import DIALECTS, Dialect
 from appliance.versions import tables, v16, v21, v201
 from appliance.versions.common import (
     Answer,
-    Command,
+    CallBuilder,
     Context,
     Handler,
     Payload,
@@ -33,7 +33,7 @@ class Version:
     #: the answer to every call without a handler of its own (shared: never mutated)
     default_responses: dict[str, dict[str, Any]]
     #: the controls of README "Controls" as this version's calls: name → (action, payload)
-    commands: dict[str, Command]
+    controls: dict[str, CallBuilder]
     #: runs on every call before its handler (2.x: customData may carry a VIN)
     inspect: Callable[[Context, Payload], None] | None = None
 
@@ -52,7 +52,7 @@ class Version:
 def _version(
     name: str,
     handlers: dict[str, Handler],
-    commands: dict[str, Command],
+    controls: dict[str, CallBuilder],
     inspect: Callable[[Context, Payload], None] | None = None,
 ) -> Version:
     return Version(
@@ -61,16 +61,16 @@ def _version(
         tables.FROM_CSMS[name],
         handlers,
         tables.MINIMAL_RESPONSES[name],
-        commands,
+        controls,
         inspect,
     )
 
 
 #: every version the appliance speaks, by subprotocol (the names come from rpc.DIALECTS)
 VERSIONS: dict[str, Version] = {
-    tables.OCPP16: _version(tables.OCPP16, v16.HANDLERS, v16.COMMANDS),
-    tables.OCPP201: _version(tables.OCPP201, v201.HANDLERS, v201.COMMANDS, v201.custom_data),
-    tables.OCPP21: _version(tables.OCPP21, v21.HANDLERS, v201.COMMANDS, v201.custom_data),
+    tables.OCPP16: _version(tables.OCPP16, v16.HANDLERS, v16.CONTROLS),
+    tables.OCPP201: _version(tables.OCPP201, v201.HANDLERS, v201.CONTROLS, v201.custom_data),
+    tables.OCPP21: _version(tables.OCPP21, v21.HANDLERS, v201.CONTROLS, v201.custom_data),
 }
 
 __all__ = ["VERSIONS", "Answer", "Context", "TransactionIdSource", "Unprocessable", "Version"]

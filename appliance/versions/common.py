@@ -56,7 +56,7 @@ class Context:
     `Protocol.respond` hands both back with the answer."""
 
     identity: str
-    protocol: str
+    subprotocol: str
     heartbeat_interval: int
     transaction_ids: TransactionIdSource
     #: is this RFID/idToken accepted? Asked at each call, so a SIGHUP applies at once
@@ -82,7 +82,7 @@ def token_info(ctx: Context, token: Any) -> Payload:
         token = token.get("idToken")
     if ctx.authorize(token if isinstance(token, str) else None):
         return _ACCEPTED
-    return {"status": tables.REFUSED_TOKEN_STATUS[ctx.protocol]}
+    return {"status": tables.REFUSED_TOKEN_STATUS[ctx.subprotocol]}
 
 
 Handler = Callable[[Context, Payload], Payload]
@@ -137,6 +137,12 @@ def text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False)
+
+
+def member(value: Any, key: str) -> dict[str, Any]:
+    """The object at `key` of `value`; {} where either is not an object (lenient)."""
+    found = value.get(key) if isinstance(value, dict) else None
+    return found if isinstance(found, dict) else {}
 
 
 def objects(value: Any) -> list[dict[str, Any]]:
@@ -199,7 +205,7 @@ PROFILE_ID = 9000
 #: a fixed start in the past: the limit holds from now on, whatever the charger's clock
 PROFILE_START = "2020-01-01T00:00:00.000Z"
 
-Command = Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]
+CallBuilder = Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]
 
 
 def limit_period(values: dict[str, Any]) -> dict[str, Any]:

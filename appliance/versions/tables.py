@@ -1,7 +1,7 @@
 """Static per-version OCPP action tables: who initiates each action, and what a CSMS
 without special logic answers.
 
-Keys are the WebSocket subprotocol names ("ocpp1.6", "ocpp2.0.1", "ocpp2.1"). Action
+Keys are the WebSocket subprotocol names (rpc.dialects). Action
 names are the exact OCPP-J action strings, which are also the schema file stems in
 ``schemas/``. ``tests/test_tables.py`` proves every table against those schemas.
 
@@ -14,9 +14,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-OCPP16 = "ocpp1.6"
-OCPP201 = "ocpp2.0.1"
-OCPP21 = "ocpp2.1"
+from appliance.rpc import dialects
+
+OCPP16 = dialects.OCPP16.subprotocol
+OCPP201 = dialects.OCPP201.subprotocol
+OCPP21 = dialects.OCPP21.subprotocol
 
 # Placeholder timestamp; the caller replaces it with the CSMS clock.
 _PLACEHOLDER_TIME = "2026-01-01T00:00:00Z"
@@ -26,6 +28,12 @@ _PLACEHOLDER_TIME = "2026-01-01T00:00:00Z"
 # valid". 2.x has Unknown for exactly this (Part 2 C01); its Invalid means known but not
 # valid (expired, blocked), which a plain list cannot say.
 REFUSED_TOKEN_STATUS = {OCPP16: "Invalid", OCPP201: "Unknown", OCPP21: "Unknown"}
+
+# Calls whose exact repeat is a retry after a lost answer, not a new fact: each carries
+# its own time (and 2.x TransactionEvent its seqNo), and a charger resends them until
+# answered, also after a reconnect (1.6 §4.1 "transaction-related messages", 2.x Part 2
+# E.Transactions "queued"). A repeat is answered again but applied once.
+RETRIED = frozenset({"MeterValues", "StartTransaction", "StopTransaction", "TransactionEvent"})
 
 # --------------------------------------------------------------------------------------
 # OCPP 1.6 edition 2 + "Improved security for OCPP 1.6-J" whitepaper (edition 3)

@@ -11,7 +11,7 @@ from appliance.domain.meter import Reading
 from appliance.versions.common import (
     PROFILE_ID,
     PROFILE_START,
-    Command,
+    CallBuilder,
     Context,
     Handler,
     Payload,
@@ -55,7 +55,8 @@ def authorize(ctx: Context, payload: Payload) -> Payload:
 
 def status_notification(ctx: Context, payload: Payload) -> Payload:
     connector = need_int(payload, "connectorId")
-    # 1.6 connector n is EVSE n with one connector; connector 0 is the station (SPEC §5.1)
+    # 1.6 connector n is EVSE n with one connector; connector 0 is the station (README
+    # "`states` and `objects`")
     ctx.emit(
         domain.ConnectorStatus(
             evse_id=connector or None,
@@ -175,8 +176,8 @@ def _remote_stop(values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return "RemoteStopTransaction", {"transactionId": transaction}
 
 
-#: the controls of SPEC §6 as 1.6 calls
-COMMANDS: dict[str, Command] = {
+#: the controls of README "Controls" as 1.6 calls
+CONTROLS: dict[str, CallBuilder] = {
     "availability": lambda v: (
         "ChangeAvailability",
         {"connectorId": 0, "type": "Operative" if v["operative"] else "Inoperative"},

@@ -11,7 +11,7 @@ from appliance.rpc import Fault
 from appliance.versions.common import (
     PROFILE_ID,
     PROFILE_START,
-    Command,
+    CallBuilder,
     Context,
     Handler,
     Payload,
@@ -19,6 +19,7 @@ from appliance.versions.common import (
     as_int,
     energy_register,
     limit_period,
+    member,
     need,
     objects,
     sampled_readings,
@@ -28,9 +29,8 @@ from appliance.versions.common import (
 
 
 def boot_notification(ctx: Context, payload: Payload) -> Payload:
-    station = payload.get("chargingStation")
-    station = station if isinstance(station, dict) else {}
-    modem = station.get("modem") if isinstance(station.get("modem"), dict) else {}
+    station = member(payload, "chargingStation")
+    modem = member(station, "modem")
     ctx.emit(
         domain.StationBooted(
             vendor=text(station.get("vendorName")),
@@ -70,8 +70,7 @@ def status_notification(ctx: Context, payload: Payload) -> Payload:
 
 
 def _unit_of(sampled: dict[str, Any]) -> tuple[Any, int]:
-    unit = sampled.get("unitOfMeasure")
-    unit = unit if isinstance(unit, dict) else {}
+    unit = member(sampled, "unitOfMeasure")
     return unit.get("unit"), as_int(unit.get("multiplier")) or 0
 
 
@@ -93,7 +92,7 @@ def transaction_event(ctx: Context, payload: Payload) -> Payload:
     info = need(payload, "transactionInfo")
     transaction_id = text(need(info, "transactionId"))
     event = text(need(payload, "eventType"))
-    evse = payload.get("evse") if isinstance(payload.get("evse"), dict) else {}
+    evse = member(payload, "evse")
     evse_id = as_int(evse.get("id"))
     connector_id = as_int(evse.get("connectorId"))
     token = payload.get("idToken")
@@ -136,11 +135,10 @@ def _latest_register(found: list[Reading]) -> float | None:
 def notify_report(ctx: Context, payload: Payload) -> Payload:
     values = []
     for data in objects(payload.get("reportData")):
-        component = data.get("component") if isinstance(data.get("component"), dict) else {}
-        variable = data.get("variable") if isinstance(data.get("variable"), dict) else {}
-        evse = component.get("evse") if isinstance(component.get("evse"), dict) else {}
-        traits = data.get("variableCharacteristics")
-        traits = traits if isinstance(traits, dict) else {}
+        component = member(data, "component")
+        variable = member(data, "variable")
+        evse = member(component, "evse")
+        traits = member(data, "variableCharacteristics")
         for attribute in objects(data.get("variableAttribute")):
             values.append(
                 domain.DeviceModelValue(
@@ -220,8 +218,8 @@ def _set_variable(values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return "SetVariables", {"setVariableData": [data]}
 
 
-#: the controls of SPEC §6 as 2.0.1 / 2.1 calls
-COMMANDS: dict[str, Command] = {
+#: the controls of README "Controls" as 2.0.1 / 2.1 calls
+CONTROLS: dict[str, CallBuilder] = {
     "availability": lambda v: (
         "ChangeAvailability",
         {"operationalStatus": "Operative" if v["operative"] else "Inoperative"},
