@@ -513,7 +513,14 @@ def main() -> None:
     servers = [("appliance", [*appliance, "serve", "--config", str(config)])]
     if args.shared:
         shared = Path(args.shared)
+        # the same core behind websockets' own trio server: the transport decision
+        # (README "Architecture") measured inside the appliance
+        library = Path(__file__).with_name("serve_on_websockets_trio.py")
+        servers.append(
+            ("appliance_on_websockets_trio", [sys.executable, str(library), str(config)])
+        )
         servers.append(("echo_trio_sansio", [sys.executable, str(shared / "echo_trio_sansio.py")]))
+        servers.append(("echo_websockets_trio", [sys.executable, str(shared / "echo_ws_trio.py")]))
         servers.append(("echo_trio_websocket", [sys.executable, str(shared / "echo_trio.py")]))
         servers.append(("ocpp_peer", [sys.executable, str(shared / "peer_mh.py")]))
 
@@ -522,7 +529,7 @@ def main() -> None:
         port = args.port + offset
         if name != "appliance":
             command = [*command, str(port)]
-        database = folder / "bench.db" if name == "appliance" else None
+        database = folder / "bench.db" if name.startswith("appliance") else None
         rows = measure(
             name, command, port, counts, args.duration, args.paced, database, args.simulator
         )

@@ -44,6 +44,8 @@ class WebSocket:
         self._binary = False
         #: a pong arrived since the last look (the keep-alive resets it)
         self.pong_received = False
+        #: this read failed the connection: later messages of it are not passed on
+        self._failed = False
 
     async def receive(self) -> list[Request | Response | Frame]:
         """Read once and return what the state machine parsed; `done` tells when to stop."""
@@ -80,6 +82,7 @@ class WebSocket:
         fragments (RFC 6455 §5.4). Invalid UTF-8 closes with 1007, a binary message with
         1003 (OCPP-J travels in text messages only); pongs set `pong_received`."""
         texts: list[str] = []
+        self._failed = False
         for event in await self.receive():
             if not isinstance(event, Frame):
                 continue
@@ -97,13 +100,13 @@ class WebSocket:
                     self._message(data, texts)
             elif opcode is Opcode.PONG:
                 self.pong_received = True
-        if self.machine.state is not State.OPEN:
-            texts.clear()  # RFC 6455 §7.1.7: nothing is processed after a failure
         await self.flush()
+        # what arrived before a close or a failure crossed the wire and is passed on
+        # (its answer may no longer go out); nothing after it is (RFC 6455 §7.1.7)
         return texts
 
     def _message(self, data: bytes, texts: list[str]) -> None:
-        if self.machine.state is not State.OPEN:
+        if self._failed:
             return
         if self._binary:
             self.fail(CloseCode.UNSUPPORTED_DATA, "OCPP-J uses text frames, not binary")
@@ -115,6 +118,7 @@ class WebSocket:
 
     def fail(self, code: int, reason: str) -> None:
         """Close at once with `code` (the close frame goes out with the next flush)."""
+        self._failed = True
         if self.machine.state is State.OPEN:
             self.machine.fail(code, reason)
 
