@@ -4,14 +4,16 @@ SIGHUP; stop cleanly on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import logging
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-import attrs
 import trio
 
 from appliance import __version__
@@ -21,7 +23,17 @@ from appliance.controls import Controls
 from appliance.rpc import DIALECTS, SchemaSet
 from appliance.security.policy import Policy, config_warnings
 from appliance.station import Stations
-from appliance.store import Retention, Store, TransactionIds
+from appliance.store import (
+    MetaValue,
+    Opened,
+    Retention,
+    Store,
+    StoreError,
+    TransactionIds,
+    now_ms,
+)
+from appliance.store.migrations import NewerSchema
+from appliance.store.queries import ALIVE_KEY, HEARTBEAT_SEC, STOPPED_KEY, explain
 from appliance.transport import Server
 from appliance.tree import Tree
 
@@ -41,12 +53,35 @@ def setup_logging(level: str) -> None:
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S")
     )
+    handler.addFilter(one_line)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # The appliance logs every connection event itself, once, with the identity; the
     # library's own lines (one per open, tracebacks for bad handshakes) would repeat them.
     logging.getLogger("websockets").setLevel(logging.CRITICAL)
+
+
+#: control characters a peer could put into what is logged (an action name, a message
+#: id, an identity): a newline would forge a line of the log
+_CONTROL = {code: f"\\x{code:02x}" for code in (*range(32), 127)} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def one_line(record: logging.LogRecord) -> bool:
+    """A logging filter: each message stays one line, whatever a peer sent (the
+    traceback of an error is not part of the message and keeps its lines)."""
+    message = record.getMessage()
+    if not message.isprintable():
+        # a lone surrogate (valid JSON, no text) is written as its escape too
+        safe = message.translate(_CONTROL).encode("utf-8", "backslashreplace").decode()
+        record.msg, record.args = safe, None
+    return True
 
 
 def compile_schemas(config: Config) -> dict[str, SchemaSet]:
@@ -62,6 +97,63 @@ class Running:
     port: int
     #: set once the block has ended: everything queued is in the database
     flushed: bool = False
+    #: keys the command line set over the file's (`serve --port`); a SIGHUP keeps them
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+class CannotListen(Exception):
+    """The port cannot be had (the CLI exits 1; nothing was written)."""
+
+
+class DatabaseUnusable(Exception):
+    """The database cannot be created or opened; the message names the file and the fix
+    (the CLI exits 1)."""
+
+
+async def listen(config: Config) -> list[trio.SocketListener]:
+    """The listening sockets, first of all: a port that is taken must not leave a new
+    database behind."""
+    try:
+        return await trio.open_tcp_listeners(config.port, host=config.host or None)
+    except OSError as exc:
+        where = f"{config.host}:{config.port}"
+        reason = exc.strerror or str(exc)
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = ": another program uses it; pick another (serve --port N, or `port`)"
+        elif exc.errno == errno.EACCES and 0 < config.port < 1024:
+            hint = ": ports below 1024 need privileges; pick one above"
+        raise CannotListen(f"cannot listen on {where}: {reason}{hint}") from None
+
+
+def open_store(store: Store) -> Opened:
+    """Create or open the database (blocking); every OS or SQLite error becomes
+    DatabaseUnusable naming the file and the likely fix."""
+    verb = "open" if store.path.exists() else "create"
+    try:
+        return store.open()
+    except OSError as exc:
+        raise DatabaseUnusable(explain(store.path, exc, verb)) from None
+    except StoreError as exc:
+        # the store says what it knows; where SQLite gave a reason, say it as a user can act
+        cause = exc.__context__
+        if isinstance(cause, sqlite3.Error) and not isinstance(cause, NewerSchema):
+            raise DatabaseUnusable(explain(store.path, cause, verb)) from None
+        raise DatabaseUnusable(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise DatabaseUnusable(explain(store.path, exc, verb)) from None
+
+
+async def heartbeat(
+    store: Store, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """The appliance's sign of life in `meta`, for `ocpp-appliance set`/`call` (and any
+    tool) to tell at once whether anyone will take a command."""
+    store.put(MetaValue(ALIVE_KEY, now_ms()))
+    task_status.started()
+    while True:
+        await trio.sleep(HEARTBEAT_SEC)
+        store.put(MetaValue(ALIVE_KEY, now_ms()))
 
 
 @contextlib.asynccontextmanager
@@ -71,12 +163,18 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
     policy = policy if policy is not None else Policy.build(config)
     for warning in config_warnings(config):
         log.warning("config: %s", warning)
+    listeners = await listen(config)
     store = Store(
         config.database_path,
         config.storage.commit_interval_ms,
         Retention(config.storage.messages_keep_days, config.storage.meter_values_keep_days),
     )
-    opened = await trio.to_thread.run_sync(store.open)
+    try:
+        opened = await trio.to_thread.run_sync(open_store, store)
+    except BaseException:
+        for listener in listeners:
+            await listener.aclose()
+        raise
     running = None
     try:
         schemas = compile_schemas(config)
@@ -84,10 +182,10 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
         stations = Stations(policy, store, tree, schemas, TransactionIds(opened, store.put))
         server = Server(config, store, stations.serve, policy)
         controls = Controls(stations, store, tree)
-        listeners = await trio.open_tcp_listeners(config.port, host=config.host or None)
         async with trio.open_nursery() as nursery:
             # stale commands are swept before the first charge point can connect
             await nursery.start(controls.run)
+            await nursery.start(heartbeat, store)
             await nursery.start(server.run, listeners)
             running = Running(server, stations, store, listeners[0].socket.getsockname()[1])
             yield running
@@ -98,14 +196,19 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
                     await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
     finally:
+        # `set` and `call` now know at once that nobody takes their commands
+        store.put(MetaValue(STOPPED_KEY, now_ms()))
         flushed = await trio.to_thread.run_sync(store.close)
         if running is not None:
             running.flushed = flushed
 
 
-async def serve(config: Config, policy: Policy | None = None) -> None:
+async def serve(
+    config: Config, policy: Policy | None = None, overrides: dict[str, Any] | None = None
+) -> None:
     with trio.open_signal_receiver(*SHUTDOWN_SIGNALS, RELOAD_SIGNAL) as signals:
         async with running(config, policy) as appliance:
+            appliance.overrides = dict(overrides or {})
             server = appliance.server
             # What start-up built lives for the whole run: keep it out of every
             # collection. Each frame then allocates a few dozen short-lived containers;
@@ -130,7 +233,7 @@ async def serve(config: Config, policy: Policy | None = None) -> None:
                 log.info("%s: closing connections", signal.Signals(signum).name)
                 break
     if not appliance.flushed:
-        # README "Durability": never "flushed" when it was not
+        # README "Storage design": never "flushed" when it was not
         raise NotFlushed(f"database NOT flushed: the writer is {appliance.store.health}")
     log.info("database flushed; bye")
 
@@ -149,11 +252,12 @@ async def reload(appliance: Running) -> None:
         return
     try:
         new = await trio.to_thread.run_sync(configuration.load, str(old.source))
+        new = configuration.replace(new, **appliance.overrides)
         kept = [key for key in RESTART_KEYS if getattr(new, key) != getattr(old, key)]
         if (new.tls is None) != (old.tls is None):
             kept.append("tls")  # ws:// ↔ wss:// on the same port would surprise everyone
         if kept:
-            new = attrs.evolve(new, **{key: getattr(old, key) for key in kept})
+            new = configuration.replace(new, **{key: getattr(old, key) for key in kept})
             log.warning(
                 "SIGHUP: %s changed: takes a restart; the running value stays", ", ".join(kept)
             )

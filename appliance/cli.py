@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from appliance import __version__
@@ -25,22 +27,21 @@ def _version() -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
-    from appliance.app import NotFlushed, serve, setup_logging
+    from appliance.app import CannotListen, DatabaseUnusable, NotFlushed, serve, setup_logging
     from appliance.security.policy import Policy
     from appliance.store import StoreError
 
     config = configuration.load(args.config)
+    overrides = {} if args.port is None else {"port": args.port}
+    config = configuration.replace(config, **overrides)
+    configuration.check_database(config)
     # the TLS files are read and checked here: a bad one is exit 2, before listening
     policy = Policy.build(config)
     setup_logging(config.log_level)
     try:
-        trio.run(serve, config, policy)
-    except (StoreError, NotFlushed) as exc:
+        trio.run(serve, config, policy, overrides)
+    except (CannotListen, DatabaseUnusable, StoreError, NotFlushed) as exc:
         print(f"ocpp-appliance: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except OSError as exc:
-        where = f"{config.host}:{config.port}"
-        print(f"ocpp-appliance: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -50,6 +51,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     path = configuration.find(args.config)
     config = configuration.load(args.config)
+    configuration.check_database(config)
     Policy.build(config)  # the TLS files: present, readable, matching
     for warning in config_warnings(config):
         print(f"ocpp-appliance: warning: {warning}", file=sys.stderr)
@@ -96,6 +98,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
     else:
         print(reader.status_table(rows), end="")
+        why = _down_now(config)
+        if why is not None:
+            print(
+                f"ocpp-appliance: the appliance is not running ({why}):"
+                " the table shows what was true then",
+                file=sys.stderr,
+            )
     return EXIT_OK
 
 
@@ -122,12 +131,64 @@ def _value(text: str) -> object:
         return text
 
 
-def _await_outcome(config: configuration.Config, seq: int, base: str | None) -> int:
+def _down_now(config: configuration.Config) -> str | None:
+    """Why the appliance is not running, from its heartbeat in the database; None if it
+    runs (or is older than the heartbeat and cannot tell)."""
     from appliance import reader
 
+    stale = reader.stale_after_ms(config.storage.commit_interval_ms)
+    alive, stopped = reader.heartbeat(config.database_path)
+    if alive is None or not reader.is_down(alive, stopped, stale, time.time_ns() // 10**6):
+        return None
+    if stopped is not None and stopped >= alive:
+        return f"it stopped {reader.age(stopped)} ago"
+    return f"no sign of life for {reader.age(alive)}: it was stopped or killed"
+
+
+def _not_running(config: configuration.Config) -> str | None:
+    """`_down_now`, but a restart that has not yet committed its first beat gets one
+    commit interval and a second to show it."""
+    deadline = time.monotonic() + config.storage.commit_interval_ms / 1000 + 1
+    while (why := _down_now(config)) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return why
+
+
+def _down_message(config: configuration.Config, why: str, written: bool) -> str:
+    where = f" --config {config.source}" if config.source else ""
+    done = (
+        "the command stays queued and is not run when it starts"
+        if written
+        else "nothing was written"
+    )
+    return (
+        f"ocpp-appliance: the appliance is not running ({why}); {done}."
+        f" Start it with `ocpp-appliance serve{where}`"
+    )
+
+
+def _write_and_wait(
+    config: configuration.Config, values: list[tuple[str, object]], base: str | None
+) -> int:
+    """`set` and `call`: refuse at once when the appliance is down, else write the
+    controls and wait for their outcome."""
+    from appliance import reader
+
+    why = _not_running(config)
+    if why is not None:
+        print(_down_message(config, why, written=False), file=sys.stderr)
+        return EXIT_FAILED
+    written_at = int(time.time() * 1000) - 1
+    seq = reader.write_controls(config.database_path, values)
     # the call may wait its turn (call_timeout_sec), then for the answer (again)
     patience = 2 * config.call_timeout_sec + 5
-    if not reader.wait_done(config.database_path, seq, patience):
+    stale = reader.stale_after_ms(config.storage.commit_interval_ms)
+    waited = reader.wait_done(config.database_path, seq, patience, stale)
+    if waited == "down":
+        why = _not_running(config) or "it stopped"
+        print(_down_message(config, why, written=True), file=sys.stderr)
+        return EXIT_FAILED
+    if waited != "done":
         print(
             f"ocpp-appliance: the appliance did not take the command within {patience:g} s"
             " — is `ocpp-appliance serve` running with this config?",
@@ -135,6 +196,11 @@ def _await_outcome(config: configuration.Config, seq: int, base: str | None) -> 
         )
         return EXIT_FAILED
     if base is None:
+        # a parameter the appliance refused (a raw value it checks): the value in force stays
+        refused = reader.refusal(config.database_path, values[-1][0], written_at)
+        if refused:
+            print(f"ocpp-appliance: {refused}", file=sys.stderr)
+            return EXIT_FAILED
         print("ok (parameter taken)")
         return EXIT_OK
     response, error = reader.outcome(config.database_path, base)
@@ -156,33 +222,72 @@ def _pretty(text: str) -> str:
 
 def cmd_set(args: argparse.Namespace) -> int:
     from appliance import reader
-    from appliance.controls import outcome_folder
+    from appliance.controls import CommandError, check_parameter, outcome_folder
 
     config = configuration.load(args.config)
     prefix, _, path = args.id.partition(".")
     if not path:
         print(f"ocpp-appliance: {args.id!r} is not a full state id", file=sys.stderr)
         return EXIT_USAGE
-    seq = reader.write_controls(config.database_path, [(args.id, _value(args.value))])
     folder = outcome_folder(path)
-    return _await_outcome(config, seq, None if folder is None else f"{prefix}.{folder}")
+    if folder is None:
+        # a parameter is checked before anything is written (README "Controls")
+        try:
+            check_parameter(path.removeprefix("control."), _value(args.value))
+        except CommandError as exc:
+            print(f"ocpp-appliance: {exc}; nothing written", file=sys.stderr)
+            return EXIT_FAILED
+    base = None if folder is None else f"{prefix}.{folder}"
+    status = _write_and_wait(config, [(args.id, _value(args.value))], base)
+    if status != EXIT_OK and base is not None and path == f"control.{START_TRIGGER}":
+        # it ran and failed: for want of an idToken, say how to give one
+        token = f"{prefix}.control.requestStartTransaction.idToken"
+        found = reader.states(config.database_path, token)
+        ran = bool(reader.outcome(config.database_path, base)[1])
+        if ran and (not found or found[0]["val"] in (None, "")):
+            where = f" --config {config.source}" if config.source else ""
+            print(
+                "ocpp-appliance: a remote start needs an idToken first:"
+                f" ocpp-appliance set {token} TAG0001{where}",
+                file=sys.stderr,
+            )
+    return status
+
+
+#: the control whose failure for want of an idToken the CLI explains
+START_TRIGGER = "requestStartTransaction.trigger"
 
 
 def cmd_call(args: argparse.Namespace) -> int:
-    from appliance import reader
     from appliance.tree.ids import escape
 
     config = configuration.load(args.config)
-    payload = _value(args.payload)
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as exc:
+        print(f"ocpp-appliance: {_where_malformed(args.payload, exc)}", file=sys.stderr)
+        return EXIT_USAGE
     if not isinstance(payload, dict):
-        print("ocpp-appliance: the payload must be a JSON object", file=sys.stderr)
+        kind = type(payload).__name__.replace("dict", "object").replace("list", "array")
+        print(
+            f"ocpp-appliance: the payload must be a JSON object ({{...}}), not a {kind}",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     base = f"{escape(args.identity)}.control.rpc"
-    seq = reader.write_controls(
-        config.database_path,
-        [(f"{base}.method", args.action), (f"{base}.payload", payload), (f"{base}.execute", 1)],
-    )
-    return _await_outcome(config, seq, base)
+    values = [(f"{base}.method", args.action), (f"{base}.payload", payload), (f"{base}.execute", 1)]
+    return _write_and_wait(config, values, base)
+
+
+def _where_malformed(text: str, exc: json.JSONDecodeError) -> str:
+    """The JSON error, the line it is on and a caret under the place."""
+    lines = text.splitlines() or [""]
+    line = lines[min(exc.lineno, len(lines)) - 1] if text.strip() else ""
+    where = f"line {exc.lineno} column {exc.colno}" if "\n" in text else f"column {exc.colno}"
+    message = f"the payload is not JSON: {exc.msg} at {where}"
+    if not line:
+        return message + " (an empty payload is {})"
+    return f"{message}\n  {line}\n  {' ' * (exc.colno - 1)}^"
 
 
 def _positive(text: str) -> float:
@@ -192,6 +297,16 @@ def _positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0-65535 (0 picks a free port): {text!r}")
     return value
 
 
@@ -211,11 +326,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if bool(args.cert) != bool(args.key):
         print("ocpp-appliance: --cert and --key go together", file=sys.stderr)
         return EXIT_USAGE
-    if not args.url.startswith(("ws://", "wss://")):
-        print(f"ocpp-appliance: --url must start with ws:// or wss://: {args.url}", file=sys.stderr)
+    url = args.url or _url_of(configuration.load(args.config))
+    if not url.startswith(("ws://", "wss://")):
+        print(f"ocpp-appliance: --url must start with ws:// or wss://: {url}", file=sys.stderr)
         return EXIT_USAGE
     options = Options(
-        url=args.url,
+        url=url,
         count=args.count,
         protocol=args.protocol,
         identity_prefix=args.identity_prefix,
@@ -231,12 +347,30 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return simulate(options, as_json=args.json)
 
 
+def _url_of(config: configuration.Config) -> str:
+    """Where the appliance of `config` listens, as seen from this machine."""
+    if config.port == 0:
+        raise configuration.ConfigError(
+            f"{config.source or 'config'}: port = 0 (any free port): give the port"
+            " the appliance printed at start with --url ws://127.0.0.1:PORT"
+        )
+    host = config.host
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "[::1]"
+    elif ":" in host:
+        host = f"[{host}]"
+    scheme = "wss" if config.tls is not None else "ws"
+    return f"{scheme}://{host}:{config.port}"
+
+
 def _simulate_arguments(sub: argparse.ArgumentParser) -> None:
     from appliance.simulator import PROTOCOL_CHOICES
 
-    sub.add_argument("--url", default="ws://127.0.0.1:9000", help="the central system "
-                     "(default ws://127.0.0.1:9000); the identity is appended as the last "
-                     "path segment")  # fmt: skip
+    sub.add_argument("--url", help="the central system; the identity is appended as the "
+                     "last path segment (default: where the appliance of the config listens, "
+                     "ws://127.0.0.1:9000 without a config)")  # fmt: skip
     sub.add_argument("--count", type=_count, default=1, metavar="N", help="charge points (1)")
     sub.add_argument("--protocol", choices=PROTOCOL_CHOICES, default="ocpp1.6",
                      help="OCPP version; mix: round-robin over all three (ocpp1.6)")  # fmt: skip
@@ -266,7 +400,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str]] = {
     "serve": (
         cmd_serve,
         "run the central system",
-        "example: ocpp-appliance serve --config /etc/ocpp-appliance/appliance.toml",
+        "example: ocpp-appliance serve --config /etc/ocpp-appliance/appliance.toml"
+        "   (another port: ocpp-appliance serve --port 9100)",
     ),
     "check-config": (
         cmd_check_config,
@@ -310,7 +445,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str]] = {
     "simulate": (
         cmd_simulate,
         "run simulated charge points (1.6 / 2.0.1 / 2.1) against a central system",
-        "example: ocpp-appliance simulate --count 3 --speed 60   "
+        "example: ocpp-appliance simulate --count 3 --speed 60   (the URL comes from the"
+        " config: ocpp-appliance simulate --config appliance.toml; or --url ws://box:9000)   "
         "(load test: ocpp-appliance simulate --count 100 --load --duration 10 --json)",
     ),
 }
@@ -332,6 +468,13 @@ def _parser() -> argparse.ArgumentParser:
             help="config file (default: $OCPP_APPLIANCE_CONFIG, ./appliance.toml, "
             "/etc/ocpp-appliance/appliance.toml, else built-in defaults)",
         )
+        if name == "serve":
+            sub.add_argument(
+                "--port",
+                type=_port,
+                metavar="N",
+                help="listen on port N instead of the config's `port` (0: any free port)",
+            )
         if name in ("status", "get"):
             sub.add_argument("--json", action="store_true", help="print JSON for scripts")
         if name == "set":
@@ -374,6 +517,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `ocpp-appliance status --json | head`: the reader left, which is fine
         sys.stderr.close()
         return EXIT_OK
+    except (OSError, sqlite3.Error) as exc:
+        # the last net: the commands turn these into sentences that name the file
+        # (`reader.explain`); one that got through still gets no traceback
+        print(f"ocpp-appliance: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

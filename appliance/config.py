@@ -1,101 +1,96 @@
-"""The one TOML config file: lookup, typed structure (cattrs), errors that name the key."""
+"""The one TOML config file: lookup, typed structure, errors that name the key and line.
+
+The structure is msgspec Structs, checked by `msgspec.convert` in strict mode: no value
+is coerced into another type (`port = "9000"`, `enable16 = 1` and a string where a list
+is expected are errors, not values), ranges are `Meta` constraints, and every error
+carries its path (`$.limits.max_frame_bytes`). What msgspec leaves to us is said in
+the words of a TOML file: unknown keys (with the nearest known one), missing keys, the
+line, and the few checks that span keys. The effective config is written by tomli-w.
+"""
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import re
 import tomllib
+import types
+import typing
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import attrs
-import cattrs
-import cattrs.v
-from attrs import define, field
+import msgspec
+import tomli_w
 
 from appliance.rpc.dialects import DIALECTS
 
 ENV_VAR = "OCPP_APPLIANCE_CONFIG"
 SYSTEM_CONFIG = Path("/etc/ocpp-appliance/appliance.toml")
+#: the Debian package's database (packaging/appliance.toml): systemd's StateDirectory
+#: makes its folder, so it is the one database whose missing folder is not an error
+PACKAGED_DATABASE = Path("/var/lib/ocpp-appliance/appliance.db")
 
 ValidationMode = Literal["lenient", "strict"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+NotEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
 
 class ConfigError(Exception):
     """A config that cannot be used; the message names the key (and line where known)."""
 
 
-# Range checks run after structuring (see `_check_ranges`), so that the message can name
-# the full key; attrs validators would only be reported as "invalid value @ $.limits".
-def _positive(value: float) -> str | None:
-    return None if value > 0 else f"must be greater than 0, not {value}"
+class _Table(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A TOML table: immutable, every key optional unless it has no default."""
 
 
-def _port(value: int) -> str | None:
-    return None if 0 <= value <= 65535 else f"must be 0-65535 (0 picks a free port), not {value}"
+class Storage(_Table, frozen=True):
+    commit_interval_ms: Positive = 1000
+    messages_keep_days: PositiveSeconds = 30
+    meter_values_keep_days: PositiveSeconds = 365
 
 
-def _checked(default: Any, check: Any) -> Any:
-    return field(default=default, metadata={"check": check})
-
-
-def _not_empty(value: str | None) -> str | None:
-    return "must not be empty" if value == "" else None
-
-
-def _password_hash(value: str | None) -> str | None:
-    if value is None:
-        return None
-    from appliance.passwords import parse_hash
-
-    try:
-        parse_hash(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def _secret(default: Any, check: Any) -> Any:
-    """A secret: never printed (check-config shows ***), never in repr or a log line."""
-    return field(default=default, repr=False, metadata={"check": check, "secret": True})
-
-
-@define(frozen=True)
-class Storage:
-    commit_interval_ms: int = _checked(1000, _positive)
-    messages_keep_days: float = _checked(30, _positive)
-    meter_values_keep_days: float = _checked(365, _positive)
-
-
-@define(frozen=True)
-class Limits:
+class Limits(_Table, frozen=True):
     # 1 MiB: the biggest real frames (NotifyReport of a full Device Model, a firmware
     # certificate chain) stay far below; websockets' own default is the same order.
-    max_frame_bytes: int = _checked(1_048_576, _positive)
-    handshake_timeout_sec: float = _checked(10, _positive)
-    max_connections: int = _checked(1000, _positive)
+    max_frame_bytes: Positive = 1_048_576
+    handshake_timeout_sec: PositiveSeconds = 10
+    max_connections: Positive = 1000
     # OCPP payloads nest about 8 levels deep (2.x NotifyReport, charging profiles); 64
     # leaves room for vendor data and keeps the JSON parser's recursion far from its limit.
-    max_json_depth: int = _checked(64, _positive)
+    max_json_depth: Positive = 64
 
 
-@define(frozen=True)
-class DeviceModel:
+class DeviceModel(_Table, frozen=True):
     fetch_on_boot: bool = True
 
 
-@define(frozen=True)
-class ChargePoint:
+class ChargePoint(_Table, frozen=True):
     validation: ValidationMode | None = None
     #: HTTP Basic auth (security profiles 1 and 2): the charge point's password, plain or
-    #: as `ocpp-appliance hash-password` prints it; at most one of the two
-    password: str | None = _secret(None, _not_empty)
-    password_hash: str | None = _secret(None, _password_hash)
+    #: as `ocpp-appliance hash-password` prints it; at most one of the two. Secrets: never
+    #: printed (check-config shows ***), never in repr or a log line.
+    password: NotEmpty | None = None
+    password_hash: str | None = None
+
+    def __repr__(self) -> str:
+        shown = {
+            k: MASK if k in SECRETS and v is not None else v
+            for k, v in msgspec.structs.asdict(self).items()
+        }
+        return f"ChargePoint({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
-@define(frozen=True)
-class Tls:
+#: keys whose values are never shown: not by check-config, not in an error message
+SECRETS = frozenset({"password", "password_hash"})
+
+
+class Tls(_Table, frozen=True):
     """wss:// (security profile 2), and with `client_ca` mutual TLS (profile 3). Paths are
     relative to the config file's folder; the files are checked when the config is used
     (`appliance.security.policy`), so that a message can name the key."""
@@ -105,44 +100,41 @@ class Tls:
     client_ca: str | None = None
 
 
-@define(frozen=True)
-class Authorization:
+class Authorization(_Table, frozen=True):
     #: when not empty, only these RFID/idTokens are answered Accepted
-    id_tokens: list[str] = field(factory=list)
+    id_tokens: list[str] = msgspec.field(default_factory=list)
 
 
-@define(frozen=True)
-class Config:
+class Config(_Table, frozen=True):
     host: str = "0.0.0.0"
-    port: int = _checked(9000, _port)
+    port: Port = 9000
     enable16: bool = True
     enable201: bool = True
     enable21: bool = True
-    heartbeat_interval_sec: int = _checked(300, _positive)
-    identity_allowlist: list[str] = field(factory=list)
-    database: str = "appliance.db"
-    call_timeout_sec: float = _checked(30, _positive)
-    ping_interval_sec: float = _checked(60, _positive)
+    heartbeat_interval_sec: Positive = 300
+    identity_allowlist: list[str] = msgspec.field(default_factory=list)
+    database: NotEmpty = "appliance.db"
+    call_timeout_sec: PositiveSeconds = 30
+    ping_interval_sec: PositiveSeconds = 60
     log_level: LogLevel = "info"
     validation: ValidationMode = "lenient"
-    storage: Storage = field(factory=Storage)
-    limits: Limits = field(factory=Limits)
-    device_model: DeviceModel = field(factory=DeviceModel)
+    storage: Storage = msgspec.field(default_factory=Storage)
+    limits: Limits = msgspec.field(default_factory=Limits)
+    device_model: DeviceModel = msgspec.field(default_factory=DeviceModel)
     tls: Tls | None = None
-    authorization: Authorization = field(factory=Authorization)
-    charge_points: dict[str, ChargePoint] = field(factory=dict)
-    #: where the file came from (None: built-in defaults); not a config key
-    source: Path | None = field(default=None, eq=False)
+    authorization: Authorization = msgspec.field(default_factory=Authorization)
+    charge_points: dict[str, ChargePoint] = msgspec.field(default_factory=dict)
+    #: the file it came from (None: built-in defaults); not a config key
+    source: str | None = None
 
     @property
     def database_path(self) -> Path:
         """`database`, relative to the config file's folder."""
-        base = self.source.parent if self.source else Path.cwd()
-        return base / self.database
+        return self.path(self.database)
 
     def path(self, name: str) -> Path:
         """A path from the config, relative to the config file's folder."""
-        base = self.source.parent if self.source else Path.cwd()
+        base = Path(self.source).parent if self.source else Path.cwd()
         return base / name
 
     @property
@@ -157,129 +149,326 @@ class Config:
         return self.validation
 
 
+#: fields of the structure that are not keys of the file
+NOT_KEYS = frozenset({"source"})
+
+
+def replace(config: Config, **changes: Any) -> Config:
+    """A copy with `changes` (SIGHUP keeps keys that take a restart; `serve --port`)."""
+    return msgspec.structs.replace(config, **changes)
+
+
 # ------------------------------------------------------------------------ structuring
 
-
-def _strict_converter() -> cattrs.Converter:
-    """cattrs, but without Python's coercions: `port = "9000"` or `enable16 = "no"` is an
-    error in a config file, not a value."""
-    converter = cattrs.Converter(forbid_extra_keys=True)
-
-    def literal(value: Any, kind: Any) -> Any:
-        if value not in kind.__args__:
-            choices = ", ".join(repr(a) for a in kind.__args__)
-            raise ValueError(f"{value!r} is not one of {choices}")
-        return value
-
-    converter.register_structure_hook_func(
-        lambda kind: getattr(kind, "__origin__", None) is Literal, literal
-    )
-
-    def exact(kind: type, *accepted: type) -> None:
-        def structure(value: Any, _: type) -> Any:
-            if type(value) not in accepted:
-                raise ValueError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
-            return kind(value)
-
-        converter.register_structure_hook(kind, structure)
-
-    exact(bool, bool)
-    exact(int, int)
-    exact(float, int, float)
-    exact(str, str)
-    return converter
+#: where a value sits in the file: field names, dict keys (a charge point's identity) and
+#: list indexes; e.g. ("charge_points", Key("CP1"), "password_hash")
+KeyPath = tuple["str | Key | int", ...]
 
 
-_converter = _strict_converter()
+class Key(str):
+    """A key chosen by the user (an identity under [charge_points]), not a field name:
+    quoted when shown (`charge_points."CP1".password`)."""
+
+
+def key_name(path: KeyPath) -> str:
+    """The key as a user writes it: `limits.max_frame_bytes`, `charge_points."CP1".password`
+    (an item of a list: `identity_allowlist[1]`)."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif isinstance(part, Key):
+            text += f".{_quoted(part)}"
+        else:
+            text += f".{part}"
+    return text.lstrip(".")
+
+
+def charge_point_key(identity: str, name: str | None = None) -> str:
+    """The TOML key of a charge point's table (or of one of its keys), for messages."""
+    return key_name(("charge_points", Key(identity), *([name] if name else [])))
+
+
+def _quoted(text: str) -> str:
+    # a JSON string is a TOML basic string (the same escapes)
+    return json.dumps(text, ensure_ascii=False)
 
 
 def parse(text: str, source: Path | None = None) -> Config:
-    """Structure TOML text into a Config; raises ConfigError naming the key."""
+    """Structure TOML text into a Config; raises ConfigError naming the key and line."""
     where = str(source) if source else "config"
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
-    try:
-        config = _converter.structure(raw, Config)
-    except Exception as exc:
-        raise ConfigError(_describe(exc, text, where)) from None
-    problems = [
-        f"bad value for '{key}'{_line_of(text, key.split('.')[-1])}: {problem}"
-        for key, problem in _check_ranges(config)
-    ]
+    problems = list(_problems(raw, Config, ()))
+    if not problems:
+        try:
+            config = msgspec.convert(raw, Config)
+        except msgspec.ValidationError as exc:
+            problems.append(_bad_value(exc, raw, ()))
+    if not problems:
+        problems = list(_cross_checks(config))
     if problems:
-        raise ConfigError(f"{where}: " + "; ".join(problems))
-    if "source" in raw:
-        raise ConfigError(f"{where}: unknown key 'source'")
-    if not config.subprotocols:
-        raise ConfigError(f"{where}: enable16, enable201 and enable21 are all false")
-    for identity, settings in config.charge_points.items():
-        if settings.password is not None and settings.password_hash is not None:
-            key = charge_point_key(identity)
-            raise ConfigError(f"{where}: '{key}' sets password and password_hash: keep one")
-    return attrs.evolve(config, source=source)
+        raise ConfigError(f"{where}: " + "; ".join(p.text(text) for p in problems))
+    return replace(config, source=str(source) if source else None)
 
 
-def _check_ranges(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
-    found = []
-    for attribute in attrs.fields(type(obj)):
-        value = getattr(obj, attribute.name)
-        key = prefix + attribute.name
-        check = attribute.metadata.get("check")
-        if check is not None and (problem := check(value)):
-            found.append((key, problem))
-        elif attrs.has(type(value)):
-            found += _check_ranges(value, key + ".")
-        elif isinstance(value, dict):
-            for name, item in value.items():
-                if attrs.has(type(item)):
-                    found += _check_ranges(item, f"{key}.{_toml_value(name)}.")
-    return found
+class _Problem(typing.NamedTuple):
+    path: KeyPath
+    #: "unknown", "missing", "bad" (a value) or "" (a sentence about the table at `path`)
+    kind: str
+    detail: str = ""
+
+    def text(self, toml: str) -> str:
+        if not self.path:
+            return self.detail
+        key = key_name(tuple(p for p in self.path if not isinstance(p, int)))
+        # a missing key has no line: its table's header has
+        line = _line_of(toml, self.path[:-1] if self.kind == "missing" else self.path)
+        at = f" (line {line})" if line else ""
+        at += "".join(f", item {p + 1}" for p in self.path if isinstance(p, int))
+        if self.kind == "unknown":
+            return f"unknown key '{key}'{at}{self.detail}"
+        if self.kind == "missing":
+            return f"missing key '{key}'{at}: required"
+        if self.kind == "bad":
+            return f"bad value for '{key}'{at}: {self.detail}"
+        return f"'{key}'{at} {self.detail}"
 
 
-def _explain(exc: BaseException, kind: Any) -> str:
-    if isinstance(exc, ValueError):
-        return str(exc)
-    if isinstance(exc, KeyError):
-        return "required"
-    return cattrs.v.format_exception(exc, kind)
-
-
-def _describe(exc: BaseException, text: str, where: str) -> str:
-    messages = (
-        cattrs.transform_error(exc, format_exception=_explain)
-        if isinstance(exc, cattrs.BaseValidationError)
-        else []
-    )
-    lines = []
-    for message in messages or [str(exc)]:
-        # cattrs says "... @ $.limits.max_frame_bytes"; users think in TOML keys.
-        text_part, _, path = message.partition(" @ ")
-        key = re.sub(r"\['(.*?)'\]", r'."\1"', path.removeprefix("$")).lstrip(".") or None
-        extra = re.search(r"extra fields found \((.*)\)", text_part)
-        if extra:
-            for name in extra.group(1).split(", "):
-                full = f"{key}.{name}" if key else name
-                lines.append(f"unknown key '{full}'{_line_of(text, name)}")
+def _problems(raw: dict[str, Any], kind: type[msgspec.Struct], at: KeyPath) -> Iterator[_Problem]:
+    """What msgspec would report one at a time or without the words of a TOML file:
+    every unknown key (with the nearest known one), every missing one, and the values
+    of tables keyed by the user (their path then names the key, not `[...]`)."""
+    fields = {f.encode_name: f for f in msgspec.structs.fields(kind) if f.name not in NOT_KEYS}
+    for name in raw:
+        if name not in fields:
+            yield _Problem((*at, name), "unknown", _did_you_mean(name, kind))
+    for name, info in fields.items():
+        if info.required and name not in raw:
+            yield _Problem((*at, name), "missing")
+    for name, value in raw.items():
+        if name not in fields or not isinstance(value, dict):
             continue
-        key = key or "?"
-        lines.append(f"bad value for '{key}'{_line_of(text, key.split('.')[-1])}: {text_part}")
-    return f"{where}: " + "; ".join(lines)
+        info = fields[name]
+        table = _struct_in(info.type)
+        if table is not None:
+            yield from _problems(value, table, (*at, name))
+        entry = _keyed_struct_in(info.type)
+        if entry is None:
+            continue
+        for key, item in value.items():
+            where = (*at, name, Key(key))
+            if not isinstance(item, dict):
+                header = f"[{key_name(where)}]"
+                yield _Problem(where, "bad", f"expected a table {header}, not {_shown(item)}")
+                continue
+            found = list(_problems(item, entry, where))
+            if not found:
+                try:
+                    msgspec.convert(item, entry)
+                except msgspec.ValidationError as exc:
+                    found.append(_bad_value(exc, item, where))
+            yield from found
 
 
-def _line_of(text: str, key: str) -> str:
-    pattern = re.compile(rf'^\s*"?{re.escape(key)}"?\s*=', re.MULTILINE)
-    match = pattern.search(text)
-    if match is None:
+def _struct_in(kind: Any) -> type[msgspec.Struct] | None:
+    """The Struct of a field typed `S` or `S | None`."""
+    union = typing.get_origin(kind) in (typing.Union, types.UnionType)
+    for option in (kind, *(typing.get_args(kind) if union else ())):
+        if isinstance(option, type) and issubclass(option, msgspec.Struct):
+            return option
+    return None
+
+
+def _keyed_struct_in(kind: Any) -> type[msgspec.Struct] | None:
+    """The Struct of a field typed `dict[str, S]` (a table of tables keyed by the user)."""
+    if typing.get_origin(kind) is dict:
+        return _struct_in(typing.get_args(kind)[1])
+    return None
+
+
+def _did_you_mean(name: str, kind: type[msgspec.Struct]) -> str:
+    known = [f.encode_name for f in msgspec.structs.fields(kind) if f.name not in NOT_KEYS]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        return f": did you mean '{close[0]}'?"
+    # a key of a table written outside it: `max_connections = 5` at the top
+    for info in msgspec.structs.fields(kind):
+        table = _struct_in(info.type)
+        if table is not None and name in {f.encode_name for f in msgspec.structs.fields(table)}:
+            return f": it belongs in the table [{info.encode_name}]"
+    return ""
+
+
+# msgspec's documented error format: "<what is wrong> - at `$.limits.max_frame_bytes`"
+_AT = re.compile(r"\s+- at `\$(.*)`$")
+_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[\.\.\.\]")
+
+
+def _bad_value(exc: msgspec.ValidationError, raw: Any, at: KeyPath) -> _Problem:
+    message = str(exc)
+    where = _AT.search(message)
+    path: list[str | Key | int] = list(at)
+    if where:
+        message = message[: where.start()]
+        for step in _STEP.finditer(where.group(1)):
+            if step.group(1):
+                path.append(step.group(1))
+            elif step.group(2):
+                path.append(int(step.group(2)))
+            else:
+                break  # `[...]`: a key of a table keyed by the user (see `_problems`)
+    detail = message[:1].lower() + message[1:]
+    value = _value_at(raw, tuple(path[len(at) :]))
+    name = next((p for p in reversed(path) if isinstance(p, str)), "")
+    if value is not _ABSENT and name not in SECRETS:
+        shown = _shown(value)
+        if "got `" in detail:
+            detail += f" {shown}"
+            if isinstance(value, str) and "`array`" in detail:
+                detail += f" (a list of one is written [{shown}])"
+        elif "enum value" not in detail:
+            detail += f", not {shown}"
+        choices = _choices(tuple(path))
+        if choices:
+            detail += f" (one of {choices})"
+    return _Problem(tuple(path), "bad", detail)
+
+
+_ABSENT = object()
+
+
+def _shown(value: Any) -> str:
+    """A value as the file spells it, near enough (JSON's strings, numbers and lists)."""
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _value_at(raw: Any, path: KeyPath) -> Any:
+    for part in path:
+        try:
+            raw = raw[part]
+        except (KeyError, IndexError, TypeError):
+            return _ABSENT
+    return raw
+
+
+def _choices(path: KeyPath) -> str:
+    """For a field typed as a Literal: its values, as the message's hint."""
+    kind: Any = Config
+    for part in path:
+        struct = _struct_in(kind)
+        if isinstance(part, (Key, int)):
+            args = typing.get_args(kind)
+            kind = args[-1] if args else Any
+        elif struct is not None:
+            fields = {f.encode_name: f.type for f in msgspec.structs.fields(struct)}
+            kind = fields.get(part, Any)
+        else:
+            return ""
+    literals = [o for o in (kind, *typing.get_args(kind)) if typing.get_origin(o) is Literal]
+    return ", ".join(repr(value) for o in literals for value in typing.get_args(o))
+
+
+def _cross_checks(config: Config) -> Iterator[_Problem]:
+    """What spans keys, or needs more than a type and a range."""
+    from appliance.passwords import parse_hash
+
+    if not config.subprotocols:
+        yield _Problem((), "", "enable16, enable201 and enable21 are all false: enable one")
+    for identity, settings in config.charge_points.items():
+        at: KeyPath = ("charge_points", Key(identity))
+        if settings.password_hash is not None:
+            try:
+                parse_hash(settings.password_hash)
+            except ValueError as exc:
+                yield _Problem((*at, "password_hash"), "bad", str(exc))
+        if settings.password is not None and settings.password_hash is not None:
+            yield _Problem(at, "", "sets password and password_hash: keep one")
+
+
+# ------------------------------------------------------------------------ line numbers
+
+_KEY = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
+_DOTTED = rf"{_KEY}(?:\s*\.\s*{_KEY})*"
+_HEADER = re.compile(rf"^\s*\[\s*({_DOTTED})\s*\]")
+_ASSIGN = re.compile(rf"^\s*({_DOTTED})\s*=")
+
+
+def _key_path(dotted: str) -> tuple[str, ...]:
+    """`charge_points."CP 1"` → ("charge_points", "CP 1"), as TOML reads it."""
+    try:
+        table: Any = tomllib.loads(f"{dotted} = 0")
+    except tomllib.TOMLDecodeError:
+        return ()
+    parts = []
+    while isinstance(table, dict) and len(table) == 1:
+        name, table = next(iter(table.items()))
+        parts.append(name)
+    return tuple(parts)
+
+
+def _line_of(text: str, path: KeyPath) -> int | None:
+    """The line that sets `path` (tomllib gives no positions); else the first line that
+    sets a key of the same name; else None."""
+    wanted = tuple(p for p in path if not isinstance(p, int))
+    if not wanted:
+        return None
+    table: tuple[str, ...] = ()
+    fallback = None
+    for number, line in enumerate(text.splitlines(), 1):
+        header = _HEADER.match(line)
+        assign = None if header else _ASSIGN.match(line)
+        if header:
+            table = _key_path(header.group(1))
+            full = table
+        elif assign:
+            full = table + _key_path(assign.group(1))
+        else:
+            continue
+        if full == wanted:
+            return number
+        if fallback is None and full and full[-1] == wanted[-1]:
+            fallback = number
+    return fallback
+
+
+def located(config: Config, key: str) -> str:
+    """` (line N)` for a top-level key of the config's file, or ""."""
+    if config.source is None:
         return ""
-    return f" (line {text.count(chr(10), 0, match.start()) + 1})"
+    try:
+        line = _line_of(Path(config.source).read_text("utf-8"), (key,))
+    except OSError:
+        return ""
+    return f" (line {line})" if line else ""
 
 
-def charge_point_key(identity: str, name: str | None = None) -> str:
-    """The TOML key of a charge point's table (or of one of its keys), for messages."""
-    key = f"charge_points.{_toml_value(identity)}"
-    return f"{key}.{name}" if name else key
+# ------------------------------------------------------------------------ the database
+
+
+def check_database(config: Config) -> None:
+    """The database's folder must exist (a typo would otherwise make a new, empty
+    database somewhere); only the packaged default's folder is made by systemd. Raises
+    ConfigError naming the key."""
+    path = config.database_path
+    folder = path.parent
+    if folder.is_dir() or path == PACKAGED_DATABASE:
+        return
+    where = str(config.source) if config.source else "config"
+    key = f"'database'{located(config, 'database')}"
+    if folder.exists():
+        problem = f"{folder} is not a folder"
+    else:
+        problem = (
+            f"the folder {folder} does not exist: create it (mkdir -p {folder}) or"
+            " point 'database' at a file in an existing folder"
+        )
+    raise ConfigError(f"{where}: bad value for {key}: {problem}")
+
+
+# ------------------------------------------------------------------------------ lookup
 
 
 def find(explicit: str | None) -> Path | None:
@@ -302,6 +491,8 @@ def load(explicit: str | None = None) -> Config:
         text = path.read_text("utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (UTF-8): {exc.reason}") from None
     return parse(text, path.resolve())
 
 
@@ -311,39 +502,27 @@ def load(explicit: str | None = None) -> Config:
 #: what check-config prints instead of a secret
 MASK = "***"
 
-_SECRETS = frozenset(a.name for a in attrs.fields(ChargePoint) if a.metadata.get("secret"))
-
 
 def to_toml(config: Config) -> str:
     """The effective config as TOML that `parse` reads back — except that secrets
     (passwords, password hashes) are printed as `***`: this output lands in terminals,
     tickets and forum posts."""
-    data = _converter.unstructure(config)
+    data = msgspec.to_builtins(config)
     data.pop("source", None)
-    top = {k: v for k, v in data.items() if not isinstance(v, dict) and v is not None}
-    lines = [f"{k} = {_toml_value(v)}" for k, v in top.items()]
-    for section, values in data.items():
-        if not isinstance(values, dict) or section == "charge_points":
-            continue
-        lines += ["", f"[{section}]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
-    for identity, overrides in data["charge_points"].items():
-        set_values = {
-            k: MASK if k in _SECRETS else v for k, v in overrides.items() if v is not None
-        }
-        lines += ["", f"[charge_points.{_toml_value(identity)}]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in set_values.items()]
-    return "\n".join(lines) + "\n"
+    for settings in data["charge_points"].values():
+        for name in SECRETS & settings.keys():
+            if settings[name] is not None:
+                settings[name] = MASK
+    return tomli_w.dumps(_without_none(data))
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return repr(value)
+def _without_none(data: dict[str, Any]) -> dict[str, Any]:
+    """TOML has no null: a key left unset is left out (and so is an empty table)."""
+    return {
+        key: _without_none(value) if isinstance(value, dict) else value
+        for key, value in data.items()
+        if value is not None and value != {}
+    }
 
 
 EXAMPLE = """\

@@ -9,7 +9,12 @@ from typing import Any
 
 from appliance.store.queries import (
     charge_points,
+    explain,
+    heartbeat,
+    is_down,
     outcome,
+    refusal,
+    stale_after_ms,
     states,
     wait_done,
     write_controls,
@@ -82,7 +87,12 @@ def states_table(states: list[dict[str, Any]]) -> str:
 __all__ = [
     "age",
     "charge_points",
+    "explain",
+    "heartbeat",
+    "is_down",
     "outcome",
+    "refusal",
+    "stale_after_ms",
     "states",
     "states_table",
     "status_table",

@@ -97,7 +97,7 @@ rm -rf "$root/dist/ocpp-appliance"
 "$venv/bin/pyi-archive_viewer" --list --recursive "$root/dist/ocpp-appliance" \
     > "$work/contents.txt"
 for needed in appliance.app appliance.cli appliance._build appliance.transport.server \
-    appliance.store trio websockets.server websockets.speedups jsonschema_rs cattrs \
+    appliance.store trio websockets.server websockets.speedups jsonschema_rs msgspec tomli_w \
     appliance/schemas.zip; do
     # a module is listed by name ('trio'), an extension by file ('websockets/speedups.cpython-…so')
     grep -q -F -e "'$needed'" -e "'${needed//.//}." "$work/contents.txt" \

@@ -6,6 +6,7 @@ import statement of every module, also those inside functions or `if TYPE_CHECKI
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,3 +131,15 @@ def test_the_versions_are_listed_once():
         module_name(path) for path in PACKAGE.rglob("*.py") if '"ocpp2.0.1"' in path.read_text()
     )
     assert spelled == ["appliance.rpc.dialects"]
+
+
+def test_every_readme_section_the_code_cites_exists():
+    """Comments cite the README (the product's contract) by section: each one is there."""
+    readme = (ROOT / "README.md").read_text()
+    headings = [line.lstrip("#").strip() for line in readme.splitlines() if line.startswith("#")]
+    cited = set()
+    for path in PACKAGE.rglob("*.py"):
+        found = re.findall(r'README[^"\n]{0,3}"([^"]+)"', path.read_text())
+        cited |= {" ".join(c.replace("#", "").split()) for c in found}
+    missing = sorted(c for c in cited if not any(h.startswith(c) for h in headings))
+    assert missing == []

@@ -10,11 +10,14 @@ import base64
 import contextlib
 import json
 import os
+import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -50,10 +53,12 @@ class GoodPeer:
         return message_id
 
     def assert_still_served(self) -> None:
-        """Its Heartbeat is answered, and both frames land in `messages` (the writer
-        still writes for everyone)."""
+        """Its Heartbeat is answered, both frames land in `messages` and its states
+        (`info.lastHeartbeat`, the `.raw` capture) are written again: the writer still
+        writes everything for everyone."""
         alive = self.appliance.proc.poll()
         assert alive is None, f"the appliance exited ({alive}):\n{self.appliance.log()[-3000:]}"
+        sent_ms = int(time.time() * 1000) - 1
         message_id = self.heartbeat()
         stored(
             self.appliance,
@@ -62,6 +67,13 @@ class GoodPeer:
             message_id,
             count=2,
         )
+        for state in ("info.lastHeartbeat", "ocpp.ocpp1_6.in.Heartbeat.raw"):
+            stored(
+                self.appliance,
+                "SELECT val FROM states WHERE id = ? AND ts >= ?",
+                f"{self.identity}.{state}",
+                sent_ms,
+            )
 
 
 @contextlib.contextmanager
@@ -217,7 +229,9 @@ def stored(appliance: Appliance, sql: str, *params: Any, count: int = 1) -> list
     try:
         return appliance.wait_rows(sql, *params, count=count, timeout=5)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\n--- server.log:\n{appliance.log()[-3000:]}") from None
+        where = f" with {params}" if params else ""
+        log = appliance.log()[-3000:]
+        raise AssertionError(f"{exc}{where}\n--- server.log:\n{log}") from None
 
 
 def in_rows(appliance: Appliance, message_id: str, identity: str = "BAD") -> list[tuple]:
@@ -351,6 +365,32 @@ def test_a_message_just_before_the_end_of_the_connection_is_still_recorded(appli
     assert_clean_exit(appliance)
 
 
+FORGED = "\n1999-01-01T00:00:00 ERROR   GARAGE: forged line"
+FORGING = {
+    "action": ("BAD", [2, "f1", f"Foo{FORGED}", {}]),
+    "reply-id": ("BAD", [3, f"nope{FORGED}", {}]),
+    "identity": (f"BAD{quote(FORGED, safe='')}", [2, "f1", "Foo", {}]),
+}
+
+
+@pytest.mark.parametrize("where", list(FORGING))
+def test_a_peer_cannot_forge_lines_of_the_log(appliance, where):
+    """Issue 12.1: what a peer sends (action, message id, identity) never starts a line
+    of its own in the log: every line is the appliance's, with its time and level."""
+    path, frame = FORGING[where]
+    with good_peer(appliance) as good, connect(f"{appliance.url}/{path}") as bad:
+        bad.send(json.dumps(frame))
+        bad.send(json.dumps([2, "after", "Heartbeat", {}]))
+        while json.loads(bad.recv(timeout=5))[1] != "after":
+            pass
+        good.assert_still_served()
+    assert_clean_exit(appliance)
+    lines = appliance.log().splitlines()
+    assert [text for text in lines if text.startswith(FORGED[1:20])] == []
+    own = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) ")
+    assert [text for text in lines if not own.match(text)] == []
+
+
 # ================================================================ issue 16: the defects
 
 
@@ -477,6 +517,25 @@ def test_a_lone_surrogate_escape_is_answered_and_the_connection_stays(start_appl
     assert_clean_exit(appliance)
 
 
+def test_a_lone_surrogate_in_a_key_is_answered_and_no_state_is_lost(appliance):
+    """Issue 16 #3 / issue 12.1: `\udde9` as a customData key; the states of that frame,
+    and of the other charge point in the same commit, are still written."""
+    frame = r'[2,"k","Heartbeat",{"customData":{"vendorId":"ACME","\udde9":1}}]'
+    with good_peer(appliance) as good, raw_peer(appliance, subprotocol="ocpp2.0.1") as bad:
+        bad.send_text(frame)
+        good.assert_still_served()  # its Heartbeat lands in the same commit, mostly
+        answer = bad.recv_json()
+        assert answer[:2] == [3, "k"], answer
+        in_rows(appliance, "k")
+        [(raw,)] = stored(
+            appliance, "SELECT val FROM states WHERE id = 'BAD.ocpp.ocpp2_0_1.in.Heartbeat.raw'"
+        )
+        assert "ACME" in raw
+        bad.send_text(json.dumps([2, "after", "Heartbeat", {}]))
+        assert bad.recv_json()[:2] == [3, "after"]
+    assert_clean_exit(appliance)
+
+
 ECHOING_REQUESTS = {
     "empty-certificateStatusRequests": (
         "GetCertificateChainStatus",
@@ -538,6 +597,26 @@ def test_nan_and_infinity_are_not_json(appliance, version, literal):
     )
     assert broken == []
     appliance.query("SELECT json_extract(payload, '$[3]') FROM messages WHERE message_type = 2")
+    assert_clean_exit(appliance)
+
+
+def test_a_number_beyond_a_double_is_answered_and_kept_as_valid_json(appliance):
+    """Issue 16 #5, the class: 1e400 is JSON (RFC 8259), so what the appliance keeps of
+    it must be JSON to SQLite too (README: `json` states are JSON text)."""
+    frame = '[2,"e400","Heartbeat",{"x":1e400,"y":-1e400,"z":1e-400}]'
+    with (
+        good_peer(appliance) as good,
+        connect(f"{appliance.url}/BAD", subprotocols=["ocpp1.6"]) as bad,
+    ):
+        assert call(bad, frame)[:2] == [3, "e400"]
+        [(payload, _, _)] = in_rows(appliance, "e400")
+        assert payload == frame
+        good.assert_still_served()
+    not_json = appliance.query(
+        "SELECT s.id, s.val FROM states s JOIN objects o ON o.id = s.id"
+        " WHERE s.id GLOB 'BAD.ocpp.*' AND o.type = 'json' AND NOT json_valid(s.val)"
+    )
+    assert not_json == []
     assert_clean_exit(appliance)
 
 

@@ -3,18 +3,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
+import shutil
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
+import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from appliance import __version__
-from conftest import run_cli
+from conftest import appliance_command, run_cli, start_appliance_process, wait_for
 
 #: the subcommands of README "Command line"
 SUBCOMMANDS = [
@@ -231,3 +239,440 @@ def test_unknown_subcommand_exits_2():
     result = run_cli("frobnicate")
     assert result.returncode == 2
     assert "frobnicate" in result.stderr
+
+
+# ------------------------------------------------------------- database problems (#13.10)
+
+
+def _config(folder: Path, database: str, port: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "appliance.toml"
+    path.write_text(f'host = "127.0.0.1"\nport = {port}\ndatabase = "{database}"\n')
+    return path
+
+
+#: every command that opens the database, as a user types it
+DATABASE_COMMANDS = [
+    ["status"],
+    ["get", "*"],
+    ["set", "CP1.control.availability", "false"],
+    ["call", "CP1", "Reset", '{"type": "Soft"}'],
+]
+
+
+def assert_named_problem(result: subprocess.CompletedProcess, path: str, *words: str) -> None:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert path in result.stderr, result.stderr
+    assert "cannot listen" not in result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def test_a_database_in_proc_is_a_database_problem(tmp_path):
+    config = _config(tmp_path, "/proc/app.db")
+    served = run_cli("serve", "--config", str(config), env=clean_env())
+    assert_named_problem(served, "/proc/app.db", "database", "cannot create")
+    for command in DATABASE_COMMANDS:
+        result = run_cli(*command, "--config", str(config), env=clean_env())
+        assert_named_problem(result, "/proc/app.db", "no database")
+
+
+def test_a_missing_folder_is_an_error_not_created(tmp_path):
+    config = _config(tmp_path, "data/app.db")
+    for command in ("check-config", "serve"):
+        result = run_cli(command, "--config", str(config), env=clean_env())
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert "'database' (line 3)" in result.stderr
+        assert f"{tmp_path / 'data'} does not exist" in result.stderr
+        assert "mkdir" in result.stderr
+        assert "listening" not in result.stderr
+    assert not (tmp_path / "data").exists()
+    for command in DATABASE_COMMANDS:
+        result = run_cli(*command, "--config", str(config), env=clean_env())
+        assert_named_problem(result, str(tmp_path / "data"), "does not exist")
+
+
+def test_a_file_where_the_folder_should_be(tmp_path):
+    (tmp_path / "data").write_text("not a folder")
+    config = _config(tmp_path, "data/app.db")
+    result = run_cli("check-config", "--config", str(config), env=clean_env())
+    assert result.returncode == 2
+    assert f"{tmp_path / 'data'} is not a folder" in result.stderr
+    result = run_cli("status", "--config", str(config), env=clean_env())
+    assert_named_problem(result, str(tmp_path / "data"), "is not a folder")
+
+
+def test_the_packaged_database_folder_may_be_missing(tmp_path):
+    # systemd's StateDirectory makes /var/lib/ocpp-appliance for the service
+    config = _config(tmp_path, "/var/lib/ocpp-appliance/appliance.db")
+    result = run_cli("check-config", "--config", str(config), env=clean_env())
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_file_that_is_not_a_database(tmp_path):
+    (tmp_path / "app.db").write_text("these are my notes, not a database\n" * 100)
+    config = _config(tmp_path, "app.db")
+    for command in [["serve"], *DATABASE_COMMANDS]:
+        result = run_cli(*command, "--config", str(config), env=clean_env())
+        assert_named_problem(result, str(tmp_path / "app.db"), "not an SQLite database")
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A tmpfs that can be switched to read-only (root only, as in test_durability)."""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _remount_read_only(mount: Path) -> None:
+    done = subprocess.run(["mount", "-o", "remount,ro", str(mount)], capture_output=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_read_only_file_system_is_named(read_only_mount, start_appliance):
+    appliance = start_appliance(name="mnt/appliance")  # its folder is on the tmpfs
+    assert appliance.folder.parent == read_only_mount
+    assert appliance.stop() == 0
+    fresh = read_only_mount / "fresh"
+    fresh.mkdir()
+    _remount_read_only(read_only_mount)
+    config = str(appliance.folder / "appliance.toml")
+    for command in [["serve"], *DATABASE_COMMANDS]:
+        result = run_cli(*command, "--config", config, env=clean_env())
+        assert_named_problem(result, str(appliance.db), "read-only file system")
+    # a new database there: the same, for the file it would create
+    config = str(_config(fresh.parent.parent / "cfg", str(fresh / "app.db")))
+    result = run_cli("serve", "--config", config, env=clean_env())
+    assert_named_problem(result, str(fresh / "app.db"), "cannot create", "read-only")
+
+
+def _as_nobody() -> tuple[list[str], dict[str, str]] | None:
+    """`python -m appliance` as the unprivileged user `nobody` (command and environment),
+    or None where that cannot be had: not root, or no interpreter of this version that
+    `nobody` may run (a pyenv build under /root is not one; the system's may be)."""
+    if os.geteuid() != 0:
+        return None
+    import sysconfig
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**clean_env(), "PYTHONPATH": f"{root}:{sysconfig.get_paths()['purelib']}"}
+    check = f"import sys, appliance.cli; assert sys.version_info[:2] == {sys.version_info[:2]}"
+    for interpreter in dict.fromkeys([sys.executable, "/usr/bin/python3"]):
+        try:
+            probe = subprocess.run(
+                [interpreter, "-c", check], user="nobody", env=env, capture_output=True, timeout=60
+            )
+        except OSError:
+            continue
+        if probe.returncode == 0:
+            return [interpreter, "-m", "appliance"], env
+    return None
+
+
+def test_permission_denied_names_the_group_to_join(tmp_path):
+    import grp
+
+    nobody = _as_nobody()
+    if nobody is None:
+        pytest.skip("needs root and an interpreter of this version that nobody may run")
+    command, env = nobody
+    folder = Path(tempfile.mkdtemp(prefix="ocpp-perm-"))  # not under pytest's 0700 tmp
+    try:
+        folder.chmod(0o755)
+        appliance = start_appliance_process(folder / "box")
+        assert appliance.stop() == 0
+        box = appliance.folder
+        box.chmod(0o775)
+        (box / "appliance.toml").chmod(0o644)
+        group = grp.getgrgid(100).gr_name  # "users" on Debian: nobody is not a member
+        for path in (box, appliance.db):
+            os.chown(path, 0, 100)
+        assert oct(appliance.db.stat().st_mode & 0o777) == "0o660"
+        config = str(box / "appliance.toml")
+        for args in DATABASE_COMMANDS:
+            result = subprocess.run(
+                [*command, *args, "--config", config],
+                user="nobody",
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert_named_problem(result, str(appliance.db), "permission denied")
+            assert f"belongs to the group {group}" in result.stderr
+            assert f"sudo adduser $USER {group}" in result.stderr
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_port_is_checked_before_the_database_is_created(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = _config(tmp_path, "app.db", port)
+        result = run_cli("serve", "--config", str(config), env=clean_env())
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in result.stderr and "in use" in result.stderr.lower()
+    assert "--port" in result.stderr
+    assert not (tmp_path / "app.db").exists()
+
+
+# ------------------------------------------------------- the appliance is down (#13.11)
+
+
+def test_set_and_call_know_at_once_that_the_appliance_was_stopped(start_appliance):
+    appliance = start_appliance()
+    config = str(appliance.folder / "appliance.toml")
+    assert appliance.stop() == 0
+    queued = appliance.query("SELECT count(*) FROM control_queue")
+    for command in (["set", "CP1.control.availability", "false"], ["call", "CP1", "Reset"]):
+        started = time.monotonic()
+        result = run_cli(*command, "--config", config, env=clean_env())
+        assert time.monotonic() - started < 10, "waited instead of knowing"
+        assert result.returncode == 1
+        assert "the appliance is not running" in result.stderr
+        assert "stopped" in result.stderr and "nothing was written" in result.stderr
+        assert f"ocpp-appliance serve --config {config}" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert appliance.query("SELECT count(*) FROM control_queue") == queued
+    assert appliance.query("SELECT count(*) FROM states WHERE id LIKE 'CP1.%'") == [(0,)]
+    # status still shows the table, and says that it is history
+    status = run_cli("status", "--config", config, env=clean_env())
+    assert status.returncode == 0
+    assert "the appliance is not running (it stopped" in status.stderr
+
+
+def test_set_knows_that_the_appliance_died(start_appliance):
+    appliance = start_appliance()
+    config = str(appliance.folder / "appliance.toml")
+    alive = wait_for(
+        lambda: appliance.query("SELECT value FROM meta WHERE key = 'appliance_alive_ms'"),
+        what="the heartbeat",
+    )
+    assert abs(alive[0][0] - time.time() * 1000) < 10_000
+    appliance.proc.kill()  # no clean stop: only the heartbeat's age can tell
+    appliance.proc.wait()
+    # a crash a minute ago
+    with sqlite3.connect(appliance.db) as db:
+        db.execute("UPDATE meta SET value = value - 60000 WHERE key = 'appliance_alive_ms'")
+    started = time.monotonic()
+    result = run_cli("set", "CP1.control.availability", "false", "--config", config)
+    assert time.monotonic() - started < 10
+    assert result.returncode == 1
+    assert "not running (no sign of life for 1 min" in result.stderr
+
+
+def test_the_heartbeat_is_refreshed_while_the_appliance_runs(start_appliance):
+    appliance = start_appliance()
+    sql = "SELECT value FROM meta WHERE key = 'appliance_alive_ms'"
+    first = wait_for(lambda: appliance.query(sql), what="the heartbeat")[0][0]
+    wait_for(lambda: appliance.query(sql)[0][0] > first, timeout=10, what="a newer beat")
+
+
+# ------------------------------------------------------------ the first minute (#13.12)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _serving_on(port: int, config: Path, log: Path) -> Iterator[subprocess.Popen]:
+    """`serve --port PORT` with `config`, listening; stopped (exit 0) at the end."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*appliance_command(), "serve", "--config", str(config), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: f"127.0.0.1:{port}/" in log.read_text(), 30, "listening")
+        yield proc
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+
+
+def test_serve_port_overrides_the_config(start_appliance, tmp_path):
+    port = _free_port()
+    config = _config(tmp_path, "app.db", 9000)
+    with (
+        _serving_on(port, config, tmp_path / "serve.log"),
+        socket.create_connection(("127.0.0.1", port), timeout=5),
+    ):
+        pass
+    bad = run_cli("serve", "--config", str(config), "--port", "70000", env=clean_env())
+    assert bad.returncode == 2 and "--port" in bad.stderr
+
+
+def test_serve_port_stays_in_force_across_a_sighup(tmp_path):
+    port = _free_port()
+    config = _config(tmp_path, "app.db", 9000)
+    log = tmp_path / "serve.log"
+    with _serving_on(port, config, log) as proc:
+        config.write_text(config.read_text() + 'log_level = "debug"\n')
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "config reloaded" in log.read_text(), 10, "the reload")
+        assert "port changed" not in log.read_text()
+
+
+def test_simulate_takes_its_url_from_the_config(start_appliance, tmp_path):
+    appliance = start_appliance()
+    # the config a user has: the appliance's own, with the port it listens on
+    config = tmp_path / "sim.toml"
+    config.write_text(f'host = "0.0.0.0"\nport = {appliance.port}\n')
+    result = run_cli("simulate", "--config", str(config), "--duration", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["url"] == f"ws://127.0.0.1:{appliance.port}"
+    appliance.wait_rows("SELECT 1 FROM connection_log WHERE identity = 'SIM001'")
+    with_tls = tmp_path / "tls.toml"
+    with_tls.write_text(f'port = {appliance.port}\n[tls]\ncert = "c.pem"\nkey = "k.pem"\n')
+    result = run_cli("simulate", "--config", str(with_tls), "--duration", "1")
+    assert result.returncode == 1  # a ws:// server: the TLS handshake fails
+    assert "TLS" in result.stderr
+    any_port = tmp_path / "zero.toml"
+    any_port.write_text("port = 0\n")
+    result = run_cli("simulate", "--config", str(any_port), "--duration", "1")
+    assert result.returncode == 2 and "--url" in result.stderr
+
+
+def _simulator(url: str, folder: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    err = folder / "sim.err"
+    proc = subprocess.Popen(
+        [*appliance_command(), "simulate", "--url", url, *args],
+        stdout=(folder / "sim.out").open("w"),
+        stderr=err.open("w"),
+    )
+    return proc, err
+
+
+def test_plain_simulate_says_when_it_connects_disconnects_and_cannot_reach(
+    start_appliance, tmp_path
+):
+    appliance = start_appliance()
+    proc, err = _simulator(appliance.url, tmp_path / "sim", "--speed", "60")
+    try:
+        wait_for(lambda: "SIM001 connected to " in err.read_text(), 20, "a connect line")
+        assert appliance.stop() == 0  # the server goes away
+        wait_for(lambda: "SIM001 disconnected" in err.read_text(), 20, "a disconnect line")
+        wait_for(lambda: "Connection refused" in err.read_text(), 20, "a cannot-reach line")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+    text = err.read_text()
+    assert "server closed it (1001" in text, text
+    assert "Traceback" not in text
+
+
+def test_remote_start_without_an_id_token_says_how_to_set_one(start_appliance, tmp_path):
+    appliance = start_appliance()
+    config = str(appliance.folder / "appliance.toml")
+    proc, err = _simulator(appliance.url, tmp_path / "sim", "--speed", "1")
+    try:
+        wait_for(lambda: "SIM001 connected" in err.read_text(), 20, "the charge point")
+        appliance.wait_rows("SELECT 1 FROM states WHERE id = 'SIM001.info.connected' AND val = 1")
+        trigger = "SIM001.control.requestStartTransaction.trigger"
+        result = run_cli("set", trigger, "true", "--config", config)
+        assert result.returncode == 1, result.stdout
+        token = "SIM001.control.requestStartTransaction.idToken"
+        assert f"ocpp-appliance set {token} " in result.stderr, result.stderr
+        # and with one, it starts
+        assert run_cli("set", token, "TAG0001", "--config", config).returncode == 0
+        started = run_cli("set", trigger, "true", "--config", config)
+        assert started.returncode == 0, started.stderr
+        assert "Accepted" in started.stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+
+
+@pytest.mark.parametrize(
+    ("payload", "where"),
+    [
+        ('{"type": "Hard",}', "column 17"),
+        ("{'type': 'Hard'}", "column 2"),
+        ('{"type": "Hard"', "column 16"),
+        ('{\n  "type": "Hard"\n  "x": 1\n}', "line 3 column 3"),
+    ],
+)
+def test_call_with_malformed_json_says_where(tmp_path, payload, where):
+    result = run_cli("call", "CP1", "Reset", payload, cwd=tmp_path, env=clean_env())
+    assert result.returncode == 2
+    assert "not JSON" in result.stderr and where in result.stderr, result.stderr
+    assert "^" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_call_with_json_that_is_not_an_object(tmp_path):
+    result = run_cli("call", "CP1", "Reset", '["Hard"]', cwd=tmp_path, env=clean_env())
+    assert result.returncode == 2
+    assert "JSON object" in result.stderr and "array" in result.stderr
+
+
+# ------------------------------------------------------------- the README, as written
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_section(title: str) -> str:
+    return README.read_text().split(f"\n## {title}", 1)[1].split("\n## ", 1)[0]
+
+
+def shell_blocks(text: str) -> list[list[str]]:
+    return [block.strip().splitlines() for block in re.findall(r"```sh\n(.*?)```", text, re.S)]
+
+
+def test_the_readme_first_minute_runs_in_the_virtual_environment():
+    """`ocpp-appliance` is in .venv/bin: the set-up shows the activation, and each
+    terminal of "Try it in one minute" starts with it."""
+    setup = shell_blocks(readme_section("Set-up"))
+    assert [". .venv/bin/activate" in line for block in setup for line in block].count(True) == 1
+    install = setup[0]
+    assert all(".venv/bin/" in line for line in install if line and not line.startswith("#"))
+    first_minute = readme_section("Try it in one minute").split("\n### ", 1)[0]
+    terminals = [b for b in shell_blocks(first_minute) if any("ocpp-appliance" in x for x in b)]
+    starters = [b for b in terminals if b[0] == ". .venv/bin/activate"]
+    assert len(starters) == 3, terminals
+
+
+def test_the_readme_activation_line_works():
+    activate = Path(sys.prefix) / "bin" / "activate"
+    if sys.prefix == sys.base_prefix or not activate.exists():
+        pytest.skip("the tests do not run in a virtual environment")
+    done = subprocess.run(
+        ["bash", "-c", f". {activate} && cd / && ocpp-appliance --version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/")},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ocpp-appliance ")
+
+
+def test_the_readme_heartbeat_query_tells_the_age(start_appliance):
+    line = next(
+        line
+        for block in shell_blocks(readme_section("Command line"))
+        for line in block
+        if "heartbeat_age_s" in line
+    )
+    sql = re.search(r'sqlite3 appliance.db "(.*)"', line).group(1)
+    appliance = start_appliance()
+    wait_for(lambda: appliance.query("SELECT 1 FROM meta WHERE key = 'appliance_alive_ms'"))
+    [(age,)] = appliance.query(sql)
+    assert 0 <= age < 10

@@ -438,13 +438,14 @@ def test_availability_and_resets(start_appliance, version):
         assert station.take_one() == ("Reset", {"type": soft})
         assert (response, error, done) == ({"status": "Accepted"}, "", (0, 1))
 
-        # rejected: the status in plain words; then a success clears lastError
+        # rejected: the status in plain words, and the state goes back to what is in
+        # force (operative); then a success clears lastError
         station.answers["ChangeAvailability"] = {"status": "Rejected"}
         response, error, done = control(appliance, cp, "availability", 0)
         assert station.take_one()[0] == "ChangeAvailability"
         assert response == {"status": "Rejected"}
         assert error == "rejected: Rejected"
-        assert done == (0, 1)
+        assert done == (1, 1)
 
         # a CALLERROR from the charge point: its code and description
         station.errors["Reset"] = InternalError("relay stuck")
@@ -527,7 +528,7 @@ def test_charge_limit_in_watts_and_amps_then_removed(start_appliance, version):
             response, error, done = control(appliance, cp, "chargeLimit", empty)
             assert station.take_one() == ("ClearChargingProfile", clear)
             assert (response, error) == ({"status": "Accepted"}, "")
-            assert done == (empty, 1)
+            assert done == (None, 1)  # a cleared limit is NULL
 
 
 START_PROFILE = {
@@ -864,10 +865,11 @@ def test_device_model_write_becomes_set_variables(start_appliance, version):
         assert "Rejected" in error, error
         assert response["setVariableResult"][0]["attributeStatus"] == "Rejected"
 
-        # a read-only variable is not written
-        write(appliance, (f"{cp}.{READ_ONLY}", "Unavailable"))
-        wait_done(appliance, f"{cp}.{READ_ONLY}")
-        assert "not writable" in outcome(appliance, f"{cp}.control")[1]
+        # a read-only variable is not written: SQLite itself refuses, nothing changes
+        before = state(appliance, f"{cp}.{READ_ONLY}")
+        with pytest.raises(sqlite3.IntegrityError, match="not a writable state"):
+            write(appliance, (f"{cp}.{READ_ONLY}", "Unavailable"))
+        assert state(appliance, f"{cp}.{READ_ONLY}") == before
         station.assert_quiet()
 
         # a success clears lastError
@@ -945,10 +947,10 @@ def test_configuration_16_write_becomes_change_configuration(start_appliance):
         assert station.take_one()[0] == "ChangeConfiguration"
         assert outcome(appliance, f"{cp}.control") == ({"status": "Rejected"}, "rejected: Rejected")
 
-        # a read-only key is not written, nothing is sent
-        write(appliance, (f"{cp}.config.NumberOfConnectors", "2"))
-        wait_done(appliance, f"{cp}.config.NumberOfConnectors")
-        assert "not writable" in outcome(appliance, f"{cp}.control")[1]
+        # a read-only key is not written, nothing is sent: SQLite itself refuses
+        with pytest.raises(sqlite3.IntegrityError, match="not a writable state"):
+            write(appliance, (f"{cp}.config.NumberOfConnectors", "2"))
+        assert state(appliance, f"{cp}.config.NumberOfConnectors") != "2"
         station.assert_quiet()
 
         # the CLI writes a config key just the same
@@ -1096,7 +1098,7 @@ def test_timeouts_no_answer_and_no_first_call(start_appliance, monkeypatch):
         response, error, done = control(appliance, cp, "availability", 0)
         assert re.search(r"\b1 s\b", error), error
         assert re.search(r"no (message|call)|not (yet )?sent|first", error, re.I), error
-        assert done == (0, 1)
+        assert done == (1, 1)  # not in force: back to operative
         station.assert_quiet(0.5)
 
 

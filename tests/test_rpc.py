@@ -1,4 +1,4 @@
-"""The sans-I/O OCPP-J RPC layer (README "What the appliance does on the wire") seen from
+"""The sans-I/O OCPP-J RPC layer (README "On the wire") seen from
 the peer: the frames a charge point would get back, and the events and records the
 appliance would act on.
 
@@ -1172,3 +1172,31 @@ def test_callresulterror_from_the_peer_is_reported_not_answered(validation: Vali
     received = feed(session, [3, call.message_id, ACCEPTED], 3.0)
     assert isinstance(received.event, ResultReceived)
     assert received.event.call is call
+
+
+# ============================================================ extreme values (issue 16)
+
+
+@pytest.mark.parametrize("version", ["ocpp2.0.1", "ocpp2.1"])
+def test_a_number_beyond_a_double_is_a_number_even_in_strict_mode(version: str) -> None:
+    """`1e400` is a JSON number (RFC 8259), only beyond a double: a schema-valid request
+    carrying it is no violation, in strict mode too."""
+    session = make(version, Validation.STRICT)
+    text = (
+        '[2,"big","MeterValues",{"evseId":1,"meterValue":[{"timestamp":'
+        '"2025-01-01T00:00:00Z","sampledValue":[{"value":1e400}]}]}]'
+    )
+    received = session.receive(text, 0.0)
+    assert isinstance(received.event, CallReceived), received.event
+    assert received.event.violation is None
+    assert received.frame.violation is None
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_json(constant: str) -> None:
+    """What Python's json takes and RFC 8259 does not: the "not JSON" code."""
+    session = make("ocpp1.6", Validation.LENIENT)
+    received = session.receive(f'[2,"x","Heartbeat",{{"x":{constant}}}]', 0.0)
+    assert isinstance(received.event, ProtocolViolation)
+    [error] = sent(session)
+    assert error[:3] == [4, "-1", "FormationViolation"]

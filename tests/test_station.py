@@ -186,3 +186,32 @@ async def test_connection_life_is_published_as_events(tmp_path):
                 (Disconnected, "EVENTS"),
             ]
             assert "EVENTS" not in running.stations
+
+
+def test_a_retry_is_still_the_latest_call_in_the_raw_capture(appliance):
+    """B, A, B again (a retry): readings of each once, and `.raw` shows B, the latest
+    CALL of the action (README "`states` and `objects`")."""
+    identity = "RECAPTURE"
+
+    def sample(when: str, watts: str) -> dict[str, Any]:
+        return {
+            "connectorId": 1,
+            "meterValue": [
+                {"timestamp": when, "sampledValue": [sv16(watts, "Power.Active.Import", "W")]}
+            ],
+        }
+
+    first, second = sample("2026-11-30T10:00:00Z", "100"), sample("2026-11-30T10:01:00Z", "200")
+    with Station(appliance.url, identity) as cp:
+        boot16(cp)
+        for payload in (second, first, second):
+            cp.ok("MeterValues", payload)
+        cp.ok("Heartbeat", {})
+        appliance.wait_rows(
+            "SELECT 1 FROM messages WHERE identity = ? AND action = 'Heartbeat'", identity, count=2
+        )
+        raw = appliance.query(
+            "SELECT val FROM states WHERE id = ?", f"{identity}.ocpp.ocpp1_6.in.MeterValues.raw"
+        )[0][0]
+    assert json.loads(raw) == second
+    assert len(meter_rows(appliance, identity)) == 2

@@ -1,7 +1,7 @@
 """The transport as a charge point (and its owner) sees it: the handshake and its refusals,
 subprotocol negotiation, limits against bad peers, keep-alive, replacement of a duplicate
-identity, server-initiated calls and the orderly shutdown (README "What the appliance does
-on the wire", "Security", "Controls")."""
+identity, server-initiated calls and the orderly shutdown (README "On the wire",
+"Security", "Controls")."""
 
 from __future__ import annotations
 

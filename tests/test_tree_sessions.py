@@ -131,6 +131,7 @@ class Station:
     """A raw charge point: sends exactly the JSON it is given."""
 
     def __init__(self, url: str, identity: str, version: str = "ocpp1.6") -> None:
+        self.identity = identity
         self._stack = contextlib.ExitStack()
         self.ws = self._stack.enter_context(
             connect(f"{url}/ocpp/{quote(identity, safe='')}", subprotocols=[version])
@@ -162,6 +163,16 @@ class Station:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def settle(appliance: Any, cp: Station) -> None:
+    """Everything the charge point sent so far is in the database: its next frame is."""
+    message_id = cp.call("Heartbeat", {})[1]
+    appliance.wait_rows(
+        "SELECT 1 FROM messages WHERE identity = ? AND message_id = ? AND direction = 'in'",
+        cp.identity,
+        message_id,
+    )
 
 
 def boot16(cp: Station, serial: str = "SN-1") -> None:
@@ -317,6 +328,8 @@ def test_session_16_with_the_ocpp_package(start_appliance):
                 call.StatusNotification(connector_id=1, error_code="NoError", status=status),
                 suppress=False,
             )
+        wait_state(appliance, f"{identity}.info.state", "available")
+        seen["ended"] = status_row(appliance, identity)
 
     asyncio.run(ocpp_session(appliance.url, identity, "ocpp1.6", ChargePoint, scenario))
     disconnected(appliance, identity)
@@ -333,15 +346,16 @@ def test_session_16_with_the_ocpp_package(start_appliance):
     assert got["evse.1.connector.1.errorCode"] == "NoError"
     assert "evse.0.connector.1.status" not in got
 
-    # kW → W, kWh → Wh; the latest sample wins
+    # kW → W, kWh → Wh; the latest sample wins. Disconnected now: power and current are
+    # not known (NULL, README "Readings"); registers and the rest keep their value
     expect_meter = {
-        "powerW": 11040,
+        "powerW": None,
         "energyWh": 13200,
         "energyKWh": 13.2,
         "soc": 45,
-        "currentL1": 16,
-        "currentL2": 16.1,
-        "currentL3": 15.9,
+        "currentL1": None,
+        "currentL2": None,
+        "currentL3": None,
         "voltageL1": 231,
     }
     for name, value in expect_meter.items():
@@ -428,6 +442,11 @@ def test_session_16_with_the_ocpp_package(start_appliance):
     charging = seen["charging"]
     assert charging["connected"] == 1
     assert charging["status"] == "Charging"
+    assert charging["state"] == "charging"
+    assert charging["power_w"] == pytest.approx(11040)
+    ended = seen["ended"]  # the session ended, the car unplugged, still connected
+    assert (ended["state"], ended["power_w"], ended["current_l1"]) == ("available", 0, 0)
+    assert ended["energy_wh"] == pytest.approx(13200)
     assert charging["tx_active"] == 1
     assert charging["rfid"] == "04A2B3C4"
     assert charging["tx_energy_kwh"] == pytest.approx(1.2)
@@ -437,11 +456,18 @@ def test_session_16_with_the_ocpp_package(start_appliance):
     assert row["protocol"] == "ocpp1.6"
     assert row["tx_active"] == 0
     assert row["tx_energy_kwh"] == pytest.approx(2.0)
-    assert (row["power_w"], row["energy_wh"], row["energy_kwh"], row["soc"]) == pytest.approx(
-        (11040, 13200, 13.2, 45)
+    assert row["state"] == "offline"
+    assert (row["power_w"], row["energy_wh"], row["energy_kwh"], row["soc"]) == (
+        None,
+        pytest.approx(13200),
+        pytest.approx(13.2),
+        45,
     )
     assert (row["voltage_l1"], row["current_l1"], row["current_l2"], row["current_l3"]) == (
-        pytest.approx((231, 16, 16.1, 15.9))
+        pytest.approx(231),
+        None,
+        None,
+        None,
     )
     assert row["last_seen"] == got["info.lastSeen"]
     assert appliance.stop() == 0
@@ -701,22 +727,23 @@ def test_session_2x_with_the_ocpp_package(start_appliance, version):
 
     # the MeterValues named only EVSE 1: its readings are at evse.1, the transaction's
     # at evse.1.connector.1; the aggregate has the latest of either
+    # (disconnected now: power and current NULL, registers kept; README "Readings")
     expect_meter = {
-        "powerW": 11040,
+        "powerW": None,
         "energyWh": 12000,  # the Transaction.End register, sampled last
         "energyKWh": 12.0,
         "soc": 45,
-        "currentL1": 16,
-        "currentL2": 16.1,
-        "currentL3": 15.9,
+        "currentL1": None,
+        "currentL2": None,
+        "currentL3": None,
         "voltageL1": 231,
     }
     for name, value in expect_meter.items():
         assert got[f"meterValues.{name}"] == pytest.approx(value), name
-    assert got["evse.1.powerW"] == pytest.approx(11040)
+    assert got["evse.1.powerW"] is None
     assert got["evse.1.energyWh"] == pytest.approx(11000)
-    assert got["evse.1.connector.1.powerW"] == pytest.approx(7200)
-    assert got["evse.1.connector.1.currentL3"] == pytest.approx(10.3)
+    assert got["evse.1.connector.1.powerW"] is None
+    assert got["evse.1.connector.1.currentL3"] is None
     assert got["evse.1.connector.1.energyWh"] == pytest.approx(12000)
     assert described(appliance, f"{identity}.meterValues.powerW") == ("number", "W", 0)
     assert described(appliance, f"{identity}.meterValues.energyKWh") == ("number", "kWh", 0)
@@ -795,8 +822,12 @@ def test_session_2x_with_the_ocpp_package(start_appliance, version):
     assert row["rfid"] == "04A2B3C4"
     assert row["tx_active"] == 0
     assert row["tx_energy_kwh"] == pytest.approx(2.0)
-    assert (row["power_w"], row["energy_wh"], row["energy_kwh"], row["soc"]) == pytest.approx(
-        (11040, 12000, 12.0, 45)
+    assert row["state"] == "offline"
+    assert (row["power_w"], row["energy_wh"], row["energy_kwh"], row["soc"]) == (
+        None,
+        pytest.approx(12000),
+        pytest.approx(12.0),
+        45,
     )
     assert appliance.stop() == 0
 
@@ -1116,8 +1147,10 @@ def test_a_clockless_reading_is_not_hidden_by_an_earlier_one(appliance):
                     ],
                 },
             )
+        # the 1970 sample arrived last: it is the latest (not hidden by the earlier one)
+        wait_state(appliance, f"{identity}.meterValues.powerW", 2100)
     disconnected(appliance, identity)
-    assert state(appliance, f"{identity}.meterValues.powerW") == 2100
+    assert state(appliance, f"{identity}.meterValues.powerW") is None  # not known now
 
 
 def test_2x_readings_without_a_connector_stay_at_the_evse(appliance):
@@ -1164,8 +1197,9 @@ def test_2x_readings_without_a_connector_stay_at_the_evse(appliance):
                 [sv2x(2500, "Energy.Active.Import.Register", "Wh", context="Sample.Periodic")],
             ),
         )
+        settle(appliance, cp)
+        got = tree(appliance, identity)
     disconnected(appliance, identity)
-    got = tree(appliance, identity)
     assert got["evse.1.powerW"] == pytest.approx(3700)
     assert got["evse.1.currentL1"] == 16
     assert got["evse.2.powerW"] == 11000
@@ -1469,12 +1503,13 @@ def test_reading_names_and_units_come_from_the_table(appliance):
     disconnected(appliance, identity)
     disconnected(appliance, "SIGNED")
     got = {k: v for k, v in tree(appliance, identity).items() if k.startswith("meterValues.")}
+    # disconnected: power and current are not known (README "Readings")
     assert got == {
         "meterValues.voltageL1L2": 400,
-        "meterValues.powerL2": pytest.approx(2300),
+        "meterValues.powerL2": None,
         "meterValues.temperature": pytest.approx(35),
         "meterValues.energyActiveSetpointInterval": pytest.approx(1500),
-        "meterValues.currentOffered": 32,
+        "meterValues.currentOffered": None,
         "meterValues.frequency": 50,
         "meterValues.energyWh": 4200,
         "meterValues.energyKWh": 4.2,

@@ -29,6 +29,7 @@ import math
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,7 +266,14 @@ extreme_characters = st.one_of(
     st.sampled_from([*_SPECIAL_CHARACTERS, "\ufeff", "\U0001f50c"]),
     st.characters(exclude_categories=()),  # surrogates and control characters included
 )
-extreme_strings = st.text(extreme_characters, max_size=24)
+
+
+def extreme_text(min_size: int = 0, max_size: int | None = 24) -> st.SearchStrategy[str]:
+    # not st.text(): it all but drops the surrogates of a mixed alphabet
+    return st.lists(extreme_characters, min_size=min_size, max_size=max_size).map("".join)
+
+
+extreme_strings = extreme_text()
 beyond_64_bits = st.one_of(
     st.integers(min_value=2**63 - 2, max_value=2**70),
     st.integers(min_value=-(2**70), max_value=-(2**63) + 1),
@@ -315,8 +323,10 @@ def extreme_number(node: dict[str, Any]) -> st.SearchStrategy[Any]:
     if node.get("type") == "integer":
         if high is not None:
             return st.nothing()
-        low = -(2**70) if low is None else math.ceil(low)
-        return st.integers(min_value=max(low, 2**63 - 2), max_value=2**80)
+        big = st.integers(min_value=max(math.ceil(low or 0), 2**63 - 2), max_value=2**80)
+        if low is None:
+            return big | st.integers(min_value=-(2**80), max_value=-(2**63) + 1)
+        return big
     tokens = ["1e400", "1.7976931348623157e308", "1e-400", "123456789012345678901234567890.5"]
     if high is None and (low is None or low <= 0):
         return st.sampled_from(tokens).map(Token)
@@ -344,6 +354,7 @@ class Fuzz:
     raw_peers: dict[str, RawPeer] = field(default_factory=dict)
     ids: Iterator[int] = field(default_factory=itertools.count)
     failure: BaseException | None = None
+    payloads_sent: set[tuple[str, str, str]] = field(default_factory=set)
     stopped: list[Stopped] = field(default_factory=list)
 
     # ---------------------------------------------------------------- life
@@ -451,25 +462,33 @@ class Fuzz:
         assert code is None, f"the appliance exited ({code}):\n{self.appliance.log()[-3000:]}"
 
     def assert_writer_writes(self, *frames: tuple[str, str, int]) -> None:
-        """A new Heartbeat of the probe charge point reaches `messages` (the writer still
-        writes), and so do `frames`: (identity, message id, how many rows)."""
+        """A new Heartbeat of the probe charge point reaches `messages` and `states` (the
+        writer still writes), and `frames` reach `messages`: (identity, message id, rows)."""
         self.assert_alive()
         assert self.appliance is not None
         probe = self.message_id("probe")
+        sent_ms = int(time.time() * 1000) - 1
         answer = self.call("PROBE", "ocpp1.6", json.dumps([2, probe, "Heartbeat", {}]), probe)
         assert answer[0] == 3, answer
         wanted = [("PROBE", probe, 2), *frames]
         appliance = self.appliance
         count = "SELECT count(*) FROM messages WHERE identity = ? AND message_id = ?"
+        state = "SELECT count(*) FROM states WHERE id = ? AND ts >= ?"
 
-        def missing() -> list[tuple[str, str, int]]:
-            return [w for w in wanted if appliance.query(count, w[0], w[1])[0][0] < w[2]]
+        def missing() -> list[Any]:
+            absent: list[Any] = [
+                w for w in wanted if appliance.query(count, w[0], w[1])[0][0] < w[2]
+            ]
+            # its states too (the `.raw` capture of this Heartbeat)
+            if not appliance.query(state, "PROBE.ocpp.ocpp1_6.in.Heartbeat.raw", sent_ms)[0][0]:
+                absent.append("states of PROBE")
+            return absent
 
         try:
             wait_for(lambda: not missing(), PATIENCE, "frames in messages")
         except AssertionError:
             pytest.fail(
-                f"not in messages after {PATIENCE} s: {missing()} (is the writer still"
+                f"not written after {PATIENCE} s: {missing()} (is the writer still"
                 f" writing?)\n--- server.log:\n{appliance.log()[-3000:]}"
             )
 
@@ -483,6 +502,35 @@ class Fuzz:
             message_id,
         )
         assert payload == text
+
+    def assert_raw_state(self, identity: str, version: str, action: str, text: str) -> None:
+        """`<identity>.ocpp.<v>.in.<Action>.raw` (README, `states`) holds this CALL's
+        payload: the states of the frame were written too, not skipped."""
+        appliance = self.appliance
+        assert appliance is not None
+        state = f"{identity}.ocpp.{version.replace('.', '_')}.in.{action}.raw"
+        sent = json.loads(text)[3]
+        key = (identity, action, json.dumps(sent, sort_keys=True))
+        if key in self.payloads_sent:
+            return  # an exact repeat is answered again but applied once (README)
+        self.payloads_sent.add(key)
+
+        def current() -> Any:
+            rows = appliance.query("SELECT val, json_valid(val) FROM states WHERE id = ?", state)
+            return json.loads(rows[0][0]) if rows and isinstance(rows[0][0], str) else None
+
+        try:
+            wait_for(lambda: current() == sent, PATIENCE, state)
+        except AssertionError:
+            pytest.fail(
+                f"{state} does not hold the payload sent after {PATIENCE} s: {current()!r}"
+                f"\n--- server.log:\n{appliance.log()[-3000:]}"
+            )
+        # a `json` state is JSON text to SQLite (README), whatever numbers it holds
+        [(raw, valid)] = appliance.query(
+            "SELECT val, json_valid(val) FROM states WHERE id = ?", state
+        )
+        assert valid == 1, f"{state} is not JSON to SQLite: {raw[:300]}"
 
     def stored_texts(self, identity: str, after_seq: int) -> list[str]:
         assert self.appliance is not None
@@ -529,6 +577,7 @@ def test_a_schema_valid_request_gets_a_schema_valid_callresult(fuzz: Fuzz, versi
             assert schema_errors(version, response, answer[2]) == [], (answer, text[:500])
             fuzz.assert_writer_writes((identity, message_id, 2))
             fuzz.assert_verbatim(identity, message_id, text)
+            fuzz.assert_raw_state(identity, version, action, text)
 
     example()
 
@@ -543,35 +592,41 @@ def test_extreme_values_in_a_valid_request_are_answered_and_stored(fuzz: Fuzz, v
     @fuzz_settings(examples=30)
     @given(data=st.data(), action=st.sampled_from(ACTIONS[version]))
     def example(data: st.DataObject, action: str) -> None:
-        with fuzz.example():
-            node = schema(version, request_schema_name(version, action))
-            payload = data.draw(requests(version, action), label="valid request")
-            for path, value, sub in list(walk(payload, node)):
-                if not path or not data.draw(st.booleans(), label=f"extreme at {path}"):
-                    continue
-                free_text = not {"enum", "pattern", "format"} & sub.keys()
-                if sub.get("type") == "string" and free_text:
-                    limits = {"min_size": sub.get("minLength", 0), "max_size": sub.get("maxLength")}
-                    new = data.draw(st.text(extreme_characters, **limits), label=str(path))
-                elif sub.get("type") in ("integer", "number"):
-                    new = data.draw(extreme_number(sub) | st.just(value), label=str(path))
-                else:
-                    continue
-                payload = replaced(payload, path, new)
-            if version != "ocpp1.6":
-                # customData takes any extra field (schema-valid)
-                extra = data.draw(json_values(extreme_leaves), label="customData")
-                payload["customData"] = {"vendorId": "FUZZ", "extreme": extra}
+        # every draw comes before `fuzz.example()`, which may re-raise at once
+        node = schema(version, request_schema_name(version, action))
+        payload = data.draw(requests(version, action), label="valid request")
+        for path, value, sub in list(walk(payload, node)):
+            if not path or not data.draw(st.booleans(), label=f"extreme at {path}"):
+                continue
+            free_text = not {"enum", "pattern", "format"} & sub.keys()
+            if sub.get("type") == "string" and free_text:
+                size = sub.get("minLength", 0), min(sub.get("maxLength", 64), 64)
+                new = data.draw(extreme_text(*size), label=str(path))
+            elif sub.get("type") in ("integer", "number"):
+                new = data.draw(extreme_number(sub) | st.just(value), label=str(path))
+            else:
+                continue
+            payload = replaced(payload, path, new)
+        known = set(node.get("properties", {})) | {"vendorId"}
+        key = data.draw(extreme_strings.filter(lambda k: k not in known), label="key")
+        extra = data.draw(json_values(extreme_leaves), label="extra")
+        if version != "ocpp1.6":
+            # customData takes any extra field (schema-valid)
+            payload["customData"] = {"vendorId": "FUZZ", key: extra}
+        else:
             # a field the schema does not know: always tolerated (README, Validation)
-            payload["fuzzExtension"] = data.draw(json_values(extreme_leaves), label="extension")
+            payload[key] = extra
+        ascii_only = data.draw(st.booleans(), label="ASCII only")
+        with fuzz.example():
             message_id = fuzz.message_id("x")
-            text = render([2, message_id, action, payload], data.draw(st.booleans()))
+            text = render([2, message_id, action, payload], ascii_only)
             answer = fuzz.call(identity, version, text, message_id)
             assert answer[0] == 3, f"{answer} to {text[:500]}"
             response = response_schema_name(version, action)
             assert schema_errors(version, response, answer[2]) == [], (answer, text[:500])
             fuzz.assert_writer_writes((identity, message_id, 2))
             fuzz.assert_verbatim(identity, message_id, text)
+            fuzz.assert_raw_state(identity, version, action, text)
 
     example()
 
@@ -628,18 +683,19 @@ def test_strict_mode_answers_a_mutated_request_with_the_tables_code(fuzz: Fuzz, 
     @fuzz_settings(examples=3)
     @given(data=st.data())
     def example(data: st.DataObject) -> None:
+        # every draw comes before `fuzz.example()`, which may re-raise at once
+        payload = data.draw(requests(version, action), label="valid request")
+        candidates = mutations(payload, node)
+        kind = data.draw(st.sampled_from(sorted({c[0] for c in candidates})), label="kind")
+        _, path, new = data.draw(
+            st.sampled_from([c for c in candidates if c[0] == kind]), label="mutation"
+        )
+        mutated = replaced(payload, path, new)
+        keyword, row = MUTATIONS[kind]
+        errors = request_violations(version, action, mutated)
+        # exactly one violation, the intended one (else the code is ambiguous)
+        assume([e.validator for e in errors] == ([keyword] if keyword else []))
         with fuzz.example():
-            payload = data.draw(requests(version, action), label="valid request")
-            candidates = mutations(payload, node)
-            kind = data.draw(st.sampled_from(sorted({c[0] for c in candidates})), label="kind")
-            _, path, new = data.draw(
-                st.sampled_from([c for c in candidates if c[0] == kind]), label="mutation"
-            )
-            mutated = replaced(payload, path, new)
-            keyword, row = MUTATIONS[kind]
-            errors = request_violations(version, action, mutated)
-            # exactly one violation, the intended one (else the code is ambiguous)
-            assume([e.validator for e in errors] == ([keyword] if keyword else []))
             message_id = fuzz.message_id("m")
             text = render([2, message_id, action, mutated])
             answer = fuzz.call(identity, version, text, message_id)

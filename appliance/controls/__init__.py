@@ -19,8 +19,17 @@ from typing import Any
 
 import trio
 
+from appliance.domain import jsontext, secrets
 from appliance.station import CallFailed, Connected, Station, Stations
-from appliance.store import CommandDone, CommandReader, Meta, StateWrite, Store, now_ms
+from appliance.store import (
+    CommandDone,
+    CommandReader,
+    ControlOutcome,
+    Meta,
+    StateWrite,
+    Store,
+    now_ms,
+)
 from appliance.tree import Tree
 from appliance.tree.ids import unescape
 from appliance.versions import Version
@@ -57,7 +66,7 @@ PARAMETERS: dict[str, tuple[Any, Meta]] = {
     "requestStartTransaction.idTokenType": ("Central", _writable("string", "2.x idToken type")),
     "requestStartTransaction.evseId": (1, _writable("number", "EVSE (1.6: connector)")),
     "requestStartTransaction.remoteStartId": (0, _writable("number", "2.x; 0: generated")),
-    "requestStartTransaction.chargingProfile": ("", _writable("json", "optional, JSON")),
+    "requestStartTransaction.chargingProfile": (None, _writable("json", "optional, JSON")),
     "requestStopTransaction.transactionId": ("", _writable("string", "empty: the last one")),
     "rpc.method": ("", _writable("string", "any OCPP action")),
     "rpc.payload": ("{}", _writable("json", "its payload, JSON")),
@@ -102,6 +111,9 @@ class Command:
     #: the id below the identity: control.chargeLimit, dm.EVSE@1.Power.MaxSet.value, …
     path: str
     value: Any
+    #: the value in force when it was written, if the database knew it (control_queue)
+    previous: Any = None
+    had_previous: bool = False
 
     @property
     def control(self) -> str | None:
@@ -149,6 +161,11 @@ class Controls:
         self._reader_limiter = trio.CapacityLimiter(1)
         self._events = stations.subscribe()
         self._prefixes: dict[str, str] = {}
+        #: the value in force of each control state used in this run (or before: loaded
+        #: from control_outcomes at start); what a failed command goes back to
+        self._in_force: dict[str, Any] = {}
+        #: parameters that hold a secret: the database shows "***", the call gets this
+        self._secret_parameters: dict[str, Any] = {}
         self._last_seq = 0
         self._nursery: trio.Nursery | None = None
 
@@ -182,9 +199,11 @@ class Controls:
         queued hours ago must not fire)."""
         stale = await self._read(self._reader.commands, 0)
         self._prefixes = await self._read(self._reader.identities)
-        for seq, state_id, value, _ in stale:
+        self._in_force = await self._read(self._reader.in_force)
+        for seq, state_id, value, previous, had_previous in stale:
             prefix, _, path = state_id.partition(".")
-            command = Command(seq, state_id, self._prefixes.get(prefix, ""), prefix, path, value)
+            identity = self._prefixes.get(prefix, "")
+            command = Command(seq, state_id, identity, prefix, path, value, previous, had_previous)
             self._finish(command, None, "not run: the appliance was not running")
             self._last_seq = max(self._last_seq, seq)
         if stale:
@@ -197,13 +216,22 @@ class Controls:
         if not rows:
             return
         commands = []
-        for seq, state_id, value, _ in rows:
+        for seq, state_id, value, previous, had_previous in rows:
             self._last_seq = max(self._last_seq, seq)
             prefix, _, path = state_id.partition(".")
             if prefix not in self._prefixes:
                 self._prefixes = await self._read(self._reader.identities)
             identity = self._prefixes.get(prefix)
-            command = Command(seq, state_id, identity or unescape(prefix), prefix, path, value)
+            command = Command(
+                seq,
+                state_id,
+                identity or unescape(prefix),
+                prefix,
+                path,
+                value,
+                previous,
+                had_previous,
+            )
             if identity is None:
                 self._finish(command, None, "unknown charge point: it has never connected")
                 continue
@@ -211,7 +239,7 @@ class Controls:
         # README "Controls": rows picked up together are applied parameters first
         for command in commands:
             if command.control in PARAMETERS:
-                self._finish(command, None, None, outcome=False)
+                self._take_parameter(command)
         for command in commands:
             if command.control not in PARAMETERS:
                 station = self.stations.get(command.identity)
@@ -227,6 +255,24 @@ class Controls:
             if isinstance(event, Connected):
                 prefix = self.tree.prefix(event.station.identity)
                 self.store.create_states(default_states(prefix))
+
+    def _take_parameter(self, command: Command) -> None:
+        """A parameter is checked when it is written (README "Controls"): a bad one is
+        refused, nothing is sent, and the value in force stays."""
+        assert command.control is not None
+        try:
+            value = check_parameter(command.control, command.value)
+        except CommandError as exc:
+            self._finish(command, None, str(exc))
+            return
+        if isinstance(value, str) and secrets.may_hold(value):
+            # rpc.payload with a password: the call will carry it, the database not
+            self._secret_parameters[command.state_id] = value
+            shown = jsontext.dumps(secrets.redact(_json(value, command.path))[0])
+            self._finish(command, None, None, outcome=False, value=shown)
+            return
+        self._secret_parameters.pop(command.state_id, None)
+        self._finish(command, None, None, outcome=False, value=value)
 
     # ----------------------------------------------------------------- execution
 
@@ -249,15 +295,11 @@ class Controls:
         try:
             response = await station.call(action, payload)
         except CallFailed as exc:
-            self._finish(command, None, str(exc), value=self._reported(command))
+            self._finish(command, None, str(exc))
             return
         error = judge(response)
-        if command.control is None:  # a dm.* or config.* write
-            if error is None:
-                self.tree.confirm(command.state_id, command.value)
-            else:
-                self._finish(command, response, error, value=self._reported(command))
-                return
+        if command.control is None and error is None:  # a dm.* or config.* write
+            self.tree.confirm(command.state_id, _shown(command.path, command.value))
         self._finish(command, response, error)
 
     async def _build(
@@ -319,14 +361,10 @@ class Controls:
     ) -> tuple[str, dict[str, Any], Callable[[dict[str, Any]], str | None]]:
         if command.value in (None, ""):
             return (*build["clearChargeLimit"]({}), _cleared)
-        limit = _number(command.value, "chargeLimit")
         params = await self._params(command, "", ("chargeLimitType", "numberOfPhases"))
-        unit = str(params["chargeLimitType"] or "A").upper()
-        if unit not in ("W", "A"):
-            raise CommandError(f"chargeLimitType must be W or A, not {unit!r}")
-        phases = _int(params["numberOfPhases"], "numberOfPhases")
-        if phases is not None and not 1 <= phases <= 3:
-            raise CommandError(f"numberOfPhases must be 1..3, not {phases}")
+        unit = check_parameter("chargeLimitType", params["chargeLimitType"] or "A")
+        phases = check_parameter("numberOfPhases", params["numberOfPhases"])
+        limit = check_limit(command.value, unit)
         action, payload = build["chargeLimit"]({"limit": limit, "unit": unit, "phases": phases})
         profile = _profile_facts(payload)
 
@@ -342,20 +380,29 @@ class Controls:
     async def _params(self, command: Command, folder: str, names: tuple[str, ...]) -> dict:
         base = f"{command.prefix}.control." + (f"{folder}." if folder else "")
         found = await self._read(self._reader.values, [base + n for n in names])
+        found.update(
+            {i: v for i, v in self._secret_parameters.items() if i in found or i.startswith(base)}
+        )
         return {n: found.get(base + n) for n in names}
 
     # ------------------------------------------------------------------- outcome
 
-    def _reported(self, command: Command) -> Any:
-        """What the state goes back to when a write did not take: the value the charge
-        point last reported (a Device Model or configuration state mirrors the charger);
-        a control keeps what was written (a button goes back to 0)."""
-        if command.control is not None:
-            return _UNSET
-        try:
-            return self.tree.reported(command.state_id)
-        except KeyError:
-            return command.value
+    def _in_force_of(self, command: Command) -> Any:
+        """What a state goes back to when a write did not take (README "Controls"): a
+        Device Model or configuration value what the charge point last reported; a
+        control the value last in force; else the value in force when it was written, or
+        the control's default."""
+        state_id = command.state_id
+        if command.control is None:
+            try:
+                return self.tree.reported(state_id)
+            except KeyError:
+                pass
+        if state_id in self._in_force:
+            return self._in_force[state_id]
+        if command.had_previous:
+            return command.previous
+        return default_of(command.control)
 
     def _finish(
         self,
@@ -365,12 +412,32 @@ class Controls:
         outcome: bool = True,
         value: Any = _UNSET,
     ) -> None:
-        """Write the outcome, acknowledge the command, take it off the queue: one commit."""
+        """Write the outcome, acknowledge the command with the value now in force, take
+        it off the queue: one commit."""
         now = now_ms()
         name = command.control
+        ok = error is None
+        if value is _UNSET:
+            if name in BUTTONS:
+                value = 0  # a button is released whatever happened
+            elif ok:
+                value = None if name == "chargeLimit" and command.value == "" else command.value
+            else:
+                value = self._in_force_of(command)
+        value = _shown(command.path, value)
+        if name not in BUTTONS:
+            self._in_force[command.state_id] = value
+        answer = "" if response is None else jsontext.dumps(response)
+        if outcome or not ok:
+            # kept per state until it is written again, whatever other controls do
+            written = _shown(command.path, command.value)
+            self.store.put(
+                ControlOutcome(
+                    command.state_id, now, written, int(ok), answer or None, error, value
+                )
+            )
         if outcome:
             base = f"{command.prefix}.{outcome_folder(command.path) or 'control'}"
-            answer = "" if response is None else json.dumps(response, ensure_ascii=False)
             self.store.set_states(
                 [
                     StateWrite(f"{base}.lastResponse", answer, _outcome("answer (JSON)")),
@@ -382,9 +449,114 @@ class Controls:
                 log.warning("%s: %s: %s", command.identity, command.path, error)
             else:
                 log.info("%s: %s done", command.identity, command.path)
-        if value is _UNSET:
-            value = 0 if name in BUTTONS else command.value
+        elif not ok:
+            log.warning("%s: %s refused: %s", command.identity, command.path, error)
         self.store.put(CommandDone(command.state_id, value, now, command.seq))
+
+
+def _shown(path: str, value: Any) -> Any:
+    """What the database may hold of a value written to `<identity>.<path>`: a secret is
+    "***" (README "Security")."""
+    if value not in (None, "") and secrets.state_is_secret(path):
+        return secrets.MASK
+    return value
+
+
+def default_of(control: str | None) -> Any:
+    """A control's value before anything was put in force (None for anything else)."""
+    if control in PARAMETERS:
+        return PARAMETERS[control][0]
+    if control in TRIGGERS:
+        return TRIGGERS[control][0]
+    return None
+
+
+#: README "Controls": the largest limit taken, per unit; anything above is a typo (7000 A)
+MAX_LIMIT = {"A": 500.0, "W": 1_000_000.0}
+#: 2.x IdTokenEnumType (the values a RequestStartTransaction may carry)
+ID_TOKEN_TYPES = frozenset(
+    {
+        "Central",
+        "eMAID",
+        "ISO14443",
+        "ISO15693",
+        "KeyCode",
+        "Local",
+        "MacAddress",
+        "NoAuthorization",
+    }
+)
+
+
+def check_limit(value: Any, unit: str) -> float:
+    """A charge limit: a number from 0 to MAX_LIMIT in `unit`."""
+    limit = _number(value, "chargeLimit")
+    if not 0 <= limit <= MAX_LIMIT[unit]:
+        raise CommandError(
+            f"chargeLimit must be 0..{MAX_LIMIT[unit]:g} {unit} (chargeLimitType), not {value!r}"
+        )
+    return limit
+
+
+def _unit(value: Any) -> str:
+    unit = str(value).strip()
+    if unit.upper() not in MAX_LIMIT:
+        raise CommandError(f"chargeLimitType must be A or W, not {value!r}")
+    return unit.upper()
+
+
+def _phases(value: Any) -> int | None:
+    phases = _int(value, "numberOfPhases")
+    if phases is not None and not 1 <= phases <= 3:
+        raise CommandError(f"numberOfPhases must be 1, 2 or 3, not {value!r}")
+    return phases
+
+
+def _count(name: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        number = _int(value, name)
+        if number is not None and number < 0:
+            raise CommandError(f"{name} must be 0 or more, not {value!r}")
+        return value
+
+    return check
+
+
+def _token_type(value: Any) -> Any:
+    if value not in (None, "") and value not in ID_TOKEN_TYPES:
+        allowed = ", ".join(sorted(ID_TOKEN_TYPES))
+        raise CommandError(f"requestStartTransaction.idTokenType must be one of {allowed}")
+    return value
+
+
+def _json_object(name: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        parsed = _json(value, name)
+        if parsed is not None and not isinstance(parsed, dict):
+            raise CommandError(f"{name} must be a JSON object")
+        return value
+
+    return check
+
+
+#: README "Controls": each parameter's check, applied when it is written
+PARAMETER_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "chargeLimitType": _unit,
+    "numberOfPhases": _phases,
+    "requestStartTransaction.evseId": _count("requestStartTransaction.evseId"),
+    "requestStartTransaction.remoteStartId": _count("requestStartTransaction.remoteStartId"),
+    "requestStartTransaction.idTokenType": _token_type,
+    "requestStartTransaction.chargingProfile": _json_object(
+        "requestStartTransaction.chargingProfile"
+    ),
+    "rpc.payload": _json_object("rpc.payload"),
+}
+
+
+def check_parameter(name: str, value: Any) -> Any:
+    """`value` as a parameter takes it; CommandError says why it cannot be taken."""
+    check = PARAMETER_CHECKS.get(name)
+    return value if check is None else check(value)
 
 
 _START_PARAMS = ("idToken", "idTokenType", "evseId", "remoteStartId", "chargingProfile")
@@ -485,4 +657,4 @@ def _variable(command: Command) -> dict[str, Any]:
     }
 
 
-__all__ = ["Controls", "default_states"]
+__all__ = ["CommandError", "Controls", "check_limit", "check_parameter", "default_states"]

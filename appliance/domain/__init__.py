@@ -70,6 +70,8 @@ class TransactionEvent:
     meter_stop_wh: float | None = None
     #: the latest energy register seen in this event (live session energy)
     meter_now_wh: float | None = None
+    #: 2.x `chargingState` (Charging, SuspendedEV, SuspendedEVSE, EVConnected, Idle)
+    charging_state: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -118,7 +120,7 @@ def start_key(
     identity: str, connector: object, id_tag: object, meter_start: object, started_at: object
 ) -> Hashable:
     """What makes a 1.6 StartTransaction the same start: compared exactly (an integer
-    register is never compared through a float, README "Sessions")."""
+    register is never compared through a float, README "On the wire")."""
     if isinstance(meter_start, float) and meter_start.is_integer():
         meter_start = int(meter_start)  # the REAL column gives back 1000.0 for 1000
     return (identity, connector, id_tag, type(meter_start).__name__, meter_start, started_at)

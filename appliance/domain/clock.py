@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import NamedTuple
 
 # README "`transactions`": a timestamp is implausible before 2010 or more than a day ahead.
 EARLIEST_PLAUSIBLE = datetime(2010, 1, 1, tzinfo=UTC).timestamp()
@@ -36,14 +37,29 @@ def time_suspect(stamp: object) -> bool:
     return seconds is None or not (EARLIEST_PLAUSIBLE <= seconds <= time.time() + MAX_AHEAD_SEC)
 
 
-def order_key(stamp: object) -> float:
-    """When a sample was taken, for ordering: the charge point's time where plausible,
-    else the receive time (a clockless charger's 1970 never sorts before yesterday)."""
-    seconds = parse(stamp)
-    now = time.time()
-    if seconds is None or not (EARLIEST_PLAUSIBLE <= seconds <= now + MAX_AHEAD_SEC):
-        return now
-    return seconds
+class Stamp(NamedTuple):
+    """When a reading was taken, as far as each clock knows: the charge point's time
+    where it is plausible, and the appliance's time when it arrived."""
+
+    device: float | None
+    received: float
+
+
+def stamp(text: object, received: float) -> Stamp:
+    seconds = parse(text)
+    if seconds is None or not (EARLIEST_PLAUSIBLE <= seconds <= received + MAX_AHEAD_SEC):
+        seconds = None
+    return Stamp(seconds, received)
+
+
+def newer(new: Stamp, known: Stamp) -> bool:
+    """Whether `new` is not older than `known`. Like is compared with like (README
+    "Time"): the charge point's clock only with itself; where either lacks a plausible
+    one, the order of arrival decides (a clock a few seconds behind the appliance's
+    never hides a fresh reading)."""
+    if new.device is not None and known.device is not None:
+        return new.device >= known.device
+    return new.received >= known.received
 
 
 def iso_now() -> str:

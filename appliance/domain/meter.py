@@ -166,6 +166,8 @@ def reading(
         raise Unusable(f"value {str(raw_value)[:40]} is beyond a double") from None
     if not math.isfinite(value):
         return None
+    # the schemas' default (1.6 and 2.x SampledValue.context)
+    context = context or "Sample.Periodic"
     if not measurand:
         sent = _UNITS.get(unit.lower(), (unit, 1))[0] if unit else None
         measurand = _MEASURAND_OF_UNIT.get(sent or "", DEFAULT_MEASURAND)
@@ -179,6 +181,11 @@ def reading(
     if not math.isfinite(value):
         raise Unusable(f"value {raw_value} × 10^{multiplier} is beyond a double")
     return Reading(name, measurand, phase, location, context, unit, value, sampled_at)
+
+
+#: units of readings that describe a moment, not a register: they do not outlive the
+#: session, the plugged-in car or the connection (README "Readings")
+INSTANTANEOUS_UNITS = frozenset({"W", "A", "var", "VA"})
 
 
 class Unusable(ValueError):

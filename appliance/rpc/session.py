@@ -10,7 +10,7 @@ Rules (OCPP-J 1.6 §4, OCPP 2.0.1 / 2.1 Part 4 §4): at most one CALL in flight 
 direction; outgoing CALLs queue behind it; a result or error with an unknown or stale
 message id is dropped without harming the connection; malformed input gets the error the
 version prescribes. Until the peer has sent its first CALL, none of ours goes out
-(README "What the appliance does on the wire": some chargers reboot-loop when the
+(README "On the wire": some chargers reboot-loop when the
 central system speaks first).
 """
 
@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.domain import jsontext
 from appliance.rpc.dialects import Dialect, Fault, MessageType
 from appliance.rpc.validation import SchemaSet, Violation, has_lone_surrogate
 
@@ -47,13 +48,13 @@ class SessionClosed(LocalProtocolError):
 
 
 def encode(frame: list[Any]) -> str:
-    text = json.dumps(frame, separators=_JSON_SEPARATORS, ensure_ascii=False)
+    text = jsontext.dumps(frame)
     if not text.isascii():
         try:
             text.encode()
         except UnicodeEncodeError:
             # a lone surrogate (JSON allows "\ud800", UTF-8 does not): send it escaped
-            text = json.dumps(frame, separators=_JSON_SEPARATORS, ensure_ascii=True)
+            text = jsontext.dumps(frame, ensure_ascii=True)
     return text
 
 

@@ -1,7 +1,7 @@
 """Official-schema validation with jsonschema-rs, compiled once at start.
 
 A violation is classified into the `Fault` whose OCPP-J error code the spec prescribes
-(README "What the appliance does on the wire", the error table). Unknown fields are
+(README "On the wire", the error table). Unknown fields are
 always tolerated: vendors extend payloads and newer editions add fields, so
 `additionalProperties: false` is never held against a peer.
 """
@@ -9,6 +9,8 @@ always tolerated: vendors extend payloads and newer editions add fields, so
 from __future__ import annotations
 
 import json
+import math
+import sys
 import zipfile
 from dataclasses import dataclass
 from importlib import resources
@@ -142,6 +144,12 @@ def _violations(
 ) -> Violation | None:
     if validator.is_valid(payload):
         return _violation(dialect, found)
+    if _non_finite(payload):
+        # `1e400` is a JSON number (beyond a double, so Python holds infinity, which
+        # the validator takes for null): validate it as the largest double it exceeds
+        payload = _finite(payload)
+        if validator.is_valid(payload):
+            return _violation(dialect, found)
     for error in validator.iter_errors(payload):
         kind = type(error.kind).__name__
         if inbound and kind in _IGNORED_KINDS:
@@ -172,6 +180,26 @@ def _without_surrogates(value: object) -> object:
         return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_without_surrogates(item) for item in value]
+    return value
+
+
+def _non_finite(value: object) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_non_finite(item) for item in value)
+    return False
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return math.copysign(sys.float_info.max, value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
     return value
 
 

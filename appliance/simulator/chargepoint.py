@@ -53,6 +53,8 @@ class Fleet(Protocol):
 
     def fatal(self, message: str) -> None: ...
 
+    def notice(self, message: str) -> None: ...
+
 
 log = logging.getLogger("appliance.simulator")
 
@@ -168,21 +170,28 @@ class ChargePoint:
                         self.fleet.fatal(str(exc))
                         return
                     self.fleet.stats.error("reconnect failed")
-                    log.info("%s: %s", self.identity, exc)
-                    await trio.sleep(delay * self.rng.uniform(0.8, 1.2))
+                    wait = delay * self.rng.uniform(0.8, 1.2)
+                    self.fleet.notice(f"{self.identity} {exc}; trying again in {wait:.0f} s")
+                    await trio.sleep(wait)
                     delay = min(delay * 2, RECONNECT_SEC[1])
                     continue
                 if not first:
                     self.fleet.stats.reconnects += 1
+                again = "reconnected" if not first else "connected"
+                self.fleet.notice(f"{self.identity} {again} to {self.options.url} ({self.version})")
                 first, delay = False, RECONNECT_SEC[0]
                 self.ws = ws
-                await self._connection()
+                why = await self._connection()
                 if self._rebooting:
                     self._rebooting = False
                     self.boot_reason = "RemoteReset"
+                    self.fleet.notice(f"{self.identity} rebooting after a reset ({why})")
                     await trio.sleep(REBOOT_SEC)
                 elif not self.fleet.stopping:
                     self.fleet.stats.error("connection lost")
+                    self.fleet.notice(
+                        f"{self.identity} disconnected: {why}; reconnecting in {delay:g} s"
+                    )
                     await trio.sleep(delay)
 
     def stop(self) -> None:
@@ -191,7 +200,8 @@ class ChargePoint:
         if self.ws is None:
             self._run_scope.cancel()
 
-    async def _connection(self) -> None:
+    async def _connection(self) -> str:
+        """Live on the open connection until it ends; returns how it ended."""
         self.session = Session(
             DIALECTS[self.version],
             self.fleet.schemas[self.version],
@@ -214,9 +224,11 @@ class ChargePoint:
             self.calls.fail_pending("connection closed before the answer")
             self.tx = None
             self.vehicle = None
+            ws = self._open_ws()
             with trio.CancelScope(shield=True):
-                await self._open_ws().aclose()
+                await ws.aclose()
             self.ws = None
+        return _how_it_ended(ws)
 
     async def _drive(self) -> None:
         with self._live_scope:
@@ -522,6 +534,15 @@ class ChargePoint:
             await action()
 
         return {"status": "Accepted"}, followup
+
+
+def _how_it_ended(ws: WebSocket) -> str:
+    """The close the server sent (RFC 6455 §7.1.5), or that there was none."""
+    close = ws.machine.close_rcvd
+    if close is None:
+        return "the connection was lost (no close frame)"
+    reason = f" {close.reason}" if close.reason else ""
+    return f"the server closed it ({close.code}{reason})"
 
 
 def _error_kind(reason: str) -> str:

@@ -71,7 +71,10 @@ async def open_websocket(
             except (trio.BrokenResourceError, ssl.SSLError) as exc:
                 await trio.aclose_forcefully(stream)
                 cause = exc.__cause__ or exc
-                raise ConnectError(f"TLS handshake with {where} failed: {cause}") from None
+                hint = ""
+                if isinstance(cause, ssl.SSLCertVerificationError):
+                    hint = " (a server certificate of your own CA? give it with --cafile)"
+                raise ConnectError(f"TLS handshake with {where} failed: {cause}{hint}") from None
             stream = tls
         protocol = ClientProtocol(
             uri, subprotocols=[Subprotocol(subprotocol)], max_size=MAX_FRAME_BYTES

@@ -61,6 +61,12 @@ class Fleet:
             self.error = message
         self._scope.cancel()
 
+    def notice(self, message: str) -> None:
+        """One line on stderr when a charge point connects, disconnects or cannot reach
+        the central system — not in --load mode, whose progress line counts them."""
+        if not self.options.load:
+            print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
     def stop(self) -> None:
         if self.stopping:
             return

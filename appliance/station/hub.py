@@ -125,7 +125,7 @@ class Stations:
         return False
 
     def log_violation_once(self, identity: str, action: str | None, kind: str, text: str) -> None:
-        """One log line per identity, action and kind of violation (README "Validation")."""
+        """One log line per identity, action and kind of violation (README "On the wire")."""
         key = (identity, action, kind)
         if key not in self._logged_violations:
             self._logged_violations.add(key)

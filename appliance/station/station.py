@@ -10,6 +10,8 @@ its frame and the error in `messages`, nothing else.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from typing import Any, Protocol
 import trio
 
 from appliance.config import Config
+from appliance.domain import secrets
 from appliance.rpc import (
     CallReceived,
     ErrorReceived,
@@ -25,11 +28,13 @@ from appliance.rpc import (
     Frame,
     LocalProtocolError,
     ProtocolViolation,
+    Received,
     ResultReceived,
     SchemaSet,
     SendReceived,
     Session,
     Validation,
+    encode,
 )
 from appliance.station.calls import CallFailed, Calls
 from appliance.store import FrameRow, Store, now_ms
@@ -182,7 +187,10 @@ class Station:
     def _on_text(self, text: str) -> None:
         session = self.session
         received = session.receive(text, trio.current_time())
-        self._record(received.frame)
+        redacted = secrets.may_hold(text)
+        if redacted:
+            received, redacted = _redacted(received)
+        self._record(received.frame, redacted)
         self.tree.seen(self.identity)
         event = received.event
         if isinstance(event, CallReceived):
@@ -223,15 +231,15 @@ class Station:
             # the peer got a CALLERROR instead: nothing of the request is applied
             log.error("%s: %s", self.identity, exc)
             return
-        if call.action in RETRIED and self.hub.repeated(
+        repeated = call.action in RETRIED and self.hub.repeated(
             self.identity, call.action, _payload_text(frame.text, call.message_id)
-        ):
-            return  # answered again, applied once
-        apply = self.tree.apply
-        for update in answer.updates:
-            apply(self.identity, update)
-        for reason in answer.unusable:
-            self._note_violation(call.action, "Unusable", reason)
+        )
+        if not repeated:  # a retry is answered again and applied once
+            apply = self.tree.apply
+            for update in answer.updates:
+                apply(self.identity, update)
+            for reason in answer.unusable:
+                self._note_violation(call.action, "Unusable", reason)
         self.tree.capture(
             self.identity, self.subprotocol, "in", call.action, call.payload, answer.payload
         )
@@ -247,7 +255,7 @@ class Station:
 
     # ------------------------------------------------------------------ writing
 
-    def _record(self, frame: Frame) -> None:
+    def _record(self, frame: Frame, redacted: bool = False) -> None:
         self.hub.store.put(
             FrameRow(
                 now_ms(),
@@ -259,6 +267,7 @@ class Station:
                 frame.action,
                 frame.text,
                 frame.violation,
+                int(redacted),
             )
         )
 
@@ -267,11 +276,17 @@ class Station:
         if not frames or not self.link.open:
             return  # closing: nothing more may be sent; the waiters fail when it ends
         for frame in frames:
-            self._record(frame)
+            if secrets.may_hold(frame.text):
+                # the wire carries the secret the user wrote; the database never does
+                stored, redacted = _redacted(Received(frame, None))
+                self._record(stored.frame, redacted)
+            else:
+                self._record(frame)
         await self.link.send([frame.text for frame in frames])
 
     def _call_queued(self, action: str, payload: dict[str, Any]) -> None:
-        self.tree.capture(self.identity, self.subprotocol, "out", action, payload)
+        shown, _ = secrets.redact(payload)
+        self.tree.capture(self.identity, self.subprotocol, "out", action, shown)
 
     # ---------------------------------------------------------------- after boot
 
@@ -291,3 +306,20 @@ class Station:
 def _payload_text(text: str, message_id: str) -> str:
     """A CALL's text without its message id: what a retry with a new id has in common."""
     return text.replace(message_id, "", 1)
+
+
+def _redacted(received: Received) -> tuple[Received, bool]:
+    """`received` with every secret masked in its frame text and its payload (README
+    "Security"); whether there was one."""
+    frame, event = received.frame, received.event
+    try:
+        message = json.loads(frame.text)
+    except (ValueError, RecursionError):
+        return received, False  # not JSON: no field to find a secret in
+    masked, found = secrets.redact(message)
+    if not found:
+        return received, False
+    frame = dataclasses.replace(frame, text=encode(masked))
+    if isinstance(event, CallReceived | SendReceived | ResultReceived):
+        event = dataclasses.replace(event, payload=secrets.redact(event.payload)[0])
+    return Received(frame, event), True

@@ -24,17 +24,24 @@ class CommandReader:
     def close(self) -> None:
         self.connection.close()
 
-    def commands(self, after_seq: int) -> list[tuple[int, str, Any, int]]:
-        """Queued commands newer than `after_seq`, oldest first. Cheap when nothing was
-        committed since the last look (PRAGMA data_version)."""
+    def commands(self, after_seq: int) -> list[tuple[int, str, Any, Any, bool]]:
+        """Queued commands newer than `after_seq`, oldest first: (seq, id, value, value in
+        force before, whether that is known). Cheap when nothing was committed since the
+        last look (PRAGMA data_version)."""
         version = self.connection.execute("PRAGMA data_version").fetchone()[0]
         if version == self._data_version:
             return []
         self._data_version = version
-        return self.connection.execute(
-            "SELECT seq, id, val, written_at FROM control_queue WHERE seq > ? ORDER BY seq",
+        rows = self.connection.execute(
+            "SELECT seq, id, val, previous, had_previous FROM control_queue WHERE seq > ?"
+            " ORDER BY seq",
             (after_seq,),
         ).fetchall()
+        return [(seq, i, val, previous, bool(had)) for seq, i, val, previous, had in rows]
+
+    def in_force(self) -> dict[str, Any]:
+        """The value in force of every control that was ever used (`control_outcomes`)."""
+        return dict(self.connection.execute("SELECT id, in_force FROM control_outcomes"))
 
     def values(self, ids: list[str]) -> dict[str, Any]:
         marks = ",".join("?" * len(ids))

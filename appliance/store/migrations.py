@@ -172,6 +172,85 @@ MIGRATIONS: list[str] = [
         VALUES (NEW.id, NEW.val, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
     END;
     """,
+    # 4: the database tells the truth (README "The database"): frames say when a secret
+    # was redacted; each control keeps its own outcome and the value in force; a write
+    # that can never work is refused by SQLite itself; one version-neutral `state` and
+    # the age of the last reading in charge_point_status
+    """
+    ALTER TABLE messages ADD COLUMN redacted INTEGER NOT NULL DEFAULT 0;
+
+    CREATE TABLE control_outcomes (
+        id       TEXT PRIMARY KEY,               -- the state written
+        ts       INTEGER NOT NULL,               -- when the outcome was known
+        value,                                   -- what was written
+        ok       INTEGER NOT NULL,               -- 1: in force now
+        response TEXT,                           -- the charge point's answer (JSON)
+        error    TEXT,                           -- why not; NULL when ok
+        in_force                                 -- the value in force after it
+    ) WITHOUT ROWID;
+
+    CREATE TRIGGER states_command_refused_insert BEFORE INSERT ON states
+    WHEN NEW.ack = 0 AND NOT EXISTS (SELECT 1 FROM objects WHERE id = NEW.id AND writable = 1)
+    BEGIN
+        SELECT RAISE(ABORT, 'not a writable state: no such charge point or control, or read-only');
+    END;
+    CREATE TRIGGER states_command_refused_update BEFORE UPDATE ON states
+    WHEN NEW.ack = 0 AND NOT EXISTS (SELECT 1 FROM objects WHERE id = NEW.id AND writable = 1)
+    BEGIN
+        SELECT RAISE(ABORT, 'not a writable state: no such charge point or control, or read-only');
+    END;
+
+    -- the value in force before a write: what a failed command goes back to
+    ALTER TABLE control_queue ADD COLUMN previous;
+    ALTER TABLE control_queue ADD COLUMN had_previous INTEGER NOT NULL DEFAULT 0;
+    DROP TRIGGER states_command_updated;
+    CREATE TRIGGER states_command_updated AFTER UPDATE ON states WHEN NEW.ack = 0
+    BEGIN
+        INSERT INTO control_queue (id, val, written_at, previous, had_previous)
+        VALUES (NEW.id, NEW.val, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER),
+                CASE WHEN OLD.ack = 1 THEN OLD.val END, OLD.ack = 1);
+    END;
+
+    DROP VIEW charge_point_status;
+    CREATE VIEW charge_point_status AS
+    SELECT
+        cp.identity,
+        (SELECT val FROM states WHERE id = cp.prefix || '.info.connected') AS connected,
+        coalesce(
+            (SELECT val FROM states WHERE id = cp.prefix || '.evse.1.connector.1.status'),
+            (SELECT val FROM states WHERE id = cp.prefix || '.info.status')
+        ) AS status,
+        (SELECT val FROM states WHERE id = cp.prefix || '.info.protocol') AS protocol,
+        (SELECT val FROM states WHERE id = cp.prefix || '.transactions.last.idToken') AS rfid,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.soc') AS soc,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.powerW') AS power_w,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.energyWh') AS energy_wh,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.energyKWh') AS energy_kwh,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.voltageL1') AS voltage_l1,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.voltageL2') AS voltage_l2,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.voltageL3') AS voltage_l3,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.currentL1') AS current_l1,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.currentL2') AS current_l2,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.currentL3') AS current_l3,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.powerL1') AS power_l1,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.powerL2') AS power_l2,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.powerL3') AS power_l3,
+        (SELECT val FROM states WHERE id = cp.prefix || '.transactions.active') AS tx_active,
+        (SELECT val FROM states WHERE id = cp.prefix || '.transactions.last.energyKWh')
+            AS tx_energy_kwh,
+        (SELECT val FROM states WHERE id = cp.prefix || '.control.chargeLimit') AS charge_limit,
+        (SELECT val FROM states WHERE id = cp.prefix || '.control.numberOfPhases')
+            AS number_phases,
+        (SELECT val FROM states WHERE id = cp.prefix || '.info.lastSeen') AS last_seen,
+        (SELECT val FROM states WHERE id = cp.prefix || '.info.state') AS state,
+        (SELECT max(ts) FROM states
+            WHERE id > cp.prefix || '.meterValues.' AND id < cp.prefix || '.meterValues/')
+            AS last_reading,
+        CAST((julianday('now') - 2440587.5) * 86400 - (SELECT max(ts) FROM states
+            WHERE id > cp.prefix || '.meterValues.' AND id < cp.prefix || '.meterValues/')
+            / 1000.0 AS INTEGER) AS reading_age_s
+    FROM charge_points AS cp;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

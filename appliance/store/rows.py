@@ -38,6 +38,8 @@ class FrameRow(NamedTuple):
     action: str | None
     payload: str
     violation: str | None
+    #: 1: a secret in it was replaced by "***" (README "Security")
+    redacted: int = 0
 
 
 class ConnectionRow(NamedTuple):
@@ -97,6 +99,19 @@ class TransactionRow(NamedTuple):
     offline: int
 
 
+class ControlOutcome(NamedTuple):
+    """How a control command ended (`control_outcomes`, one row per state written): kept
+    until that state is written again."""
+
+    id: str
+    ts: int
+    value: Any
+    ok: int
+    response: str | None
+    error: str | None
+    in_force: Any
+
+
 class MetaValue(NamedTuple):
     """A key of the appliance's own bookkeeping (`meta`)."""
 
@@ -143,6 +158,14 @@ class LazyStates(NamedTuple):
 
 
 #: the history and bookkeeping rows: each becomes one row of one statement
-Row = FrameRow | ConnectionRow | ChargePointRow | MeterValueRow | TransactionRow | MetaValue
+Row = (
+    FrameRow
+    | ConnectionRow
+    | ChargePointRow
+    | MeterValueRow
+    | TransactionRow
+    | MetaValue
+    | ControlOutcome
+)
 #: everything the store's queue carries
 Item = Row | list[Row] | CommandDone | States | DefaultStates | LazyStates

@@ -6,6 +6,7 @@ from appliance.store.rows import (
     ChargePointRow,
     CommandDone,
     ConnectionRow,
+    ControlOutcome,
     FrameRow,
     MetaValue,
     MeterValueRow,
@@ -14,7 +15,7 @@ from appliance.store.rows import (
 
 INSERT_MESSAGE = (
     "INSERT INTO messages (ts, identity, protocol, direction, message_type, message_id,"
-    " action, payload, violation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " action, payload, violation, redacted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_CONNECTION = (
     "INSERT INTO connection_log (ts, identity, remote_addr, protocol, event, reason)"
@@ -29,7 +30,7 @@ INSERT_METER_VALUE = (
     " measurand, phase, location, context, unit, value, received_at, time_suspect)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# One statement for every session event, 1.6 or 2.x (README "Sessions"): fields already
+# One statement for every session event, 1.6 or 2.x (README "On the wire"): fields already
 # known are kept; energy = stop − start. Parameters in TransactionRow's order.
 TRANSACTION_EVENT = (
     "INSERT INTO transactions (identity, transaction_id, evse_id, connector_id, id_token,"
@@ -53,6 +54,10 @@ TRANSACTION_EVENT = (
     " updated_at = excluded.updated_at"
 )
 SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
+SET_OUTCOME = (
+    "INSERT OR REPLACE INTO control_outcomes (id, ts, value, ok, response, error, in_force)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 # ack = 1: the appliance confirms what it writes; lc moves only when the value changes
 UPSERT_STATE = (
     "INSERT INTO states (id, val, ack, ts, lc) VALUES (?1, ?2, 1, ?3, ?3)"
@@ -92,6 +97,7 @@ STATEMENT: dict[type, str] = {
     MeterValueRow: INSERT_METER_VALUE,
     TransactionRow: TRANSACTION_EVENT,
     MetaValue: SET_META,
+    ControlOutcome: SET_OUTCOME,
 }
 
 #: rows shed first while the database cannot be written: copies of frames, then readings

@@ -82,7 +82,7 @@ class TransactionIds:
     (a restart skips the rest of the reserved block). A StartTransaction repeated after a
     lost answer gets its first id again.
 
-    The one exception to "handlers write nothing" (README "Sessions"): the id must be
+    The one exception to "handlers write nothing" (README "On the wire"): the id must be
     durable before the answer. Ids are reserved in blocks at start and renewed half-way
     through a block, so handing one out writes nothing on the hot path."""
 

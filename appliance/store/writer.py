@@ -6,7 +6,7 @@ transaction, one fsync (WAL, synchronous=FULL) per interval whatever the load. T
 transaction itself is short (rows are gathered in memory first), so another process
 writing a control, or reading, waits at most one commit.
 
-The thread cannot die from a row (README "Durability"): a value SQLite cannot bind as
+The thread cannot die from a row (README "Storage design"): a value SQLite cannot bind as
 given is written in another form (`bindable`), a row that still fails is logged and
 skipped, and should the thread stop anyway `health` says so and `close` does not claim
 that anything was flushed.
@@ -15,7 +15,6 @@ that anything was flushed.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import queue
@@ -28,6 +27,7 @@ from typing import Any
 
 import trio
 
+from appliance.domain import jsontext
 from appliance.store.migrations import NewerSchema, connect, create_private, migrate
 from appliance.store.retention import Retention, prune
 from appliance.store.rows import (
@@ -137,10 +137,16 @@ class _Batch:
             raise TypeError(f"the store cannot write a {kind.__name__}")
 
     def states(self) -> dict[str, tuple[Any, int, Meta | None]]:
-        """The latest value per id: lazy producers in arrival order, explicit writes on top."""
+        """The latest value per id: lazy producers in arrival order, explicit writes on top.
+        A producer that fails costs only its own states (logged), never the batch."""
         latest: dict[str, tuple[Any, int, Meta | None]] = {}
-        for produce, ts in self._lazy.values():
-            for state_id, value, meta in produce():
+        for key, (produce, ts) in self._lazy.items():
+            try:
+                produced = produce()
+            except Exception:
+                log.exception("database: the states of %.100r could not be computed", key)
+                continue
+            for state_id, value, meta in produced:
                 latest[state_id] = (value, ts, meta)
         latest.update(self._states)
         return latest
@@ -191,6 +197,7 @@ class Store:
         self.commits = 0
         #: rows the writer could not write in any form and skipped (logged each)
         self.skipped = 0
+        self._slow_path_logged = -math.inf
 
     # ------------------------------------------------------------------ life cycle
 
@@ -321,7 +328,7 @@ class Store:
                 _take(batch, first)
                 deadline = time.monotonic() + self.commit_interval
             # Group commit: gather until the deadline, then write in one transaction; a
-            # shutdown cuts the wait short (README "Running": exit within 5 s).
+            # shutdown cuts the wait short (README "Set-up": exit within 5 s).
             self._stopping.wait(max(0.0, deadline - time.monotonic()))
             stopping = self._drain(batch)
             deadline = time.monotonic() + self.commit_interval
@@ -368,13 +375,7 @@ class Store:
             )
 
     def _write(self, connection: sqlite3.Connection, batch: _Batch) -> bool:
-        try:
-            latest = batch.states()
-        except Exception:
-            # a producer that fails must not cost the batch: its states are skipped
-            log.exception("database: computing states failed; they are skipped")
-            batch._lazy.clear()
-            latest = batch.states()
+        latest = batch.states()
         state_rows = [(i, encode(value), ts) for i, (value, ts, _) in latest.items()]
         new_objects = [
             (state_id, *(meta or infer_meta(value)))
@@ -389,8 +390,18 @@ class Store:
                 raise
             except Exception as exc:
                 # A value SQLite cannot bind as given (an integer beyond 64 bits, a lone
-                # surrogate): write everything in a form it can take, row by row.
-                log.warning("database: %s; writing the batch value by value", exc)
+                # surrogate): write everything in a form it can take, row by row. Said
+                # once per SLOW_PATH_LOG_SEC: a peer sending such values every second
+                # must not fill the log.
+                now = time.monotonic()
+                if now >= self._slow_path_logged + SLOW_PATH_LOG_SEC:
+                    self._slow_path_logged = now
+                    log.warning(
+                        "database: %s; writing such batches value by value (logged once"
+                        " per %d min)",
+                        exc,
+                        SLOW_PATH_LOG_SEC // 60,
+                    )
                 self._commit_each(connection, batch, state_rows, new_objects)
         except sqlite3.OperationalError as exc:
             # Locked by another process, disk full: keep everything, retry next interval.
@@ -466,7 +477,9 @@ class Store:
         return prune(connection, self.retention)
 
 
-#: how often retention runs (README "Retention")
+#: how often the slow path of `_write` may say so in the log
+SLOW_PATH_LOG_SEC = 600
+#: how often retention runs (README "Storage design")
 PRUNE_EVERY_SEC = 60
 
 
@@ -497,7 +510,7 @@ def encode(value: Any) -> Any:
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return jsontext.dumps(value)
     return value
 
 
@@ -505,7 +518,7 @@ def bindable(value: Any) -> Any:
     """`value` in a form SQLite takes, losing nothing: an integer beyond 64 bits as its
     decimal text, a string with a lone surrogate (JSON allows `\\ud800`, UTF-8 does not)
     with that surrogate as its JSON escape, anything else as its JSON or str text.
-    (README "Durability": in `states.val` and TEXT columns the text stays as written; a
+    (README "Storage design": in `states.val` and TEXT columns the text stays as written; a
     column of INTEGER or REAL affinity keeps SQLite's nearest REAL.)"""
     kind = type(value)
     if kind is int:
@@ -523,8 +536,8 @@ def bindable(value: Any) -> Any:
     if kind is bool:
         return int(value)
     try:
-        return bindable(json.dumps(value, ensure_ascii=True, default=str))
-    except ValueError:
+        return bindable(jsontext.dumps(value, ensure_ascii=True))
+    except (ValueError, TypeError):
         return str(value)
 
 

@@ -16,7 +16,7 @@ from appliance.transport.websocket import WebSocket
 log = logging.getLogger("appliance")
 
 #: how long a peer gets to answer our close frame before the TCP stream is cut; short
-#: enough that shutdown (README "Running": exit within 5 s) has time left to flush
+#: enough that shutdown (README "Set-up": exit within 5 s) has time left to flush
 CLOSE_GRACE_SEC = 1.5
 
 

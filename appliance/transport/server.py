@@ -76,8 +76,7 @@ class Refusal(Exception):
 
 
 def identity_from_path(target: str) -> str:
-    """The last path segment of the request target, percent-decoded (README "What the
-    appliance does on the wire")."""
+    """The last path segment of the request target, percent-decoded (README "On the wire")."""
     path = urlsplit(target).path
     return unquote(path.rsplit("/", 1)[-1])
 
@@ -221,7 +220,7 @@ class Server:
         policy: Policy,
         peer_certificate: dict[str, Any] | None,
     ) -> Link | None:
-        """Answer the upgrade: 101 and a Link, or an HTTP refusal (README "Connecting")."""
+        """Answer the upgrade: 101 and a Link, or an HTTP refusal (README "On the wire")."""
         machine = ws.machine
         assert isinstance(machine, ServerProtocol)
         identity = identity_from_path(request.path)

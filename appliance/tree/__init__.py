@@ -7,6 +7,7 @@ per commit for the latest message of its kind.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -14,8 +15,9 @@ from functools import partial
 from typing import Any, ClassVar
 
 from appliance import domain
-from appliance.domain.clock import iso_now, order_key, time_suspect
-from appliance.domain.meter import CONTEXT_RANK
+from appliance.domain.clock import Stamp, iso_now, newer, stamp, time_suspect
+from appliance.domain.meter import CONTEXT_RANK, INSTANTANEOUS_UNITS
+from appliance.domain.status import state_of
 from appliance.store import (
     ChargePointRow,
     Meta,
@@ -32,6 +34,10 @@ from appliance.tree.vin import find_vin
 
 #: a state write below a charge point: its id without the prefix, value, description
 Write = tuple[str, Any, Meta | None]
+
+#: samples remembered per charge point to store a sample repeated in a later event of
+#: the same transaction once (MicroOcpp repeats Transaction.Begin in the Ended event)
+SAMPLES_REMEMBERED = 1024
 
 #: how many stopped sessions per charge point are remembered, so that a late event for
 #: one of them never reopens it
@@ -64,6 +70,7 @@ INFO: dict[str, Meta] = {
     "errorCode": _meta("string", "info.error", "station error code"),
     "vin": _meta("string", "info.vin", "vehicle identification number"),
     "lastViolation": _meta("string", "info.violation", "latest schema violation"),
+    "state": _meta("string", "info.state", "state (version-neutral)"),
 }
 CONNECTOR: dict[str, Meta] = {
     "status": _meta("string", "info.status", "connector status"),
@@ -71,6 +78,7 @@ CONNECTOR: dict[str, Meta] = {
     "vendorErrorCode": _meta("string", "info.error", "vendor error code"),
     "info": _meta("string", "info", "status info"),
     "statusTimestamp": _meta("string", "date", "status timestamp (charge point's clock)"),
+    "state": _meta("string", "info.state", "state (version-neutral)"),
 }
 TRANSACTIONS: dict[str, Meta] = {
     "active": _meta("boolean", "indicator.charging", "a transaction is running"),
@@ -112,11 +120,16 @@ _LAST_FIELDS = (
 )
 
 
-def _reading_writes(base: str, latest: dict[str, tuple[float, float, str]]) -> list[StateWrite]:
+#: the latest reading of one name: when it was taken, its value (None: not known while
+#: disconnected), its unit
+Latest = tuple[Stamp, float | None, str]
+
+
+def _reading_writes(base: str, latest: dict[str, Latest]) -> list[StateWrite]:
     writes: list[StateWrite] = []
     for name, (_, value, unit) in latest.items():
         writes.append(StateWrite(f"{base}.{name}", value, _reading_meta(name, unit)))
-        if name == "energyWh" and base.endswith(".meterValues"):
+        if name == "energyWh" and base.endswith(".meterValues") and value is not None:
             writes.append(StateWrite(f"{base}.energyKWh", round(value / 1000, 6), _KWH_META))
     return writes
 
@@ -155,12 +168,28 @@ class _Sessions:
 
 
 @dataclass(slots=True)
+class _Evse:
+    """What decides the state of an EVSE's connectors besides their status (2.x)."""
+
+    charging_state: str | None = None
+    running: bool = False
+    #: a transaction ended since the connector last reported Available
+    ended: bool = False
+
+
+@dataclass(slots=True)
 class _Station:
     prefix: str
     sessions: _Sessions = field(default_factory=_Sessions)
-    #: the latest reading per state base (`meterValues` or a connector) and name:
-    #: (ordering key, value, unit); an older sample delivered late never replaces it
-    readings: dict[str, dict[str, tuple[float, float, str]]] = field(default_factory=dict)
+    #: the latest reading per state base (`meterValues`, an EVSE or a connector) and
+    #: name; an older sample delivered late never replaces it
+    readings: dict[str, dict[str, Latest]] = field(default_factory=dict)
+    #: the raw status of each connector: (evse, connector) → status
+    statuses: dict[tuple[int, int | None], str] = field(default_factory=dict)
+    evses: dict[int, _Evse] = field(default_factory=dict)
+    #: samples of transactions already stored (see SAMPLES_REMEMBERED)
+    samples: OrderedDict[tuple[Any, ...], None] = field(default_factory=OrderedDict)
+    connected: bool = False
 
 
 class Tree:
@@ -217,6 +246,7 @@ class Tree:
 
     def connected(self, identity: str, subprotocol: str, remote: str) -> None:
         station = self._station(identity)
+        station.connected = True
         self.store.put(ChargePointRow(identity, station.prefix, now_ms()))
         self._set(
             identity,
@@ -228,7 +258,13 @@ class Tree:
         )
 
     def disconnected(self, identity: str) -> None:
+        """README "Readings": while disconnected an instantaneous reading is not known
+        (NULL), and the state is `offline`."""
+        station = self._station(identity)
+        station.connected = False
         self._set(identity, [("info.connected", False, INFO["connected"])])
+        self._instantaneous(station, list(station.readings), None, Stamp(None, time.time()))
+        self._states(identity, station)
 
     def seen(self, identity: str) -> None:
         self._set(identity, [("info.lastSeen", now_ms(), INFO["lastSeen"])])
@@ -299,11 +335,14 @@ class Tree:
         self._set(identity, [("info.lastHeartbeat", iso_now(), INFO["lastHeartbeat"])])
 
     def _status(self, identity: str, update: domain.ConnectorStatus) -> None:
+        station = self._station(identity)
         if update.evse_id is None:
             writes: list[Write] = [("info.status", update.status, INFO["status"])]
             if update.error_code is not None:
                 writes.append(("info.errorCode", update.error_code, INFO["errorCode"]))
             self._set(identity, writes)
+            station.statuses[(0, None)] = update.status
+            self._states(identity, station)
             return
         base = _connector_base(update.evse_id, update.connector_id)
         values = {
@@ -317,6 +356,65 @@ class Tree:
             identity,
             [(f"{base}.{k}", v, CONNECTOR[k]) for k, v in values.items() if v is not None],
         )
+        station.statuses[(update.evse_id, update.connector_id)] = update.status
+        if update.status == "Available":
+            # nothing plugged in: nothing flows (README "Readings")
+            evse = station.evses.setdefault(update.evse_id, _Evse())
+            evse.ended = False
+            when = stamp(update.timestamp, time.time())
+            bases = [base, f"evse.{update.evse_id}"]
+            if not station.sessions.active:
+                bases.append("meterValues")
+            self._instantaneous(station, bases, 0.0, when)
+        self._states(identity, station)
+
+    def _states(self, identity: str, station: _Station) -> None:
+        """The version-neutral state of every connector, and of the station
+        (`info.state`: its first connector's), README "The database", `state`."""
+        writes: list[Write] = []
+        first: str | None = None
+        for (evse_id, connector_id), status in sorted(
+            station.statuses.items(), key=lambda item: (item[0][0], item[0][1] or 0)
+        ):
+            if not evse_id:
+                continue
+            evse = station.evses.get(evse_id) or _Evse()
+            state = state_of(status, evse.charging_state, evse.running, evse.ended)
+            if not station.connected:
+                state = "offline"
+            base = _connector_base(evse_id, connector_id)
+            writes.append((f"{base}.state", state, CONNECTOR["state"]))
+            first = first or state
+        if first is None and (0, None) in station.statuses:
+            first = state_of(station.statuses[(0, None)], None, False, False)
+        if not station.connected:
+            first = "offline"
+        if first is not None:
+            writes.append(("info.state", first, INFO["state"]))
+        self._set(identity, writes)
+
+    def _instantaneous(
+        self, station: _Station, bases: list[str], value: float | None, when: Stamp
+    ) -> None:
+        """Power and current do not outlive what they describe (README "Readings"): at
+        the end of a session, when the connector is Available (0) and while disconnected
+        (None). Registers keep their value. A sample taken before `when` that arrives
+        later does not bring them back."""
+        prefix = station.prefix
+        for base in bases:
+            latest = station.readings.get(base)
+            if not latest:
+                continue
+            changed = False
+            for name, (_, known, unit) in list(latest.items()):
+                if unit in INSTANTANEOUS_UNITS and known != value:
+                    latest[name] = (when, value, unit)
+                    changed = True
+            if changed:
+                snapshot = dict(latest)
+                self.store.set_states_lazily(
+                    (prefix, base), partial(_reading_writes, f"{prefix}.{base}", snapshot)
+                )
 
     def _meter(self, identity: str, update: domain.MeterSample) -> None:
         station = self._station(identity)
@@ -326,21 +424,32 @@ class Tree:
             if session is not None and session.evse_id is not None:
                 update = replace(update, evse_id=session.evse_id, connector_id=session.connector_id)
         received = now_ms()
+        arrived = received / 1000
         rows: list[MeterValueRow] = []
-        best: dict[str, tuple[tuple[int, float], Any]] = {}
-        clock: dict[str | None, tuple[int, float]] = {}  # per timestamp text: parsed once
+        best: dict[str, tuple[int, Stamp, Any]] = {}
+        clock: dict[str | None, tuple[int, Stamp]] = {}  # per timestamp text: parsed once
+        samples = station.samples
         for r in update.readings:
-            stamp = r.sampled_at
-            if stamp not in clock:
-                clock[stamp] = (int(time_suspect(stamp)), order_key(stamp))
-            suspect, order = clock[stamp]
+            sampled_at = r.sampled_at
+            if sampled_at not in clock:
+                clock[sampled_at] = (int(time_suspect(sampled_at)), stamp(sampled_at, arrived))
+            suspect, when = clock[sampled_at]
+            if update.transaction_id is not None:
+                # the same sample in a later event of its transaction is stored once
+                key = (update.transaction_id, sampled_at, r.measurand, r.phase, r.location,
+                       r.context, r.value)  # fmt: skip
+                if key in samples:
+                    continue
+                samples[key] = None
+                if len(samples) > SAMPLES_REMEMBERED:
+                    samples.popitem(last=False)
             rows.append(
                 MeterValueRow(
                     identity,
                     update.evse_id,
                     update.connector_id,
                     update.transaction_id,
-                    stamp,
+                    sampled_at,
                     r.measurand,
                     r.phase,
                     r.location,
@@ -354,9 +463,10 @@ class Tree:
             if r.location not in _SESSION_LOCATIONS:
                 continue  # a grid-side (Inlet) or body reading is not the session's
             # the best reading of each name in this message: context first, then time
-            rank = (CONTEXT_RANK.get(r.context or "Sample.Periodic", 0), order)
-            if r.name not in best or rank >= best[r.name][0]:
-                best[r.name] = (rank, r)
+            rank = CONTEXT_RANK.get(r.context or "Sample.Periodic", 0)
+            found = best.get(r.name)
+            if found is None or rank > found[0] or (rank == found[0] and newer(when, found[1])):
+                best[r.name] = (rank, when, r)
         self.store.put_rows(rows)
         connector = _connector_base(update.evse_id, update.connector_id) if update.evse_id else None
         prefix = station.prefix
@@ -365,10 +475,10 @@ class Tree:
                 continue
             latest = station.readings.setdefault(base, {})
             changed = False
-            for name, ((_, order), r) in best.items():
+            for name, (_, when, r) in best.items():
                 known = latest.get(name)
-                if known is None or order >= known[0]:
-                    latest[name] = (order, r.value, r.unit)
+                if known is None or newer(when, known[0]):
+                    latest[name] = (when, r.value, r.unit)
                     changed = True
             if changed:
                 # States are the latest values: a snapshot per base, materialised once
@@ -379,7 +489,7 @@ class Tree:
                 )
         energy = best.get("energyWh")
         if energy is not None and update.transaction_id is not None:
-            self._set(identity, self._live_energy(station, update.transaction_id, energy[1].value))
+            self._set(identity, self._live_energy(station, update.transaction_id, energy[2].value))
 
     def _live_energy(self, station: _Station, transaction_id: str, register: float) -> list[Write]:
         sessions = station.sessions
@@ -414,6 +524,29 @@ class Tree:
             )
         )
         self._set(identity, self._session_writes(station.sessions, update))
+        self._connector_after(identity, station, update)
+
+    def _connector_after(
+        self, identity: str, station: _Station, update: domain.TransactionEvent
+    ) -> None:
+        """A session event changes the state of its EVSE; its end stops what flowed."""
+        session = station.sessions.known.get(update.transaction_id)
+        evse_id = update.evse_id or (session.evse_id if session else None)
+        if evse_id is None:
+            return
+        evse = station.evses.setdefault(evse_id, _Evse())
+        if update.charging_state is not None:
+            evse.charging_state = update.charging_state
+        if update.event == "Ended":
+            evse.running, evse.ended = False, True
+            connector = update.connector_id or (session.connector_id if session else None)
+            bases = [_connector_base(evse_id, connector), f"evse.{evse_id}"]
+            if not station.sessions.active:
+                bases.append("meterValues")
+            self._instantaneous(station, bases, 0.0, stamp(update.timestamp, time.time()))
+        elif session is None or not session.stopped:
+            evse.running, evse.ended = True, False
+        self._states(identity, station)
 
     def _session_writes(self, sessions: _Sessions, update: domain.TransactionEvent) -> list[Write]:
         tid = update.transaction_id

@@ -15,7 +15,11 @@ _SAFE = re.compile(r"[^A-Za-z0-9_~-]")
 
 
 def escape(segment: str) -> str:
-    return _SAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), segment)
+    # surrogatepass: a lone surrogate (valid JSON, no Unicode text) gets its bytes too
+    return _SAFE.sub(
+        lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8", "surrogatepass")),
+        segment,
+    )
 
 
 def unescape(segment: str) -> str:
@@ -23,7 +27,7 @@ def unescape(segment: str) -> str:
 
 
 def subprotocol_segment(subprotocol: str) -> str:
-    """The id segment of a subprotocol (README "Object tree"): ocpp1.6 → ocpp1_6."""
+    """The id segment of a subprotocol (README "`states` and `objects`"): ocpp1.6 → ocpp1_6."""
     return subprotocol.replace(".", "_")
 
 

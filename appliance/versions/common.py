@@ -8,13 +8,12 @@ the 1.6 transaction id (`TransactionIds`), which must be decided before the answ
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from appliance.domain import Update
+from appliance.domain import Update, jsontext
 from appliance.domain.meter import Reading, Unusable, reading
 from appliance.rpc import Fault
 from appliance.versions import tables
@@ -136,7 +135,7 @@ def text(value: Any) -> str | None:
     """A string field as stored: other JSON types are kept as their JSON text."""
     if value is None or isinstance(value, str):
         return value
-    return json.dumps(value, ensure_ascii=False)
+    return jsontext.dumps(value)
 
 
 def member(value: Any, key: str) -> dict[str, Any]:

@@ -110,7 +110,9 @@ def transaction_event(ctx: Context, payload: Payload) -> Payload:
             id_token=text(token.get("idToken")) if isinstance(token, dict) else None,
             seq_no=as_int(payload.get("seqNo")),
             offline=payload.get("offline") is True,
-            stop_reason=text(info.get("stoppedReason")),
+            # Part 2 E: stoppedReason "MAY only be omitted when Reason is Local"
+            stop_reason=text(info.get("stoppedReason")) or ("Local" if event == "Ended" else None),
+            charging_state=text(info.get("chargingState")),
             # the session's start register: a Transaction.Begin reading, or in the
             # Started event any register reading
             meter_start_wh=begin
