@@ -20,6 +20,7 @@ from appliance import __version__
 from appliance import config as configuration
 from appliance.config import Config, ConfigError
 from appliance.controls import Controls
+from appliance.mqtt import Bridge
 from appliance.rpc import DIALECTS, SchemaSet
 from appliance.security.policy import Policy, config_warnings
 from appliance.station import Stations
@@ -99,6 +100,10 @@ class Running:
     flushed: bool = False
     #: keys the command line set over the file's (`serve --port`); a SIGHUP keeps them
     overrides: dict[str, Any] = field(default_factory=dict)
+    #: the web dashboard and API ([web]), None when disabled
+    dashboard: Any = None
+    #: the MQTT bridge, when [mqtt] is configured
+    mqtt: Bridge | None = None
 
 
 class CannotListen(Exception):
@@ -124,6 +129,23 @@ async def listen(config: Config) -> list[trio.SocketListener]:
         elif exc.errno == errno.EACCES and 0 < config.port < 1024:
             hint = ": ports below 1024 need privileges; pick one above"
         raise CannotListen(f"cannot listen on {where}: {reason}{hint}") from None
+
+
+def listen_web(config: Config) -> Any:
+    """The web dashboard's socket ([web]), bound at start like the OCPP port; None when
+    disabled."""
+    if not config.web.enabled:
+        return None
+    from appliance.web import bind
+
+    try:
+        return bind(config)
+    except OSError as exc:
+        where = f"{config.web.host}:{config.web.port}"
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = ": another program uses it; pick another ([web] port) or [web] enabled = false"
+        raise CannotListen(f"cannot listen on {where} (web): {exc.strerror or exc}{hint}") from None
 
 
 def open_store(store: Store) -> Opened:
@@ -164,6 +186,12 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
     for warning in config_warnings(config):
         log.warning("config: %s", warning)
     listeners = await listen(config)
+    try:
+        web_socket = listen_web(config)
+    except CannotListen:
+        for listener in listeners:
+            await listener.aclose()
+        raise
     store = Store(
         config.database_path,
         config.storage.commit_interval_ms,
@@ -174,6 +202,8 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
     except BaseException:
         for listener in listeners:
             await listener.aclose()
+        if web_socket is not None:
+            web_socket.close()
         raise
     running = None
     try:
@@ -186,9 +216,27 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
             # stale commands are swept before the first charge point can connect
             await nursery.start(controls.run)
             await nursery.start(heartbeat, store)
+            bridge = None
+            if config.mqtt is not None:
+                bridge = Bridge(config, stations)
+                await nursery.start(bridge.run)
             await nursery.start(server.run, listeners)
             running = Running(server, stations, store, listeners[0].socket.getsockname()[1])
+            if web_socket is not None:
+                from appliance.web import Dashboard
+
+                running.dashboard = Dashboard(lambda: stations.config, stations, web_socket)
+                await nursery.start(running.dashboard.run)
+                log.info(
+                    "web dashboard and API on %s://%s:%d/",
+                    running.dashboard.scheme,
+                    config.web.host,
+                    running.dashboard.port,
+                )
+            running.mqtt = bridge
             yield running
+            if running.dashboard is not None:
+                running.dashboard.stop()
             await server.shutdown()
             # connections got CLOSE_GRACE_SEC to answer the close frame
             with trio.move_on_after(2):
@@ -256,6 +304,8 @@ async def reload(appliance: Running) -> None:
         kept = [key for key in RESTART_KEYS if getattr(new, key) != getattr(old, key)]
         if (new.tls is None) != (old.tls is None):
             kept.append("tls")  # ws:// ↔ wss:// on the same port would surprise everyone
+        if (new.mqtt is None) != (old.mqtt is None):
+            kept.append("mqtt")  # the bridge is a task started with the appliance
         if kept:
             new = configuration.replace(new, **{key: getattr(old, key) for key in kept})
             log.warning(
@@ -271,4 +321,6 @@ async def reload(appliance: Running) -> None:
     logging.getLogger().setLevel(new.log_level.upper())
     appliance.stations.policy = policy
     await server.reload(policy)
+    if appliance.mqtt is not None:
+        appliance.mqtt.reload(new)
     log.info("SIGHUP: config reloaded from %s", old.source)

@@ -84,6 +84,15 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_web_token(args: argparse.Namespace) -> int:
+    from appliance import passwords
+
+    token, digest = passwords.new_token()
+    print(f"token (give it to the script; shown once): {token}")
+    print(f'config ([web] api_token_hashes): "{digest}"')
+    return EXIT_OK
+
+
 def cmd_example_config(args: argparse.Namespace) -> int:
     print(configuration.EXAMPLE, end="")
     return EXIT_OK
@@ -419,6 +428,12 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str]] = {
         "example: ocpp-appliance hash-password < cp-garage.pass (or type it at the prompt),"
         ' then put the printed scrypt$ln=15,r=8,p=1$… line in [charge_points."CP-GARAGE"]'
         " password_hash",
+    ),
+    "web-token": (
+        cmd_web_token,
+        "print a new API token for the web API and the hash to put into [web] api_token_hashes",
+        "example: ocpp-appliance web-token, then curl -H 'Authorization: Bearer oat_…'"
+        " http://box:9080/api/charge-points",
     ),
     "status": (
         cmd_status,

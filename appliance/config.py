@@ -87,7 +87,7 @@ class ChargePoint(_Table, frozen=True):
 
 
 #: keys whose values are never shown: not by check-config, not in an error message
-SECRETS = frozenset({"password", "password_hash"})
+SECRETS = frozenset({"password", "password_hash", "api_token_hashes"})
 
 
 class Tls(_Table, frozen=True):
@@ -98,6 +98,62 @@ class Tls(_Table, frozen=True):
     cert: str
     key: str
     client_ca: str | None = None
+
+
+class Web(_Table, frozen=True):
+    """The web dashboard and HTTP API (README "Web dashboard and API"): a second
+    listener in the same process; https with the [tls] files when they are set."""
+
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    #: 9000 for charge points, 9080 for people
+    port: Port = 9080
+    #: the dashboard's login (`ocpp-appliance hash-password`); without it the dashboard
+    #: is read-only. Secret: never printed.
+    password_hash: str | None = None
+    #: hashes of API tokens for scripts (`ocpp-appliance web-token` prints a token and
+    #: its hash): `Authorization: Bearer <token>`. Secret: never printed.
+    api_token_hashes: list[str] = msgspec.field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"Web(enabled={self.enabled!r}, host={self.host!r}, port={self.port!r}, ...)"
+
+
+class Mqtt(_Table, frozen=True):
+    """MQTT with Home Assistant discovery (README "Home Assistant and MQTT"); off when the
+    table is absent. The password is a secret: never printed (check-config shows ***),
+    never in repr, a log line or the database."""
+
+    #: mqtt://host[:1883] or mqtts://host[:8883] (TLS); no user or password in it
+    url: NotEmpty
+    username: str | None = None
+    password: NotEmpty | None = None
+    #: or the password's file (its first line), relative to the config file's folder
+    password_file: str | None = None
+    #: mqtts: PEM CA the broker's certificate must chain to; default: the system's CAs
+    ca: str | None = None
+    client_id: NotEmpty = "ocpp-appliance"
+    base_topic: NotEmpty = "ocpp-appliance"
+    homeassistant_discovery: bool = True
+    discovery_prefix: NotEmpty = "homeassistant"
+    #: retained: `all` (values, availability, discovery), `discovery` (availability and
+    #: discovery only) or `none`
+    retain: Literal["all", "discovery", "none"] = "all"
+    #: a charge point's values are published at most this often (power: at most once a
+    #: second, whatever this says); 0.1 s keeps the read of the status view cheap
+    min_interval_sec: Annotated[float, msgspec.Meta(ge=0.1)] = 1.0
+    #: every state of the object tree too, under <base_topic>/<id path>
+    publish_all: bool = False
+    #: the idToken of Home Assistant's start-session button, used when the charge
+    #: point's `control.requestStartTransaction.idToken` is empty
+    start_id_token: str | None = None
+
+    def __repr__(self) -> str:
+        shown = {
+            k: MASK if k == "password" and v is not None else v
+            for k, v in msgspec.structs.asdict(self).items()
+        }
+        return f"Mqtt({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 class Authorization(_Table, frozen=True):
@@ -122,7 +178,9 @@ class Config(_Table, frozen=True):
     limits: Limits = msgspec.field(default_factory=Limits)
     device_model: DeviceModel = msgspec.field(default_factory=DeviceModel)
     tls: Tls | None = None
+    mqtt: Mqtt | None = None
     authorization: Authorization = msgspec.field(default_factory=Authorization)
+    web: Web = msgspec.field(default_factory=Web)
     charge_points: dict[str, ChargePoint] = msgspec.field(default_factory=dict)
     #: the file it came from (None: built-in defaults); not a config key
     source: str | None = None
@@ -373,10 +431,20 @@ def _choices(path: KeyPath) -> str:
 
 def _cross_checks(config: Config) -> Iterator[_Problem]:
     """What spans keys, or needs more than a type and a range."""
-    from appliance.passwords import parse_hash
+    from appliance.passwords import check_token_hash, parse_hash
 
     if not config.subprotocols:
         yield _Problem((), "", "enable16, enable201 and enable21 are all false: enable one")
+    if config.web.password_hash is not None:
+        try:
+            parse_hash(config.web.password_hash)
+        except ValueError as exc:
+            yield _Problem(("web", "password_hash"), "bad", str(exc))
+    for number, entry in enumerate(config.web.api_token_hashes):
+        try:
+            check_token_hash(entry)
+        except ValueError as exc:
+            yield _Problem(("web", "api_token_hashes", number), "bad", str(exc))
     for identity, settings in config.charge_points.items():
         at: KeyPath = ("charge_points", Key(identity))
         if settings.password_hash is not None:
@@ -386,6 +454,33 @@ def _cross_checks(config: Config) -> Iterator[_Problem]:
                 yield _Problem((*at, "password_hash"), "bad", str(exc))
         if settings.password is not None and settings.password_hash is not None:
             yield _Problem(at, "", "sets password and password_hash: keep one")
+    if config.mqtt is not None:
+        yield from _mqtt_checks(config.mqtt)
+
+
+def _mqtt_checks(mqtt: Mqtt) -> Iterator[_Problem]:
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(mqtt.url)
+        url.port  # noqa: B018 (raises ValueError when out of range)
+    except ValueError as exc:
+        yield _Problem(("mqtt", "url"), "bad", f"{exc}, not {_shown(mqtt.url)}")
+        return
+    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+        detail = f"expected mqtt://host[:port] or mqtts://host[:port], not {_shown(mqtt.url)}"
+        yield _Problem(("mqtt", "url"), "bad", detail)
+    elif url.username is not None or url.password is not None:
+        # the url is shown in messages and logs: the credentials have keys of their own
+        detail = "put the user and password in 'username' and 'password', not in the url"
+        yield _Problem(("mqtt", "url"), "bad", detail)
+    if mqtt.password is not None and mqtt.password_file is not None:
+        yield _Problem(("mqtt",), "", "sets password and password_file: keep one")
+    for name in ("base_topic", "discovery_prefix"):
+        topic = getattr(mqtt, name)
+        if any(c in topic for c in "+#\0") or topic.startswith("/") or topic.endswith("/"):
+            detail = f"a topic without +, # and a leading or trailing /, not {_shown(topic)}"
+            yield _Problem(("mqtt", name), "bad", detail)
 
 
 # ------------------------------------------------------------------------ line numbers
@@ -509,6 +604,11 @@ def to_toml(config: Config) -> str:
     tickets and forum posts."""
     data = msgspec.to_builtins(config)
     data.pop("source", None)
+    if data.get("mqtt") and data["mqtt"].get("password") is not None:
+        data["mqtt"]["password"] = MASK
+    for name in SECRETS & data["web"].keys():
+        if data["web"][name]:
+            data["web"][name] = MASK if name == "password_hash" else [MASK] * len(data["web"][name])
     for settings in data["charge_points"].values():
         for name in SECRETS & settings.keys():
             if settings[name] is not None:
@@ -567,6 +667,31 @@ id_tokens = []                  # e.g. ["04A2B3C4D5E6F7"]: only these RFID/idTok
 # key = "server.key"            # PEM, its private key (keep it readable by the service only)
 # client_ca = "cp-ca.crt"       # mutual TLS (profile 3): charge points need a certificate
 #                               # from this CA whose CN is their identity
+
+# The web dashboard and HTTP API: http://<box>:9080/ (https:// with [tls])
+[web]
+enabled = true
+host = "0.0.0.0"                # listen address; keep it on the LAN (or behind TLS)
+port = 9080
+# password_hash = "scrypt$ln=15,r=8,p=1$..."   # the dashboard's login (`ocpp-appliance
+#                                              # hash-password`); without it: read-only
+# api_token_hashes = ["sha256$..."]            # `ocpp-appliance web-token` prints a token
+#                                              # for scripts and the hash to put here
+
+# MQTT with Home Assistant discovery (README "Home Assistant and MQTT"): uncomment
+# [mqtt]
+# url = "mqtt://homeassistant.local:1883"   # or mqtts://host:8883 (TLS)
+# username = "ocpp"
+# password_file = "mqtt.password"  # or password = "..." (check-config shows ***)
+# ca = "broker-ca.crt"          # mqtts: the CA of the broker's certificate; default: system's
+# client_id = "ocpp-appliance"
+# base_topic = "ocpp-appliance" # <base_topic>/<identity>/power_w, …/set/chargeLimit
+# homeassistant_discovery = true
+# discovery_prefix = "homeassistant"
+# retain = "all"                # all, discovery (availability and discovery only), none
+# min_interval_sec = 1.0        # a charge point's values at most this often (power: 1 s)
+# publish_all = false           # every state of the object tree too (ioBroker style)
+# start_id_token = "HA"         # the idToken of Home Assistant's start-session button
 
 # Per charge point settings, by identity:
 # [charge_points."CP-GARAGE"]

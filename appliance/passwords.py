@@ -119,3 +119,37 @@ def rule_problem(password: str) -> str | None:
     if not 16 <= len(password) <= 40:
         return f"OCPP asks for 16-40 characters, this one has {len(password)}"
     return "OCPP allows only letters, digits and *-_=:+|@. in a password"
+
+
+# ------------------------------------------------------------------ API tokens
+
+#: an API token of the web API (README "Web dashboard and API"): 32 random bytes. Being
+#: random and long, it needs no slow KDF: its SHA-256 is stored, so that whoever reads
+#: the config cannot use it, and a request costs one hash.
+TOKEN_PREFIX = "oat_"
+_TOKEN_HASH = re.compile(r"^sha256\$[0-9a-f]{64}$")
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh token and the `api_token_hashes` entry for it."""
+    token = TOKEN_PREFIX + base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
+    return token, token_hash(token)
+
+
+def token_hash(token: str) -> str:
+    return "sha256$" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_token_hash(text: str) -> None:
+    """ValueError unless `text` is what `new_token` makes (never quoting it)."""
+    if not _TOKEN_HASH.match(text):
+        raise ValueError("not a token hash from `ocpp-appliance web-token` (sha256$<64 hex>)")
+
+
+def token_matches(token: str, hashes: list[str]) -> bool:
+    """Constant-time against each stored hash."""
+    digest = token_hash(token)
+    found = False
+    for stored in hashes:
+        found |= hmac.compare_digest(digest, stored)
+    return found

@@ -98,7 +98,8 @@ rm -rf "$root/dist/ocpp-appliance"
     > "$work/contents.txt"
 for needed in appliance.app appliance.cli appliance._build appliance.transport.server \
     appliance.store trio websockets.server websockets.speedups jsonschema_rs msgspec tomli_w \
-    appliance/schemas.zip; do
+    appliance/schemas.zip appliance/web/static/uPlot.iife.min.js \
+    appliance/web/templates/overview.html starlette hypercorn.trio jinja2; do
     # a module is listed by name ('trio'), an extension by file ('websockets/speedups.cpython-…so')
     grep -q -F -e "'$needed'" -e "'${needed//.//}." "$work/contents.txt" \
         || { echo "build.sh: $needed is not in dist/ocpp-appliance" >&2; exit 1; }

@@ -153,6 +153,9 @@ def test_config(extra_config: str) -> str:
     only the answers it waits for."""
     if "[device_model]" not in extra_config:
         extra_config += "\n[device_model]\nfetch_on_boot = false\n"
+    if "[web]" not in extra_config:
+        # the web dashboard on a free port: tests may run several appliances at once
+        extra_config += '\n[web]\nhost = "127.0.0.1"\nport = 0\n'
     return TEST_CONFIG + extra_config
 
 

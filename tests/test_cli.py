@@ -26,6 +26,8 @@ from conftest import appliance_command, run_cli, start_appliance_process, wait_f
 
 #: the subcommands of README "Command line"
 SUBCOMMANDS = [
+    # issue 14: API tokens for the web API, stored hashed in the config
+    "web-token",
     "serve",
     "check-config",
     "example-config",

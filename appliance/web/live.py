@@ -1,0 +1,132 @@
+"""The live part of the dashboard: one poller for every open page, fanned out to each
+Server-Sent Events stream (README "Web dashboard and API").
+
+At most once a second, and only while a page is open, the poller asks the database
+whether anything was committed since its last look (PRAGMA data_version, one cheap
+call), and if so reads `charge_point_status` and sends each row that changed; pages
+that asked for states by glob also get the states written since. Connection events
+come from the stations' hub at once. A stream that does not keep up (a slow or hostile
+browser) is dropped — the browser's EventSource reconnects and starts with a fresh
+snapshot — so nothing here ever waits on a client, and the OCPP side never waits on
+anything here (the hub's `publish` never blocks).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from appliance.station import Stations
+from appliance.station.station import Connected, Disconnected
+from appliance.store.web_queries import WebReader
+
+log = logging.getLogger("appliance")
+
+#: the poller's period: "live" to a person, and at most one query a second whatever
+#: the number of open pages
+POLL_SEC = 1.0
+#: events one stream may fall behind by before it is dropped (a full snapshot of 100
+#: charge points is 100 events)
+STREAM_BUFFER = 256
+
+
+@dataclass(eq=False, slots=True)
+class Stream:
+    """One open page's feed: (event name, data) pairs."""
+
+    send: trio.MemorySendChannel[tuple[str, Any]]
+    #: states GLOB patterns this page wants (full ids), empty: none
+    globs: tuple[str, ...] = ()
+    matcher: Callable[[str], bool] = field(default=lambda _id: False)
+
+
+class Live:
+    def __init__(self, reader: WebReader, stations: Stations | None, run: Any) -> None:
+        """`run(fn, *args)`: a blocking call in a worker thread (the web side's limiter)."""
+        self.reader = reader
+        self.stations = stations
+        self.run = run
+        self.streams: set[Stream] = set()
+        self._snapshot: dict[str, dict[str, Any]] = {}
+        self._version: int | None = None
+        self._states_ts: int | None = None
+
+    def open(self, globs: tuple[str, ...] = ()) -> tuple[Stream, trio.MemoryReceiveChannel]:
+        send, receive = trio.open_memory_channel[tuple[str, Any]](STREAM_BUFFER)
+        patterns = tuple(globs)
+
+        def matcher(state_id: str) -> bool:
+            return any(fnmatch.fnmatchcase(state_id, p) for p in patterns)
+
+        stream = Stream(send, patterns, matcher)
+        self.streams.add(stream)
+        return stream, receive
+
+    def close(self, stream: Stream) -> None:
+        self.streams.discard(stream)
+        stream.send.close()
+
+    def _publish(self, name: str, data: Any) -> None:
+        for stream in list(self.streams):
+            self._send(stream, name, data)
+
+    def _send(self, stream: Stream, name: str, data: Any) -> None:
+        try:
+            stream.send.send_nowait((name, data))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            # it fell behind: drop it, the browser reconnects with a fresh snapshot
+            self.close(stream)
+
+    async def run_forever(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            if self.stations is not None:
+                nursery.start_soon(self._connections, self.stations.subscribe())
+            task_status.started()
+            while True:
+                await trio.sleep(POLL_SEC)
+                if not self.streams:
+                    self._version = None
+                    continue
+                try:
+                    await self._poll()
+                except Exception as exc:  # a locked or busy database: try again
+                    log.warning("web: reading the database for live updates failed: %s", exc)
+
+    async def _poll(self) -> None:
+        version = await self.run(self.reader.data_version)
+        if version == self._version:
+            return
+        self._version = version
+        rows = await self.run(self.reader.charge_points)
+        for row in rows:
+            if self._snapshot.get(row["identity"]) != row:
+                self._snapshot[row["identity"]] = row
+                self._publish("status", row)
+        if any(stream.globs for stream in self.streams):
+            if self._states_ts is None:
+                self._states_ts = await self.run(self.reader.latest_state_ts)
+            changed = await self.run(self.reader.states_since, self._states_ts)
+            if changed:
+                self._states_ts = max(row["ts"] for row in changed)
+            for stream in list(self.streams):
+                mine = [row for row in changed if stream.matcher(row["id"])]
+                if mine:
+                    self._send(stream, "states", mine)
+        else:
+            self._states_ts = None
+
+    async def _connections(self, events: trio.MemoryReceiveChannel[Any]) -> None:
+        async with events:
+            async for event in events:
+                identity = event.station.identity
+                if isinstance(event, Connected):
+                    self._publish("connection", {"identity": identity, "connected": 1})
+                elif isinstance(event, Disconnected) and event.current:
+                    self._publish("connection", {"identity": identity, "connected": 0})

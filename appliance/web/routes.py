@@ -1,0 +1,490 @@
+"""The dashboard's pages and its JSON API, as a Starlette application (README "Web
+dashboard and API"). Every database call runs in a worker thread under one capacity
+limiter; the pages are rendered by Jinja2 and use the same API as scripts do."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette_csrf import CSRFMiddleware
+
+from appliance.config import Config
+from appliance.errors import ReaderError
+from appliance.store.queries import write_controls
+from appliance.store.web_queries import WebReader
+from appliance.web.access import SESSION_MAX_AGE_SEC, Access, Login
+from appliance.web.live import Live
+
+log = logging.getLogger("appliance")
+
+HERE = Path(__file__).parent
+RANGES_MS = {"hour": 3_600_000, "day": 86_400_000, "week": 7 * 86_400_000}
+#: what a control write may touch, relative to the charge point: the controls, 1.6
+#: configuration keys and the 2.x Device Model (the trigger refuses what is read-only)
+WRITABLE = re.compile(r"^(control|config|dm)\.[^*?\[\]]+$")
+#: SSE keep-alive: a comment line now and then keeps proxies and phones from closing
+KEEPALIVE_SEC = 15.0
+SESSION_COOKIE = "oa_session"
+CSRF_COOKIE = "oa_csrf"
+CSRF_HEADER = "x-csrftoken"
+
+
+class Web:
+    """What the routes share: the config in force, the reader, the live feed."""
+
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        reader: WebReader,
+        live: Live,
+        access: Access,
+        limiter: trio.CapacityLimiter,
+    ) -> None:
+        self.config = config
+        self.reader = reader
+        self.live = live
+        self.access = access
+        self.limiter = limiter
+        self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        self.templates.env.filters["ago"] = _ago
+        self.templates.env.filters["when"] = _when
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    # ------------------------------------------------------------------ access
+
+    async def user(self, request: Request) -> str | None:
+        """ "token", "session" or None. With an Authorization header only the token
+        counts (and CSRF does not apply: a browser never adds that header by itself)."""
+        header = request.headers.get("authorization")
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            host = request.client.host if request.client else "?"
+            if scheme.lower() == "bearer" and await self.access.token(host, token.strip()):
+                return "token"
+            raise HTTPException(401, "wrong or unknown API token", {"WWW-Authenticate": "Bearer"})
+        if self.access.session_valid(request.session):
+            return "session"
+        return None
+
+    async def require(self, request: Request) -> str:
+        who = await self.user(request)
+        if who is None:
+            hint = "log in" if self.access.login_possible else _NO_PASSWORD_HINT
+            raise HTTPException(401, f"this needs a login: {hint}")
+        return who
+
+
+_NO_PASSWORD_HINT = (
+    "the dashboard is read-only until [web] password_hash is set"
+    " (ocpp-appliance hash-password, then kill -HUP)"
+)
+
+
+def _ms(text: str | None, default: int) -> int:
+    """A time in a query: ms since the epoch, or ISO 8601 (UTC unless it says)."""
+    if text is None or text == "":
+        return default
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise HTTPException(400, f"not a time: {text!r} (ms since the epoch or ISO 8601)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def _int(text: str | None, default: int, name: str) -> int:
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise HTTPException(400, f"{name} must be a whole number") from None
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _ago(ms: Any) -> str:
+    if not isinstance(ms, int | float):
+        return "-"
+    seconds = max(0, (_now_ms() - ms) / 1000)
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 129600:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} d ago"
+
+
+def _when(ms: Any) -> str:
+    if not isinstance(ms, int | float):
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def build(web: Web, tls: bool) -> ASGIApp:
+    """The ASGI application: sessions outside, CSRF (unless a Bearer token) inside."""
+
+    async def charge_point_or_404(identity: str) -> dict[str, Any]:
+        found = await web.run(web.reader.charge_point, identity)
+        if found is None:
+            raise HTTPException(404, f"no charge point {identity!r} has ever connected")
+        return found
+
+    # ------------------------------------------------------------------ pages
+
+    async def page(request: Request, name: str, **context: Any) -> Response:
+        who = await web.user(request)
+        return web.templates.TemplateResponse(
+            request,
+            name,
+            {
+                "logged_in": who is not None,
+                "login_possible": web.access.login_possible,
+                **context,
+            },
+        )
+
+    async def overview(request: Request) -> Response:
+        points = await web.run(web.reader.charge_points)
+        refused = await web.run(web.reader.refused, _now_ms() - RANGES_MS["week"])
+        known = {p["identity"] for p in points}
+        refused = [r for r in refused if r["identity"] not in known or r["reason"]]
+        return await page(request, "overview.html", points=points, refused=refused)
+
+    async def charge_point_page(request: Request) -> Response:
+        identity = request.path_params["identity"]
+        point = await charge_point_or_404(identity)
+        prefix = point["prefix"]
+        states = await web.run(web.reader.states, f"{prefix}.*")
+        values = {s["id"][len(prefix) + 1 :]: s for s in states}
+        sessions = await web.run(web.reader.sessions, identity, 0, _now_ms() + 1, 20)
+        log_rows = await web.run(web.reader.connection_log, identity, None, 30)
+        writable = [
+            (name, s)
+            for name, s in values.items()
+            if s["writable"] and name.startswith(("config.", "dm."))
+        ]
+        return await page(
+            request,
+            "charge_point.html",
+            point=point,
+            values=values,
+            sessions=sessions,
+            log_rows=log_rows,
+            writable=writable,
+        )
+
+    async def login_page(request: Request) -> Response:
+        return await page(request, "login.html")
+
+    # -------------------------------------------------------------------- API
+
+    async def me(request: Request) -> Response:
+        who = await web.user(request)
+        return JSONResponse(
+            {"logged_in": who is not None, "via": who, "login_possible": web.access.login_possible}
+        )
+
+    async def login(request: Request) -> Response:
+        try:
+            body = await request.json()
+            password = body["password"]
+            assert isinstance(password, str)
+        except (ValueError, KeyError, TypeError, AssertionError):
+            raise HTTPException(400, 'send {"password": "…"} as JSON') from None
+        host = request.client.host if request.client else "?"
+        result = await web.access.login(host, password)
+        if result is not Login.OK:
+            status = {Login.WRONG: 401, Login.BUSY: 429, Login.NO_PASSWORD: 409}[result]
+            return JSONResponse({"error": result.value}, status)
+        request.session.clear()
+        request.session.update({"user": "admin", "pw": web.access.fingerprint()})
+        return JSONResponse({"logged_in": True})
+
+    async def logout(request: Request) -> Response:
+        request.session.clear()
+        return JSONResponse({"logged_in": False})
+
+    async def charge_points(request: Request) -> Response:
+        return JSONResponse(await web.run(web.reader.charge_points))
+
+    async def charge_point(request: Request) -> Response:
+        return JSONResponse(await charge_point_or_404(request.path_params["identity"]))
+
+    async def states(request: Request) -> Response:
+        point = await charge_point_or_404(request.path_params["identity"])
+        pattern = request.query_params.get("glob", "*")
+        rows = await web.run(web.reader.states, f"{point['prefix']}.{pattern}")
+        return JSONResponse(rows)
+
+    async def sessions(request: Request) -> Response:
+        identity = request.path_params.get("identity") or request.query_params.get("identity")
+        now = _now_ms()
+        since = _ms(request.query_params.get("since"), now - 31 * RANGES_MS["day"])
+        until = _ms(request.query_params.get("until"), now + 1)
+        limit = _int(request.query_params.get("limit"), 1000, "limit")
+        rows = await web.run(web.reader.sessions, identity, since, until, limit)
+        if request.query_params.get("format") == "csv" or request.url.path.endswith(".csv"):
+            out = io.StringIO()
+            columns = list(rows[0]) if rows else ["identity", "transaction_id"]
+            writer = csv.DictWriter(out, columns)
+            writer.writeheader()
+            writer.writerows(rows)
+            name = f"sessions-{identity or 'all'}.csv".replace("/", "_").replace('"', "_")
+            return Response(
+                out.getvalue(),
+                media_type="text/csv; charset=utf-8",
+                headers={"Content-Disposition": f'attachment; filename="{name}"'},
+            )
+        return JSONResponse(rows)
+
+    async def meter_values(request: Request) -> Response:
+        identity = request.path_params["identity"]
+        await charge_point_or_404(identity)
+        query = request.query_params
+        measurand = query.get("measurand", "Power.Active.Import")
+        now = _now_ms()
+        span = RANGES_MS.get(query.get("range", "hour"))
+        if span is None:
+            raise HTTPException(400, f"range is one of {', '.join(RANGES_MS)}")
+        until = _ms(query.get("until"), now + 1)
+        since = _ms(query.get("since"), until - span)
+        points = _int(query.get("points"), 500, "points")
+        rows = await web.run(web.reader.series, identity, measurand, since, until, points)
+        return JSONResponse(
+            {"identity": identity, "measurand": measurand, "since": since, "until": until,
+             "points": rows}
+        )  # fmt: skip
+
+    async def connection_log(request: Request) -> Response:
+        query = request.query_params
+        identity = request.path_params.get("identity") or query.get("identity")
+        limit = _int(query.get("limit"), 100, "limit")
+        rows = await web.run(web.reader.connection_log, identity, query.get("event"), limit)
+        return JSONResponse(rows)
+
+    async def refused(request: Request) -> Response:
+        since = _ms(request.query_params.get("since"), _now_ms() - RANGES_MS["week"])
+        return JSONResponse(await web.run(web.reader.refused, since))
+
+    async def frames(request: Request) -> Response:
+        await web.require(request)
+        identity = request.path_params["identity"]
+        query = request.query_params
+        limit = _int(query.get("limit"), 50, "limit")
+        rows = await web.run(web.reader.frames, identity, query.get("action") or None, limit)
+        actions = await web.run(web.reader.actions, identity)
+        return JSONResponse({"actions": actions, "frames": rows})
+
+    async def control(request: Request) -> Response:
+        """Write controls as `ocpp-appliance set` does, wait for the outcome."""
+        await web.require(request)
+        point = await charge_point_or_404(request.path_params["identity"])
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(400, "the body is not JSON") from None
+        if isinstance(body, dict) and "id" in body:
+            writes = [(body["id"], body.get("value"))]
+        elif isinstance(body, dict) and isinstance(body.get("writes"), dict):
+            writes = list(body["writes"].items())
+        else:
+            raise HTTPException(
+                400, 'send {"id": "control.chargeLimit", "value": 16} or {"writes": {…}}'
+            )
+        for name, value in writes:
+            if not isinstance(name, str) or not WRITABLE.match(name):
+                raise HTTPException(400, f"{name!r}: only control.*, config.* and dm.* are written")
+            if isinstance(value, dict | list):
+                raise HTTPException(400, f"{name}: write JSON as a string")
+        ids = [f"{point['prefix']}.{name}" for name, _ in writes]
+        path = web.config().database_path
+        started = _now_ms()
+        try:
+            values = [(i, v) for i, (_, v) in zip(ids, writes, strict=True)]
+            seq = await web.run(write_controls, path, values)
+        except ReaderError as exc:
+            return JSONResponse({"ok": False, "error": str(exc)}, 400)
+        who = "token" if "authorization" in request.headers else "session"
+        log.info("web: control %s written (by %s)", ", ".join(ids), who)
+        deadline = trio.current_time() + web.config().call_timeout_sec + 10
+        while await web.run(web.reader.queued, seq):
+            if trio.current_time() > deadline:
+                return JSONResponse({"ok": None, "error": "no outcome yet", "ids": ids}, 504)
+            await trio.sleep(0.1)
+        outcomes = []
+        for state_id in ids:
+            found = await web.run(web.reader.outcome, state_id)
+            if found is not None and found["ts"] >= started - 1000:
+                outcomes.append(found)
+        ok = all(o["ok"] for o in outcomes) if outcomes else True
+        last = outcomes[-1] if outcomes else {}
+        return JSONResponse(
+            {"ok": ok, "error": last.get("error"), "outcomes": outcomes}, 200 if ok else 422
+        )
+
+    async def events(request: Request) -> Response:
+        """Server-Sent Events: a snapshot of every charge point first, then each
+        change (`status`, `connection`, and `states` for `?states=GLOB`)."""
+        globs = tuple(request.query_params.getlist("states"))
+        snapshot = await web.run(web.reader.charge_points)
+        stream, receive = web.live.open(globs)
+
+        async def body() -> AsyncIterator[str]:
+            try:
+                for row in snapshot:
+                    yield _event("status", row)
+                while True:
+                    with trio.move_on_after(KEEPALIVE_SEC) as waited:
+                        try:
+                            name, data = await receive.receive()
+                        except trio.EndOfChannel:
+                            return
+                    if waited.cancelled_caught:
+                        yield ": keep-alive\n\n"
+                        continue
+                    yield _event(name, data)
+            finally:
+                web.live.close(stream)
+
+        return StreamingResponse(
+            body(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": exc.detail}, exc.status_code, exc.headers)
+        return web.templates.TemplateResponse(
+            request,
+            "error.html",
+            {"status": exc.status_code, "detail": exc.detail, "logged_in": False,
+             "login_possible": web.access.login_possible},
+            status_code=exc.status_code,
+        )  # fmt: skip
+
+    cp = "/api/charge-points/{identity}"
+    routes = [
+        Route("/", overview),
+        Route("/cp/{identity}", charge_point_page),
+        Route("/login", login_page),
+        Route("/api/me", me),
+        Route("/api/login", login, methods=["POST"]),
+        Route("/api/logout", logout, methods=["POST"]),
+        Route("/api/charge-points", charge_points),
+        Route(cp, charge_point),
+        Route(f"{cp}/states", states),
+        Route(f"{cp}/sessions", sessions),
+        Route(f"{cp}/sessions.csv", sessions),
+        Route(f"{cp}/meter-values", meter_values),
+        Route(f"{cp}/connection-log", connection_log),
+        Route(f"{cp}/frames", frames),
+        Route(f"{cp}/controls", control, methods=["POST"]),
+        Route("/api/sessions", sessions),
+        Route("/api/sessions.csv", sessions),
+        Route("/api/connection-log", connection_log),
+        Route("/api/refused", refused),
+        Route("/api/events", events),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: error})
+    csrf = CSRFMiddleware(
+        app,
+        web.access.csrf_secret,
+        cookie_name=CSRF_COOKIE,
+        header_name=CSRF_HEADER,
+        cookie_secure=tls,
+        cookie_samesite="strict",
+    )
+    checked = _CsrfUnlessBearer(app, csrf)
+    sessions_app = SessionMiddleware(
+        checked,
+        web.access.session_secret,
+        session_cookie=SESSION_COOKIE,
+        max_age=SESSION_MAX_AGE_SEC,
+        same_site="strict",
+        https_only=tls,
+    )
+    return _SecurityHeaders(sessions_app)
+
+
+def _event(name: str, data: Any) -> str:
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+class _CsrfUnlessBearer:
+    """CSRF protection (starlette-csrf's double-submit cookie) on every request that a
+    browser could send by itself; a request with an Authorization header is a script's
+    (browsers never add one to a cross-site request) and is checked by its token."""
+
+    def __init__(self, app: ASGIApp, csrf: ASGIApp) -> None:
+        self.app = app
+        self.csrf = csrf
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and any(k == b"authorization" for k, _ in scope["headers"]):
+            await self.app(scope, receive, send)
+        else:
+            await self.csrf(scope, receive, send)
+
+
+#: no inline script anywhere: the pages load /static/app.js; uPlot sets styles from JS
+_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';"
+    " img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none';"
+    " form-action 'self'"
+)
+
+
+class _SecurityHeaders:
+    """The headers every answer carries (a browser's defences: no framing, no sniffing,
+    no inline script, no referrer)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("Content-Security-Policy", _CSP)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("Referrer-Policy", "no-referrer")
+                headers.setdefault("X-Frame-Options", "DENY")
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

@@ -1,0 +1,229 @@
+// ocpp-appliance dashboard: live values over Server-Sent Events, controls through the
+// JSON API (README "Web dashboard and API"). No build step, no inline script.
+"use strict";
+
+function csrfToken() {
+  const m = document.cookie.match(/(?:^|;\s*)oa_csrf=([^;]+)/);
+  return m ? decodeURIComponent(m[1]) : "";
+}
+
+async function api(method, url, body) {
+  const headers = { "x-csrftoken": csrfToken() };
+  if (body !== undefined) headers["content-type"] = "application/json";
+  const response = await fetch(url, {
+    method, headers, credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  let data = null;
+  try { data = await response.json(); } catch (e) { data = { error: response.statusText }; }
+  return { status: response.status, data };
+}
+
+function fmt(value, digits) {
+  if (value === null || value === undefined) return "-";
+  return digits === 0 ? String(Math.round(value)) : Number(value).toFixed(digits);
+}
+
+function ago(ms) {
+  if (!ms) return "-";
+  const s = Math.max(0, (Date.now() - ms) / 1000);
+  if (s < 90) return Math.round(s) + " s ago";
+  if (s < 5400) return Math.round(s / 60) + " min ago";
+  if (s < 129600) return Math.round(s / 3600) + " h ago";
+  return Math.round(s / 86400) + " d ago";
+}
+
+// ---------------------------------------------------------------- live values
+
+function applyStatus(root, row) {
+  const set = (field, text) => {
+    for (const el of root.querySelectorAll(`[data-field="${field}"]`)) {
+      el.textContent = text;
+      if (field === "state") el.className = "badge state-" + text;
+    }
+  };
+  set("state", row.state || "offline");
+  set("power_w", fmt(row.power_w, 0));
+  set("energy_kwh", fmt(row.energy_kwh, 3));
+  set("tx_energy_kwh", fmt(row.tx_energy_kwh, 3));
+  set("tx_active", row.tx_active ? "(charging session)" : "");
+  set("connected", row.connected ? "yes" : "no");
+  set("charge_limit", row.charge_limit === null ? "none" : String(row.charge_limit));
+  for (const el of root.querySelectorAll('[data-field="last_seen"]')) {
+    el.dataset.ms = row.last_seen || "";
+    el.textContent = ago(row.last_seen);
+  }
+}
+
+function findByIdentity(identity) {
+  return [...document.querySelectorAll("[data-identity]")].filter(
+    (el) => el.dataset.identity === identity);
+}
+
+function listen(onStatus) {
+  const source = new EventSource("/api/events");
+  source.addEventListener("status", (e) => {
+    const row = JSON.parse(e.data);
+    for (const el of findByIdentity(row.identity)) applyStatus(el, row);
+    if (onStatus) onStatus(row);
+  });
+  source.addEventListener("connection", (e) => {
+    const event = JSON.parse(e.data);
+    for (const el of findByIdentity(event.identity)) {
+      for (const c of el.querySelectorAll('[data-field="connected"]')) c.textContent = event.connected ? "yes" : "no";
+    }
+  });
+  setInterval(() => {
+    for (const el of document.querySelectorAll('[data-field="last_seen"]')) {
+      if (el.dataset.ms) el.textContent = ago(Number(el.dataset.ms));
+    }
+  }, 5000);
+  return source;
+}
+
+// ---------------------------------------------------------------------- chart
+
+const PHASE_COLORS = { total: "#0b6bcb", L1: "#c0392b", L2: "#27ae60", L3: "#8e44ad" };
+
+class PowerChart {
+  constructor(el, identity) {
+    this.el = el; this.identity = identity; this.range = "hour"; this.plot = null;
+    this.series = {};  // phase -> Map(t -> value)
+  }
+  async load(range) {
+    this.range = range;
+    const url = `/api/charge-points/${encodeURIComponent(this.identity)}/meter-values` +
+      `?measurand=Power.Active.Import&range=${range}&points=600`;
+    const { data } = await api("GET", url);
+    this.series = {};
+    for (const p of data.points || []) {
+      const phase = p.phase || "total";
+      (this.series[phase] = this.series[phase] || new Map()).set(Math.floor(p.t / 1000), p.value);
+    }
+    this.draw();
+  }
+  add(row) {  // a live status row: append the total power (the hour view only)
+    if (this.range !== "hour" || row.power_w === null || row.power_w === undefined) return;
+    const t = Math.floor(Date.now() / 1000);
+    (this.series.total = this.series.total || new Map()).set(t, row.power_w);
+    this.draw();
+  }
+  draw() {
+    const phases = Object.keys(this.series).sort();
+    const times = [...new Set(phases.flatMap((p) => [...this.series[p].keys()]))].sort((a, b) => a - b);
+    const data = [times, ...phases.map((p) => times.map((t) => this.series[p].has(t) ? this.series[p].get(t) : null))];
+    const width = Math.max(280, this.el.clientWidth);
+    const opts = {
+      width, height: 260, spanGaps: true,
+      series: [{}, ...phases.map((p) => ({ label: p === "total" ? "Power W" : `${p} W`, stroke: PHASE_COLORS[p] || "#555", width: 2 }))],
+      axes: [{}, { size: 60 }],
+    };
+    if (this.plot && this.plot.series.length === phases.length + 1) {
+      this.plot.setData(data);
+    } else {
+      if (this.plot) this.plot.destroy();
+      this.plot = new uPlot(opts, data, this.el);
+    }
+    this.el.dataset.points = String(times.length);
+    const last = data.length > 1 && times.length ? data[data.length - 1][times.length - 1] : null;
+    this.el.dataset.last = last === null ? "" : String(last);
+  }
+}
+
+// ------------------------------------------------------------------- controls
+
+function writesOf(form) {
+  const kind = form.dataset.kind;
+  const get = (name) => form.elements[name].value;
+  if (kind === "limit") {
+    return {
+      "control.chargeLimitType": get("unit"),
+      "control.numberOfPhases": Number(get("phases")),
+      "control.chargeLimit": Number(get("limit")),
+    };
+  }
+  if (kind === "start") {
+    return { "control.requestStartTransaction.idToken": get("idToken"),
+             "control.requestStartTransaction.trigger": 1 };
+  }
+  if (kind === "value") return { [form.dataset.id]: get("value") };
+  return JSON.parse(form.dataset.writes);
+}
+
+function setupControls(identity) {
+  const outcome = document.getElementById("outcome");
+  for (const form of document.querySelectorAll("#cp form")) {
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
+      const writes = writesOf(form);
+      const names = Object.keys(writes).join(", ");
+      if (outcome) { outcome.className = "outcome"; outcome.textContent = `${names}: sent, waiting for the answer…`; }
+      const { status, data } = await api("POST", `/api/charge-points/${encodeURIComponent(identity)}/controls`, { writes });
+      if (!outcome) return;
+      if (status === 200 && data.ok) {
+        outcome.className = "outcome good";
+        outcome.textContent = `${names}: done`;
+      } else {
+        outcome.className = "outcome bad";
+        outcome.textContent = `${names}: ${data.error || "failed (" + status + ")"}`;
+      }
+    });
+  }
+}
+
+async function loadFrames(identity) {
+  const table = document.getElementById("frames");
+  const select = document.getElementById("frame-action");
+  if (!table || !select) return;
+  const action = select.value;
+  const { status, data } = await api("GET", `/api/charge-points/${encodeURIComponent(identity)}/frames?limit=50&action=${encodeURIComponent(action)}`);
+  if (status !== 200) return;
+  if (select.options.length === 1) {
+    for (const a of data.actions) { const o = document.createElement("option"); o.value = a; o.textContent = a; select.appendChild(o); }
+  }
+  table.replaceChildren();
+  for (const f of data.frames) {
+    const tr = table.insertRow();
+    for (const text of [new Date(f.ts).toISOString().slice(11, 19), f.direction, f.action || "", f.payload]) {
+      tr.insertCell().textContent = text;
+    }
+  }
+}
+
+// ----------------------------------------------------------------------- pages
+
+document.addEventListener("DOMContentLoaded", () => {
+  const logout = document.getElementById("logout");
+  if (logout) logout.addEventListener("click", async () => { await api("POST", "/api/logout"); location.href = "/"; });
+
+  const loginForm = document.getElementById("login-form");
+  if (loginForm) {
+    loginForm.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const { status, data } = await api("POST", "/api/login", { password: loginForm.elements.password.value });
+      if (status === 200) { location.href = "/"; return; }
+      const out = document.getElementById("login-outcome");
+      out.className = "outcome bad"; out.textContent = data.error || "failed";
+    });
+  }
+
+  const cp = document.getElementById("cp");
+  if (cp) {
+    const identity = cp.dataset.identity;
+    const chart = new PowerChart(document.getElementById("chart"), identity);
+    chart.load("hour");
+    for (const b of document.querySelectorAll("#ranges button")) {
+      b.addEventListener("click", () => {
+        for (const o of document.querySelectorAll("#ranges button")) o.classList.toggle("on", o === b);
+        chart.load(b.dataset.range);
+      });
+    }
+    listen((row) => { if (row.identity === identity) chart.add(row); });
+    setupControls(identity);
+    const select = document.getElementById("frame-action");
+    if (select) { select.addEventListener("change", () => loadFrames(identity)); loadFrames(identity); }
+  } else if (document.getElementById("overview")) {
+    listen(null);
+  }
+});
