@@ -706,3 +706,36 @@ def test_tls_to_the_broker(start_appliance, tmp_path):
         assert "MQTT: connected to mqtts://127.0.0.1" in appliance.log()
     finally:
         broker.stop()
+
+
+def test_a_clean_stop_says_offline(start_appliance, broker, home_assistant):
+    """SIGTERM: the appliance's availability goes `offline`, retained, before it exits
+    (the last will says the same should it die instead)."""
+    ha = home_assistant
+    appliance = start_appliance(mqtt_config(broker))
+    ha.wait(f"{BASE}/status", lambda p: p == "online")
+    assert appliance.stop() == 0
+    ha.wait(f"{BASE}/status", lambda p: p == "offline", timeout=5)
+    assert retained(broker, f"{BASE}/status", 0.3) == {f"{BASE}/status": "offline"}
+
+
+def test_sighup_applies_a_new_base_topic(start_appliance, broker, home_assistant):
+    """`[mqtt]` changed in the config file and SIGHUP: a new connection publishes under
+    the new base topic; the charge point notices nothing."""
+    import signal
+
+    ha = home_assistant
+    appliance = start_appliance(mqtt_config(broker, extra='base_topic = "first-box"\n'))
+    ha.client.subscribe([("first-box/#", 1), ("second-box/#", 1)])
+    cp = "HA-RELOAD"
+    with Station(appliance, cp, V16) as station:
+        booted(station)
+        ha.wait("first-box/status", lambda p: p == "online")
+        config = appliance.folder / "appliance.toml"
+        config.write_text(config.read_text().replace('"first-box"', '"second-box"'))
+        appliance.proc.send_signal(signal.SIGHUP)
+        ha.wait("second-box/status", lambda p: p == "online", timeout=15)
+        meter_values(station, 4200, 9000)
+        ha.wait(f"second-box/{cp}/power_w", lambda p: p == "4200")
+    assert connects(appliance, cp) == 1
+    assert "SIGHUP: config reloaded" in appliance.log()
