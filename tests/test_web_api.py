@@ -3,7 +3,10 @@ points of the `ocpp` package (README "Web dashboard and API")."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 import time
 from typing import Any
 
@@ -236,3 +239,55 @@ def test_login_csrf_controls_tokens_and_the_throttle(start_appliance):
     dump += "\n".join(str(r) for r in appliance.query("SELECT * FROM messages"))
     for secret in (PASSWORD, PASSWORD_HASH, TOKEN, TOKEN_HASH):
         assert secret not in log and secret not in dump
+
+
+def readme_curl_commands() -> list[str]:
+    """The `curl` lines of the README's "Web dashboard and API" section, continuations
+    joined, as a user copies them."""
+    readme = (conftest.ROOT / "README.md").read_text()
+    section = readme.split("## Web dashboard and API", 1)[1].split("\n## ", 1)[0]
+    commands: list[str] = []
+    for block in re.findall(r"```sh\n(.*?)```", section, re.S):
+        for command in block.replace("\\\n", " ").splitlines():
+            if command.strip().startswith("curl"):
+                commands.append(command.strip())
+    return commands
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_the_readme_curl_examples_run(start_appliance, tmp_path):
+    """Every curl example of the README runs against a real appliance (box:9080 → its
+    address) and does what the README says."""
+    appliance = start_appliance(web_config())
+    commands = readme_curl_commands()
+    assert len(commands) >= 5, commands
+    with booted(Station(appliance, "GARAGE", V16).open()) as station:
+        charging(station)
+        appliance.wait_rows(
+            "SELECT 1 FROM charge_point_status WHERE identity = 'GARAGE' AND power_w = 7000"
+        )
+        url = web_url(appliance)
+        station.answers["SetChargingProfile"] = {"status": "Accepted"}
+        for command in commands:
+            streaming = " -sN " in f" {command} "
+            line = command.replace("http://box:9080", url)
+            if streaming:
+                line = line.replace("curl -sN", "curl -sN --max-time 2")
+            done = subprocess.run(
+                ["bash", "-c", line],
+                cwd=tmp_path,
+                env={**os.environ, "TOKEN": TOKEN},
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            if streaming:
+                assert done.returncode == 28, done  # curl's "time is up": it was streaming
+                assert "event: status" in done.stdout and "GARAGE" in done.stdout, done.stdout
+                continue
+            assert done.returncode == 0, (line, done.stderr)
+            if "> sessions.csv" in line:
+                assert "TAG1" in (tmp_path / "sessions.csv").read_text()
+            else:
+                assert "GARAGE" in done.stdout or '"ok"' in done.stdout, (line, done.stdout)
+        assert station.take_one()[0] == "SetChargingProfile"
