@@ -380,10 +380,9 @@ class Controls:
     async def _params(self, command: Command, folder: str, names: tuple[str, ...]) -> dict:
         base = f"{command.prefix}.control." + (f"{folder}." if folder else "")
         found = await self._read(self._reader.values, [base + n for n in names])
-        found.update(
-            {i: v for i, v in self._secret_parameters.items() if i in found or i.startswith(base)}
-        )
-        return {n: found.get(base + n) for n in names}
+        # a parameter holding a secret: the database shows "***", the call gets the value
+        secret = self._secret_parameters
+        return {n: secret.get(base + n, found.get(base + n)) for n in names}
 
     # ------------------------------------------------------------------- outcome
 
