@@ -46,6 +46,8 @@ RELOAD_SIGNAL = signal.SIGHUP
 #: keys a running server cannot change: the listener, the database and the compiled
 #: schemas are made once at start. A SIGHUP that changes them says so and keeps them.
 RESTART_KEYS = ("host", "port", "database", "storage", *(d.config_key for d in DIALECTS.values()))
+#: [web] keys that take a restart (README "Web dashboard and API")
+WEB_RESTART_KEYS = ("enabled", "host", "port")
 
 
 def setup_logging(level: str) -> None:
@@ -308,6 +310,13 @@ async def reload(appliance: Running) -> None:
             kept.append("mqtt")  # the bridge is a task started with the appliance
         if kept:
             new = configuration.replace(new, **{key: getattr(old, key) for key in kept})
+        # the web socket is bound once at start; the password and tokens apply now
+        web = [key for key in WEB_RESTART_KEYS if getattr(new.web, key) != getattr(old.web, key)]
+        if web:
+            kept.extend(f"web.{key}" for key in web)
+            kept_web = {key: getattr(old.web, key) for key in web}
+            new = configuration.replace(new, web=configuration.replace(new.web, **kept_web))
+        if kept:
             log.warning(
                 "SIGHUP: %s changed: takes a restart; the running value stays", ", ".join(kept)
             )

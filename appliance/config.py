@@ -19,7 +19,7 @@ import types
 import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 import tomli_w
@@ -211,7 +211,11 @@ class Config(_Table, frozen=True):
 NOT_KEYS = frozenset({"source"})
 
 
-def replace(config: Config, **changes: Any) -> Config:
+#: a config table: the whole file or one of its tables
+_Structure = TypeVar("_Structure", bound=msgspec.Struct)
+
+
+def replace(config: _Structure, **changes: Any) -> _Structure:
     """A copy with `changes` (SIGHUP keeps keys that take a restart; `serve --port`)."""
     return msgspec.structs.replace(config, **changes)
 

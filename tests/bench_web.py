@@ -26,6 +26,48 @@ import benchmark
 from conftest import start_appliance_process
 
 WEB_PORT = re.compile(r"web dashboard and API on https?://[^:]+:(\d+)/")
+#: page loads per first-paint measurement (the median is reported)
+PAINTS = 7
+
+
+def first_paint_ms(url: str) -> dict[str, float] | None:
+    """Time to first contentful paint of `url` in headless Chromium (Debian's, as the
+    browser tests use): the first load (a fresh profile: nothing cached) and the median
+    of PAINTS reloads. None without chromium/chromedriver or selenium."""
+    import shutil
+    import statistics
+
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        return None
+    if chromium is None or chromedriver is None:
+        return None
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--window-size=1100,1400"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(chromedriver))
+    script = (
+        "const p = performance.getEntriesByName('first-contentful-paint')[0];"
+        "return p ? p.startTime : null"
+    )
+    try:
+        paints = []
+        for _ in range(PAINTS + 1):
+            driver.get(url)
+            paint = None
+            for _ in range(50):  # the entry appears once painted
+                paint = driver.execute_script(script)
+                if paint is not None:
+                    break
+                time.sleep(0.05)
+            paints.append(paint)
+    finally:
+        driver.quit()
+    return {"first_load": round(paints[0], 1), "median": round(statistics.median(paints[1:]), 1)}
 
 
 def rss_kb(pid: int) -> int:
@@ -65,10 +107,20 @@ def main() -> None:
         page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
         results["overview_html_ms"] = round((time.perf_counter() - started) * 1000, 1)
         results["overview_bytes"] = len(page.content)
+        results["overview_first_paint_ms_no_charge_points"] = first_paint_ms(
+            f"http://127.0.0.1:{port}/"
+        )
         url = appliance.url
         load = asyncio.run(benchmark._load(url, 100, 8))
+        # the load's 100 charge points are listed now
+        overview = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+        results["overview_bytes_100_charge_points"] = len(overview.content)
+        results["overview_first_paint_ms_100_charge_points"] = first_paint_ms(
+            f"http://127.0.0.1:{port}/"
+        )
         results["p99_ms_100_cps_no_dashboard"] = load["p99_ms"]
         results["calls_per_s_no_dashboard"] = load["calls_per_s"]
+        results["rss_kb_after_load_no_dashboard"] = rss_kb(appliance.proc.pid)
         stop, events = threading.Event(), []
         dashboards(f"http://127.0.0.1:{port}/api/events", 20, stop, events)
         time.sleep(2)

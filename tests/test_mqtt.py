@@ -664,6 +664,9 @@ def test_broker_absent_at_start_then_everything_published_with_publish_all(start
     with Station(appliance, cp, V201) as station:
         booted(station)  # served while the broker is absent
         meter_values(station, 4200, 1000)
+        # the log says why, once
+        conftest.wait_for(lambda: "MQTT: " in appliance.log(), 10, "the MQTT log line")
+        assert "cannot connect: Connection refused; retrying" in appliance.log()
         broker.start()
         ha = HomeAssistant(broker)
         try:

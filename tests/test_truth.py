@@ -206,6 +206,51 @@ def test_power_ends_with_the_session_and_a_late_sample_does_not_bring_it_back(st
     ) == [(5000, "offline")]
 
 
+def test_16_session_energy_grows_without_a_transaction_id(start_appliance):
+    """1.6 makes MeterValues' transactionId optional and some chargers leave it out: the
+    register of the connector a session runs on is still that session's energy (README
+    "`transactions`"); the rows keep what the charger sent. A reading of another
+    connector, or of connector 0 (the main meter), is not the session's."""
+    appliance = start_appliance()
+    cp = "NO-TX-ID"
+
+    def register(connector: int, wh: int) -> None:
+        reading = {"value": str(wh), "measurand": "Energy.Active.Import.Register", "unit": "Wh"}
+        station.send(
+            station.call.MeterValues(
+                connector_id=connector,
+                meter_value=[{"timestamp": stamp(), "sampled_value": [reading]}],
+            )
+        )
+
+    def session_kwh() -> Any:
+        return appliance.query(
+            "SELECT tx_energy_kwh FROM charge_point_status WHERE identity = ?", cp
+        )[0][0]
+
+    with Station(appliance, cp, V16).open() as station:
+        booted(station)
+        station.send(
+            station.call.StartTransaction(
+                connector_id=1, id_tag="TAG", meter_start=1000, timestamp=stamp()
+            )
+        )
+        register(1, 1500)
+        conftest.wait_for(lambda: session_kwh() == pytest.approx(0.5), 10, "0.5 kWh")
+        register(0, 900_000)  # the main meter
+        register(2, 70_000)  # another connector, no session there
+        appliance.wait_rows("SELECT 1 FROM meter_values WHERE value = 70000")
+        assert session_kwh() == pytest.approx(0.5)
+        register(1, 3250)
+        conftest.wait_for(lambda: session_kwh() == pytest.approx(2.25), 10, "2.25 kWh")
+        rows = appliance.query(
+            "SELECT connector_id, transaction_id, value FROM meter_values"
+            " WHERE identity = ? ORDER BY rowid",
+            cp,
+        )
+        assert [r[1] for r in rows] == [None] * 4, rows
+
+
 def test_available_means_nothing_flows(start_appliance):
     """A charger that reports Available (the car left) without any meter value after
     the session: power 0."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from typing import Any
@@ -291,3 +292,33 @@ def test_the_readme_curl_examples_run(start_appliance, tmp_path):
             else:
                 assert "GARAGE" in done.stdout or '"ok"' in done.stdout, (line, done.stdout)
         assert station.take_one()[0] == "SetChargingProfile"
+
+
+def test_sighup_applies_the_password_and_keeps_the_listener(start_appliance):
+    """README "Web dashboard and API": `host`, `port` and `enabled` take a restart (the log
+    says so, the dashboard stays where it is); a new password applies at once and ends
+    every session."""
+    appliance = start_appliance(web_config())
+    with client(appliance) as http:
+        assert http.post("/api/login", json={"password": PASSWORD}, headers=csrf(http)).is_success
+        assert http.get("/api/me").json()["logged_in"] is True
+        new_password = PASSWORD + "-new"
+        config = appliance.folder / "appliance.toml"
+        text = config.read_text().replace(PASSWORD_HASH, hash_password(new_password, ln=10))
+        web = '[web]\nhost = "127.0.0.1"\nport = 0\n'
+        assert web in text
+        config.write_text(
+            text.replace(web, '[web]\nenabled = false\nhost = "127.0.0.1"\nport = 1\n')
+        )
+        before = appliance.log().count("SIGHUP: config reloaded")
+        appliance.proc.send_signal(signal.SIGHUP)
+        conftest.wait_for(
+            lambda: appliance.log().count("SIGHUP: config reloaded") > before, 10, "the reload"
+        )
+        assert "web.enabled, web.port changed: takes a restart" in appliance.log()
+        # the same listener; the old session is over, the new password logs in
+        assert http.get("/api/me").json()["logged_in"] is False
+        old = http.post("/api/login", json={"password": PASSWORD}, headers=csrf(http))
+        assert old.status_code == 401
+        new = http.post("/api/login", json={"password": new_password}, headers=csrf(http))
+        assert new.status_code == 200

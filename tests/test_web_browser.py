@@ -4,6 +4,7 @@ charge point of `ocpp-appliance simulate` (README "Web dashboard and API")."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_controls import V16, Station, booted, stamp
 from test_web_api import PASSWORD, web_config, web_url
 
 import conftest
@@ -154,3 +156,43 @@ def test_dashboard_in_a_browser(start_appliance, browser, tmp_path):
         simulator.terminate()
         simulator.wait(10)
     time.sleep(0)
+
+
+def phase_power(station: Station, watts: tuple[int, int, int]) -> None:
+    """A 1.6 MeterValues with the total and the power of each phase (L1-N as some
+    chargers say it; the chart keeps their series name)."""
+    sampled = [{"value": str(sum(watts)), "measurand": "Power.Active.Import", "unit": "W"}]
+    for phase, value in zip(("L1-N", "L2-N", "L3-N"), watts, strict=True):
+        sampled.append(
+            {"value": str(value), "measurand": "Power.Active.Import", "unit": "W", "phase": phase}
+        )
+    station.send(
+        station.call.MeterValues(
+            connector_id=1, meter_value=[{"timestamp": stamp(), "sampled_value": sampled}]
+        )
+    )
+
+
+def test_the_chart_follows_each_phase_live(start_appliance, browser):
+    """README "Web dashboard and API": the power chart per phase where reported — the
+    series from `meter_values` first, then each phase's new value live, no reload."""
+    appliance = start_appliance(web_config())
+    with booted(Station(appliance, "CP-3P", V16).open()) as station:
+        phase_power(station, (3600, 3500, 3400))
+        appliance.wait_rows("SELECT 1 FROM charge_point_status WHERE power_l3 = 3400")
+        browser.get(f"{web_url(appliance)}/cp/CP-3P")
+        wait = WebDriverWait(browser, 30, poll_frequency=0.2)
+
+        def newest(driver) -> dict:
+            found = driver.find_element(By.ID, "chart").get_attribute("data-newest")
+            return json.loads(found) if found else {}
+
+        first = {"L1-N": 3600, "L2-N": 3500, "L3-N": 3400, "total": 10500}
+        wait.until(lambda d: newest(d) == first)
+        browser.execute_script("window.notReloaded = true")
+        time.sleep(1.1)  # the chart's live points are per second: a new one, not the same
+        phase_power(station, (2300, 2200, 2100))
+        wait.until(lambda d: newest(d) == {"L1-N": 2300, "L2-N": 2200, "L3-N": 2100, "total": 6600})
+        assert browser.execute_script("return window.notReloaded") is True
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+        assert errors == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,7 +180,11 @@ class Broker:
         self._deliver(Down(f"connection lost{said}"))
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
-        self._deliver(Down("cannot connect"))
+        # paho calls this from its `except OSError:` (loop_forever) without the error:
+        # the exception being handled is the reason (refused, no such host, TLS)
+        error = sys.exc_info()[1]
+        why = f": {error.strerror or error}" if isinstance(error, OSError) else ""
+        self._deliver(Down(f"cannot connect{why}"))
 
     def _on_message(self, client: paho.Client, userdata: Any, message: Any) -> None:
         self._deliver(Message(message.topic, bytes(message.payload)))

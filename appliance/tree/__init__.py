@@ -166,6 +166,13 @@ class _Sessions:
     def active(self) -> bool:
         return any(not s.stopped for s in self.known.values())
 
+    def running_on(self, evse_id: int | None) -> str | None:
+        """The one session running on this EVSE (1.6: connector), if exactly one is."""
+        if evse_id is None:
+            return None
+        running = [t for t, s in self.known.items() if not s.stopped and s.evse_id == evse_id]
+        return running[0] if len(running) == 1 else None
+
 
 @dataclass(slots=True)
 class _Evse:
@@ -488,8 +495,12 @@ class Tree:
                     (prefix, base), partial(_reading_writes, f"{prefix}.{base}", snapshot)
                 )
         energy = best.get("energyWh")
-        if energy is not None and update.transaction_id is not None:
-            self._set(identity, self._live_energy(station, update.transaction_id, energy[2].value))
+        # 1.6 makes transactionId optional in MeterValues (§6.31) and some chargers leave it
+        # out: the register of the connector a session runs on is that session's (the rows
+        # keep what the charger sent)
+        running = update.transaction_id or station.sessions.running_on(update.evse_id)
+        if energy is not None and running is not None:
+            self._set(identity, self._live_energy(station, running, energy[2].value))
 
     def _live_energy(self, station: _Station, transaction_id: str, register: float) -> list[Write]:
         sessions = station.sessions

@@ -14,6 +14,7 @@ anything here (the hub's `publish` never blocks).
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,14 +36,23 @@ POLL_SEC = 1.0
 STREAM_BUFFER = 256
 
 
+def sse(name: str, data: Any) -> str:
+    """One Server-Sent Event (https://html.spec.whatwg.org/multipage/server-sent-events.html):
+    the data is one line of compact JSON."""
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
 @dataclass(eq=False, slots=True)
 class Stream:
-    """One open page's feed: (event name, data) pairs."""
+    """One open page's feed: events encoded as SSE text, once for every page."""
 
-    send: trio.MemorySendChannel[tuple[str, Any]]
+    send: trio.MemorySendChannel[str]
     #: states GLOB patterns this page wants (full ids), empty: none
     globs: tuple[str, ...] = ()
     matcher: Callable[[str], bool] = field(default=lambda _id: False)
+    #: states written after this (ms) are new to this page: the newest write when it
+    #: opened, then the newest it has been sent
+    since: int = 0
 
 
 class Live:
@@ -54,16 +64,17 @@ class Live:
         self.streams: set[Stream] = set()
         self._snapshot: dict[str, dict[str, Any]] = {}
         self._version: int | None = None
-        self._states_ts: int | None = None
 
-    def open(self, globs: tuple[str, ...] = ()) -> tuple[Stream, trio.MemoryReceiveChannel]:
-        send, receive = trio.open_memory_channel[tuple[str, Any]](STREAM_BUFFER)
+    def open(
+        self, globs: tuple[str, ...] = (), since: int = 0
+    ) -> tuple[Stream, trio.MemoryReceiveChannel[str]]:
+        send, receive = trio.open_memory_channel[str](STREAM_BUFFER)
         patterns = tuple(globs)
 
         def matcher(state_id: str) -> bool:
             return any(fnmatch.fnmatchcase(state_id, p) for p in patterns)
 
-        stream = Stream(send, patterns, matcher)
+        stream = Stream(send, patterns, matcher, since)
         self.streams.add(stream)
         return stream, receive
 
@@ -72,12 +83,13 @@ class Live:
         stream.send.close()
 
     def _publish(self, name: str, data: Any) -> None:
+        text = sse(name, data)  # encoded once, however many pages are open
         for stream in list(self.streams):
-            self._send(stream, name, data)
+            self._send(stream, text)
 
-    def _send(self, stream: Stream, name: str, data: Any) -> None:
+    def _send(self, stream: Stream, text: str) -> None:
         try:
-            stream.send.send_nowait((name, data))
+            stream.send.send_nowait(text)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             # it fell behind: drop it, the browser reconnects with a fresh snapshot
             self.close(stream)
@@ -109,18 +121,16 @@ class Live:
             if self._snapshot.get(row["identity"]) != row:
                 self._snapshot[row["identity"]] = row
                 self._publish("status", row)
-        if any(stream.globs for stream in self.streams):
-            if self._states_ts is None:
-                self._states_ts = await self.run(self.reader.latest_state_ts)
-            changed = await self.run(self.reader.states_since, self._states_ts)
-            if changed:
-                self._states_ts = max(row["ts"] for row in changed)
-            for stream in list(self.streams):
-                mine = [row for row in changed if stream.matcher(row["id"])]
+        wanting = [stream for stream in self.streams if stream.globs]
+        if wanting:
+            since = min(stream.since for stream in wanting)
+            changed = await self.run(self.reader.states_since, since)
+            newest = max((row["ts"] for row in changed), default=since)
+            for stream in wanting:
+                mine = [r for r in changed if r["ts"] > stream.since and stream.matcher(r["id"])]
+                stream.since = max(stream.since, newest)
                 if mine:
-                    self._send(stream, "states", mine)
-        else:
-            self._states_ts = None
+                    self._send(stream, sse("states", mine))
 
     async def _connections(self, events: trio.MemoryReceiveChannel[Any]) -> None:
         async with events:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import re
 import time
@@ -33,7 +32,7 @@ from appliance.errors import ReaderError
 from appliance.store.queries import write_controls
 from appliance.store.web_queries import WebReader
 from appliance.web.access import SESSION_MAX_AGE_SEC, Access, Login
-from appliance.web.live import Live
+from appliance.web.live import STREAM_BUFFER, Live, sse
 
 log = logging.getLogger("appliance")
 
@@ -355,23 +354,31 @@ def build(web: Web, tls: bool) -> ASGIApp:
         """Server-Sent Events: a snapshot of every charge point first, then each
         change (`status`, `connection`, and `states` for `?states=GLOB`)."""
         globs = tuple(request.query_params.getlist("states"))
+        # what is written from now on is this page's, whenever the poller runs next
+        since = await web.run(web.reader.latest_state_ts) if globs else 0
         snapshot = await web.run(web.reader.charge_points)
-        stream, receive = web.live.open(globs)
+        stream, receive = web.live.open(globs, since)
 
         async def body() -> AsyncIterator[str]:
             try:
-                for row in snapshot:
-                    yield _event("status", row)
+                yield "".join(sse("status", row) for row in snapshot)
                 while True:
                     with trio.move_on_after(KEEPALIVE_SEC) as waited:
                         try:
-                            name, data = await receive.receive()
+                            texts = [await receive.receive()]
                         except trio.EndOfChannel:
                             return
                     if waited.cancelled_caught:
                         yield ": keep-alive\n\n"
                         continue
-                    yield _event(name, data)
+                    # what else is waiting goes out with it: one write per look at the
+                    # database, not one per charge point
+                    while len(texts) < STREAM_BUFFER:
+                        try:
+                            texts.append(receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    yield "".join(texts)
             finally:
                 web.live.close(stream)
 
@@ -436,10 +443,6 @@ def build(web: Web, tls: bool) -> ASGIApp:
         https_only=tls,
     )
     return _SecurityHeaders(sessions_app)
-
-
-def _event(name: str, data: Any) -> str:
-    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
 class _CsrfUnlessBearer:

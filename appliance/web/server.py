@@ -33,6 +33,10 @@ log = logging.getLogger("appliance")
 READ_THREADS = 2
 #: how long open pages (event streams) get to finish when the appliance stops
 GRACE_SEC = 1.0
+#: a connection whose peer takes nothing of what we send (a browser that stopped reading)
+#: for this long is aborted by the kernel: Hypercorn's writes cannot be cancelled, and
+#: one that waits for ever would keep the appliance from stopping
+STALLED_MS = 3_000
 
 
 def bind(config: Config) -> socket.socket:
@@ -42,6 +46,8 @@ def bind(config: Config) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux; accepted sockets inherit it
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, STALLED_MS)
         sock.bind((host, config.web.port))
         sock.listen(128)
     except OSError:

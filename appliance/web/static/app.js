@@ -84,6 +84,7 @@ function listen(onStatus) {
 // ---------------------------------------------------------------------- chart
 
 const PHASE_COLORS = { total: "#0b6bcb", L1: "#c0392b", L2: "#27ae60", L3: "#8e44ad" };
+const RANGE_SEC = { hour: 3600, day: 86400, week: 604800 };
 
 class PowerChart {
   constructor(el, identity) {
@@ -102,30 +103,46 @@ class PowerChart {
     }
     this.draw();
   }
-  add(row) {  // a live status row: append the total power (the hour view only)
-    if (this.range !== "hour" || row.power_w === null || row.power_w === undefined) return;
+  add(row) {  // a live status row: append total and per-phase power (the hour view only)
+    if (this.range !== "hour") return;
     const t = Math.floor(Date.now() / 1000);
-    (this.series.total = this.series.total || new Map()).set(t, row.power_w);
-    this.draw();
+    const live = { total: row.power_w, L1: row.power_l1, L2: row.power_l2, L3: row.power_l3 };
+    let added = false;
+    for (const [phase, value] of Object.entries(live)) {
+      if (value === null || value === undefined) continue;
+      // the series a phase was stored under: "L1", or "L1-N" as some chargers report it
+      const key = Object.keys(this.series).find((k) => k === phase || k === phase + "-N") || phase;
+      (this.series[key] = this.series[key] || new Map()).set(t, value);
+      added = true;
+    }
+    if (added) this.draw();
   }
   draw() {
     const phases = Object.keys(this.series).sort();
     const times = [...new Set(phases.flatMap((p) => [...this.series[p].keys()]))].sort((a, b) => a - b);
     const data = [times, ...phases.map((p) => times.map((t) => this.series[p].has(t) ? this.series[p].get(t) : null))];
     const width = Math.max(280, this.el.clientWidth);
+    // the axis spans the chosen range, however little of it has readings
+    const span = RANGE_SEC[this.range] || 3600;
     const opts = {
       width, height: 260, spanGaps: true,
-      series: [{}, ...phases.map((p) => ({ label: p === "total" ? "Power W" : `${p} W`, stroke: PHASE_COLORS[p] || "#555", width: 2 }))],
+      scales: { x: { time: true, range: () => { const now = Date.now() / 1000; return [now - span, now]; } } },
+      series: [{}, ...phases.map((p) => ({ label: p === "total" ? "Power W" : `${p} W`, stroke: PHASE_COLORS[p] || PHASE_COLORS[p.slice(0, 2)] || "#555", width: 2 }))],
       axes: [{}, { size: 60 }],
     };
-    if (this.plot && this.plot.series.length === phases.length + 1) {
+    if (this.plot && this.plot.series.length === phases.length + 1 && this.plotRange === this.range) {
       this.plot.setData(data);
     } else {
       if (this.plot) this.plot.destroy();
       this.plot = new uPlot(opts, data, this.el);
+      this.plotRange = this.range;
     }
+    // what a test (and a curious user in the inspector) reads: the newest value per series
     this.el.dataset.points = String(times.length);
-    const last = data.length > 1 && times.length ? data[data.length - 1][times.length - 1] : null;
+    const newest = {};
+    phases.forEach((p, i) => { newest[p] = times.length ? data[i + 1][times.length - 1] : null; });
+    this.el.dataset.newest = JSON.stringify(newest);
+    const last = newest.total === undefined ? null : newest.total;
     this.el.dataset.last = last === null ? "" : String(last);
   }
 }
