@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -86,6 +87,12 @@ def test_read_only_without_a_password(start_appliance):
 
         one = http.get("/api/charge-points/CP-RO").json()
         assert one["tx_active"] == 1
+        # the running session's start: the charge point's own time (its clock is plausible)
+        started = appliance.query("SELECT started_at FROM transactions")[0][0]
+        started_ms = datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp() * 1000
+        assert abs(one["tx_started"] - started_ms) <= 2, (one["tx_started"], started)
+        overview = http.get("/").text
+        assert re.search(r'data-field="tx_duration" data-ms="\d+">\d+ s<', overview), overview
         assert http.get("/api/charge-points/NOPE").status_code == 404
 
         states = http.get("/api/charge-points/CP-RO/states", params={"glob": "info.*"}).json()
@@ -108,6 +115,7 @@ def test_read_only_without_a_password(start_appliance):
             "the finished session",
         )
         assert sessions[0]["id_token"] == "TAG1"
+        assert http.get("/api/charge-points/CP-RO").json()["tx_started"] is None
         assert http.get("/api/sessions", params={"until": "2001-01-01"}).json() == []
         text = http.get("/api/charge-points/CP-RO/sessions.csv")
         assert text.headers["content-type"].startswith("text/csv")
@@ -178,7 +186,8 @@ def test_login_csrf_controls_tokens_and_the_throttle(start_appliance):
         assert answer.status_code == 200, answer.text
         assert answer.json()["ok"] is True
         assert any(c.action == "SetChargingProfile" for c in station.calls)
-        assert http.get("/api/charge-points/CP-W").json()["charge_limit"] == 16
+        limit = http.get("/api/charge-points/CP-W").json()
+        assert (limit["charge_limit"], limit["charge_limit_unit"]) == (16, "A")
         # refused by the appliance: the reason, nothing sent
         bad = http.post(
             "/api/charge-points/CP-W/controls",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -105,6 +106,8 @@ def test_dashboard_in_a_browser(start_appliance, browser, tmp_path):
         first = wait.until(lambda d: (p := number(text(d, card))) and p > 0 and p)
         wait.until(lambda d: number(text(d, card)) not in (None, first))
         assert browser.execute_script("return window.notReloaded") is True
+        lasting = text(browser, '[data-identity="SIM001"] [data-field="tx_duration"]')
+        assert re.fullmatch(r"\d+ (s|min)", lasting), lasting  # how long the session runs
         shots.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(shots / "overview.png"))
 
@@ -123,6 +126,7 @@ def test_dashboard_in_a_browser(start_appliance, browser, tmp_path):
             )
         )
         assert "done" in text(browser, "#outcome"), text(browser, "#outcome")
+        wait.until(lambda d: text(d, '#cp [data-field="charge_limit"]') == "6 A")
         # 6 A on one phase at 230 V: 1380 W at most, in the chart too
         wait.until(
             lambda d: (

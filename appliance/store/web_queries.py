@@ -23,6 +23,28 @@ MAX_POINTS = 2000
 MAX_ROWS = 1000
 
 
+#: charge_point_status with each identity's id prefix (for state ids), the charge limit's
+#: unit (A or W) and, while a session
+#: runs, when it started (ms): the charge point's time where its clock is plausible, else
+#: when the appliance heard of it (README "Readings": clocks are never mixed up)
+_CHARGE_POINTS = """
+SELECT s.*, c.prefix, c.first_seen,
+  CASE WHEN s.charge_limit IS NOT NULL THEN (
+    SELECT val FROM states WHERE id = c.prefix || '.control.chargeLimitType') END
+    AS charge_limit_unit,
+  CASE WHEN s.tx_active THEN (
+    SELECT coalesce(
+      CASE WHEN t.time_suspect = 0
+        THEN CAST((julianday(t.started_at) - 2440587.5) * 86400000 AS INTEGER) END,
+      t.received_at)
+    FROM transactions AS t
+    WHERE t.identity = s.identity AND t.stopped_at IS NULL
+      AND t.transaction_id = (
+        SELECT CAST(val AS TEXT) FROM states WHERE id = c.prefix || '.transactions.last.id')
+  ) END AS tx_started
+FROM charge_point_status AS s JOIN charge_points AS c ON c.identity = s.identity"""
+
+
 class WebReader:
     """Read-only queries for the web side; one connection per worker thread."""
 
@@ -61,18 +83,12 @@ class WebReader:
         return int(self._db().execute("PRAGMA data_version").fetchone()[0])
 
     def charge_points(self) -> list[dict[str, Any]]:
-        """charge_point_status, with each identity's id prefix (for state ids)."""
-        return self._rows(
-            "SELECT s.*, c.prefix, c.first_seen FROM charge_point_status AS s"
-            " JOIN charge_points AS c ON c.identity = s.identity ORDER BY s.identity"
-        )
+        """charge_point_status, with each identity's id prefix (for state ids) and the
+        running session's start."""
+        return self._rows(f"{_CHARGE_POINTS} ORDER BY s.identity")
 
     def charge_point(self, identity: str) -> dict[str, Any] | None:
-        rows = self._rows(
-            "SELECT s.*, c.prefix, c.first_seen FROM charge_point_status AS s"
-            " JOIN charge_points AS c ON c.identity = s.identity WHERE s.identity = ?",
-            identity,
-        )
+        rows = self._rows(f"{_CHARGE_POINTS} WHERE s.identity = ?", identity)
         return rows[0] if rows else None
 
     def states(self, pattern: str) -> list[dict[str, Any]]:

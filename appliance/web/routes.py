@@ -67,6 +67,7 @@ class Web:
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.filters["ago"] = _ago
         self.templates.env.filters["when"] = _when
+        self.templates.env.filters["lasting"] = _lasting
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
@@ -127,6 +128,21 @@ def _int(text: str | None, default: int, name: str) -> int:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _lasting(ms: Any) -> str:
+    """How long since `ms`, for a running session: "42 s", "12 min", "1 h 05 min"
+    (app.js's `lasting` says it the same way)."""
+    if not isinstance(ms, int | float):
+        return ""
+    minutes, seconds = divmod(int(max(0, _now_ms() - ms) / 1000), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days} d {hours:02d} h"
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min" if minutes else f"{seconds} s"
 
 
 def _ago(ms: Any) -> str:

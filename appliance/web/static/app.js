@@ -33,6 +33,16 @@ function ago(ms) {
   return Math.round(s / 86400) + " d ago";
 }
 
+function lasting(ms) {  // how long a session has run: as routes.py's `lasting` filter says it
+  if (!ms) return "";
+  const s = Math.floor(Math.max(0, Date.now() - ms) / 1000);
+  const m = Math.floor(s / 60), h = Math.floor(m / 60), d = Math.floor(h / 24);
+  const two = (n) => String(n).padStart(2, "0");
+  if (d) return `${d} d ${two(h % 24)} h`;
+  if (h) return `${h} h ${two(m % 60)} min`;
+  return m ? `${m} min` : `${s} s`;
+}
+
 // ---------------------------------------------------------------- live values
 
 function applyStatus(root, row) {
@@ -46,12 +56,16 @@ function applyStatus(root, row) {
   set("power_w", fmt(row.power_w, 0));
   set("energy_kwh", fmt(row.energy_kwh, 3));
   set("tx_energy_kwh", fmt(row.tx_energy_kwh, 3));
-  set("tx_active", row.tx_active ? "(charging session)" : "");
+  set("tx_active", row.tx_active ? "· running for" : "");
   set("connected", row.connected ? "yes" : "no");
-  set("charge_limit", row.charge_limit === null ? "none" : String(row.charge_limit));
+  set("charge_limit", row.charge_limit === null ? "none" : `${row.charge_limit} ${row.charge_limit_unit || ""}`.trim());
   for (const el of root.querySelectorAll('[data-field="last_seen"]')) {
     el.dataset.ms = row.last_seen || "";
     el.textContent = ago(row.last_seen);
+  }
+  for (const el of root.querySelectorAll('[data-field="tx_duration"]')) {
+    el.dataset.ms = row.tx_started || "";
+    el.textContent = lasting(row.tx_started);
   }
 }
 
@@ -76,6 +90,9 @@ function listen(onStatus) {
   setInterval(() => {
     for (const el of document.querySelectorAll('[data-field="last_seen"]')) {
       if (el.dataset.ms) el.textContent = ago(Number(el.dataset.ms));
+    }
+    for (const el of document.querySelectorAll('[data-field="tx_duration"]')) {
+      if (el.dataset.ms) el.textContent = lasting(Number(el.dataset.ms));
     }
   }, 5000);
   return source;
