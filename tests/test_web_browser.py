@@ -22,6 +22,7 @@ selenium = pytest.importorskip("selenium")
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM = shutil.which("chromium")
@@ -59,6 +60,14 @@ def browser(tmp_path):
     driver.quit()
 
 
+def log_in(driver, base: str) -> None:
+    """The login page, as a person uses it; back on the overview with "Log out"."""
+    driver.get(f"{base}/login")
+    driver.find_element(By.ID, "password").send_keys(PASSWORD)
+    driver.find_element(By.ID, "login-button").click()
+    WebDriverWait(driver, 30, poll_frequency=0.2).until(lambda d: d.find_elements(By.ID, "logout"))
+
+
 def text(driver, css: str) -> str:
     return driver.find_element(By.CSS_SELECTOR, css).text
 
@@ -92,11 +101,7 @@ def test_dashboard_in_a_browser(start_appliance, browser, tmp_path):
     )
     try:
         wait = WebDriverWait(browser, 60, poll_frequency=0.2)
-        # log in
-        browser.get(f"{base}/login")
-        browser.find_element(By.ID, "password").send_keys(PASSWORD)
-        browser.find_element(By.ID, "login-button").click()
-        wait.until(lambda d: d.find_elements(By.ID, "logout"))
+        log_in(browser, base)
 
         # the overview: the simulated charge point's power changes without a reload
         browser.get(f"{base}/")
@@ -198,5 +203,86 @@ def test_the_chart_follows_each_phase_live(start_appliance, browser):
         phase_power(station, (2300, 2200, 2100))
         wait.until(lambda d: newest(d) == {"L1-N": 2300, "L2-N": 2200, "L3-N": 2100, "total": 6600})
         assert browser.execute_script("return window.notReloaded") is True
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+        assert errors == []
+
+
+SECRET = "0A1B2C3D4E5F60718293A4B5C6D7E8F9"
+
+
+def test_every_control_from_the_page(start_appliance, browser):
+    """README "Web dashboard and API": the page's controls reach a third-party charge
+    point (the `ocpp` package) through the same queue as `ocpp-appliance set`: a writable
+    configuration value (read-only ones are not offered, a secret is never shown), start
+    and stop, soft and hard reset after a confirmation (dismissed: nothing is sent)."""
+    appliance = start_appliance("[device_model]\nfetch_on_boot = true\n" + web_config())
+    station = Station(appliance, "CP-UI", V16)
+    station.answers["GetConfiguration"] = {
+        "configuration_key": [
+            {"key": "AuthorizationKey", "readonly": False, "value": SECRET},
+            {"key": "HeartbeatInterval", "readonly": False, "value": "300"},
+            {"key": "NumberOfConnectors", "readonly": True, "value": "1"},
+        ]
+    }
+    with booted(station.open()):
+        assert station.take_one()[0] == "GetConfiguration"
+        appliance.wait_rows("SELECT 1 FROM states WHERE id = 'CP-UI.config.HeartbeatInterval'")
+        started = station.send(station.call.StartTransaction(1, "CAR", 1000, stamp()))
+        base = web_url(appliance)
+        wait = WebDriverWait(browser, 30, poll_frequency=0.2)
+        log_in(browser, base)
+        browser.get(f"{base}/cp/CP-UI")
+        assert SECRET not in browser.page_source
+
+        def outcome() -> str:
+            wait.until(lambda d: text(d, "#outcome") and "waiting" not in text(d, "#outcome"))
+            return text(browser, "#outcome")
+
+        # configuration: only what the charge point says is writable
+        rows = {
+            row.find_element(By.CSS_SELECTOR, "td").text: row
+            for row in browser.find_elements(By.CSS_SELECTOR, "#config tr")
+        }
+        assert "config.HeartbeatInterval" in rows and "config.NumberOfConnectors" not in rows
+        # a secret's field is empty and needs a value: "Set" alone sends nothing
+        secret = rows["config.AuthorizationKey"]
+        assert secret.find_element(By.NAME, "value").get_attribute("value") == ""
+        secret.find_element(By.TAG_NAME, "button").click()
+        station.assert_quiet()
+        field = rows["config.HeartbeatInterval"].find_element(By.NAME, "value")
+        assert field.get_attribute("value") == "300"
+        field.clear()
+        field.send_keys("120")
+        rows["config.HeartbeatInterval"].find_element(By.TAG_NAME, "button").click()
+        assert outcome() == "config.HeartbeatInterval: done"
+        assert station.take_one() == (
+            "ChangeConfiguration",
+            {"key": "HeartbeatInterval", "value": "120"},
+        )
+
+        browser.find_element(By.ID, "stop").click()
+        assert outcome().endswith(": done")
+        assert station.take_one() == (
+            "RemoteStopTransaction",
+            {"transactionId": started.transaction_id},
+        )
+        browser.find_element(By.ID, "id-token").send_keys("UI-TAG")
+        browser.find_element(By.ID, "start").click()
+        assert outcome().endswith(": done")
+        action, payload = station.take_one()
+        assert action == "RemoteStartTransaction" and payload["idTag"] == "UI-TAG"
+
+        # a reset asks first; dismissed, nothing is sent
+        browser.find_element(By.ID, "soft-reset").click()
+        alert = wait.until(expected_conditions.alert_is_present())
+        assert "Soft reset CP-UI?" in alert.text
+        alert.dismiss()
+        station.assert_quiet()
+        for button, kind in (("soft-reset", "Soft"), ("hard-reset", "Hard")):
+            browser.find_element(By.ID, button).click()
+            wait.until(expected_conditions.alert_is_present()).accept()
+            assert outcome().endswith(": done")
+            assert station.take_one() == ("Reset", {"type": kind})
+        assert SECRET not in browser.page_source
         errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert errors == []

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette_csrf import CSRFMiddleware
 
 from appliance.config import Config
+from appliance.domain.secrets import MASK
 from appliance.errors import ReaderError
 from appliance.store.queries import write_controls
 from appliance.store.web_queries import WebReader
@@ -68,6 +69,9 @@ class Web:
         self.templates.env.filters["ago"] = _ago
         self.templates.env.filters["when"] = _when
         self.templates.env.filters["lasting"] = _lasting
+        # a secret's value is shown as this (README "What is protected"): its field starts
+        # empty, so that "Set" never sends the mask to the charge point
+        self.templates.env.globals["MASK"] = MASK
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
