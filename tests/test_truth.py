@@ -65,6 +65,13 @@ def test_16_authorization_key_never_reaches_the_database(start_appliance):
             "ChangeConfiguration",
             {"key": "AuthorizationKey", "value": NEW_SECRET},  # the wire: the real value
         )
+        # the mask written back (copied from the database) is refused: nothing is sent
+        write(appliance, (f"{cp}.config.AuthorizationKey", "***"))
+        assert wait_done(appliance, f"{cp}.config.AuthorizationKey") == ("***", 1)
+        station.assert_quiet()
+        assert appliance.query(
+            "SELECT ok, error FROM control_outcomes WHERE id = ?", f"{cp}.config.AuthorizationKey"
+        ) == [(0, "config.AuthorizationKey: *** is the mask, not a secret")]
         station.heartbeat()
     stored = everything_stored(appliance.db)
     assert SECRET_16 not in stored

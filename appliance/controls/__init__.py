@@ -287,6 +287,11 @@ class Controls:
         if name is not None and name not in TRIGGERS:
             self._finish(command, None, f"control.{name} is not a control")
             return
+        if name is None and command.value == secrets.MASK and secrets.state_is_secret(command.path):
+            # the mask written back (a value copied from the database or a page) would
+            # become the charger's secret: README "What is protected"
+            self._finish(command, None, f"{command.path}: {secrets.MASK} is the mask, not a secret")
+            return
         try:
             action, payload, judge = await self._build(command, station.version)
         except (CommandError, ValueError) as exc:
