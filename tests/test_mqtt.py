@@ -722,6 +722,19 @@ def test_a_clean_stop_says_offline(start_appliance, broker, home_assistant):
     assert retained(broker, f"{BASE}/status", 0.3) == {f"{BASE}/status": "offline"}
 
 
+def test_a_killed_appliance_is_offline_by_its_last_will(start_appliance, broker, home_assistant):
+    """kill -9 (power cut, OOM killer): no goodbye, but the broker publishes the last will
+    `offline`, retained, as soon as the connection drops (README "Home Assistant and
+    MQTT")."""
+    ha = home_assistant
+    appliance = start_appliance(mqtt_config(broker))
+    ha.wait(f"{BASE}/status", lambda p: p == "online")
+    appliance.proc.kill()
+    appliance.proc.wait()
+    ha.wait(f"{BASE}/status", lambda p: p == "offline", timeout=10)
+    assert retained(broker, f"{BASE}/status", 0.3) == {f"{BASE}/status": "offline"}
+
+
 def test_sighup_applies_a_new_base_topic(start_appliance, broker, home_assistant):
     """`[mqtt]` changed in the config file and SIGHUP: a new connection publishes under
     the new base topic; the charge point notices nothing."""
