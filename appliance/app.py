@@ -7,6 +7,7 @@ import contextlib
 import errno
 import gc
 import logging
+import resource
 import signal
 import sqlite3
 import sys
@@ -180,6 +181,35 @@ async def heartbeat(
         store.put(MetaValue(ALIVE_KEY, now_ms()))
 
 
+#: file descriptors besides the charge points' connections: the database (its file, -wal
+#: and -shm per connection, a connection per reader thread), the dashboard's clients,
+#: MQTT, the log
+SPARE_DESCRIPTORS = 256
+
+
+def ensure_descriptors(max_connections: int) -> None:
+    """Enough file descriptors for `[limits] max_connections` (README "Bad peers"): the
+    soft limit is raised as far as the hard one allows (outside systemd; the unit sets
+    LimitNOFILE); if that is not enough, the log says so at start."""
+    needed = max_connections + SPARE_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft < needed:
+        log.warning(
+            "only %d file descriptors: [limits] max_connections = %d needs about %d; with"
+            " that many connections new ones and database readers would fail (raise"
+            " LimitNOFILE= of the service or `ulimit -n`, or lower max_connections)",
+            soft,
+            max_connections,
+            needed,
+        )
+
+
 @contextlib.asynccontextmanager
 async def running(config: Config, policy: Policy | None = None) -> AsyncIterator[Running]:
     """The appliance, serving until the block ends; then every connection is closed with
@@ -187,6 +217,7 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
     policy = policy if policy is not None else Policy.build(config)
     for warning in config_warnings(config):
         log.warning("config: %s", warning)
+    ensure_descriptors(config.limits.max_connections)
     listeners = await listen(config)
     try:
         web_socket = listen_web(config)

@@ -159,7 +159,9 @@ def test_config(extra_config: str) -> str:
     return TEST_CONFIG + extra_config
 
 
-def start_appliance_process(folder: Path, extra_config: str = "") -> Appliance:
+def start_appliance_process(
+    folder: Path, extra_config: str = "", preexec_fn: Callable[[], object] | None = None
+) -> Appliance:
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "appliance.toml"
     config.write_text(test_config(extra_config))
@@ -170,6 +172,7 @@ def start_appliance_process(folder: Path, extra_config: str = "") -> Appliance:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=folder,
+            preexec_fn=preexec_fn,
         )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

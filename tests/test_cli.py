@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -16,7 +17,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -678,3 +679,34 @@ def test_the_readme_heartbeat_query_tells_the_age(start_appliance):
     wait_for(lambda: appliance.query("SELECT 1 FROM meta WHERE key = 'appliance_alive_ms'"))
     [(age,)] = appliance.query(sql)
     assert 0 <= age < 10
+
+
+def descriptor_limit(soft: int, hard: int) -> Callable[[], None]:
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def soft_descriptors(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no Max open files in /proc/<pid>/limits")
+
+
+def test_serve_has_the_descriptors_its_connections_need_or_says_so(tmp_path):
+    """README "Bad peers": `[limits] max_connections` charge points need as many file
+    descriptors, and the database and the dashboard some more: `serve` raises its soft
+    limit as far as the hard one allows, and says at start when that is not enough."""
+    roomy = start_appliance_process(tmp_path / "roomy", preexec_fn=descriptor_limit(512, 4096))
+    try:
+        assert soft_descriptors(roomy.proc.pid) == 1000 + 256
+        assert "file descriptors" not in roomy.log()
+    finally:
+        assert roomy.stop() == 0
+    tight = start_appliance_process(tmp_path / "tight", preexec_fn=descriptor_limit(512, 512))
+    try:
+        assert (
+            "only 512 file descriptors: [limits] max_connections = 1000 needs about 1256"
+            in tight.log()
+        )
+    finally:
+        assert tight.stop() == 0

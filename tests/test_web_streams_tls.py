@@ -395,3 +395,45 @@ def test_with_tls_the_dashboard_speaks_https_only(start_appliance, pki, trusting
         assert done.status_code == 200 and done.json()["ok"] is True, done.text
         assert any(c.action == "ChangeAvailability" for c in station.calls)
     assert log_errors(appliance) == []
+
+
+def open_raw_stream(port: int) -> socket.socket:
+    """`GET /api/events` on a socket of its own; returns once the answer's head is in."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"GET /api/events HTTP/1.1\r\nHost: box\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(65536)
+        assert chunk, "the stream closed before its head"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    return sock
+
+
+def test_open_event_streams_are_capped(start_appliance):
+    """A script that opens stream after stream gets 503 once MAX_STREAMS are open, not
+    the appliance's memory; a closed page makes room again."""
+    from appliance.web.live import MAX_STREAMS
+
+    appliance = start_appliance(web_config(password=False))
+    url = web_url(appliance)
+    port = int(url.rsplit(":", 1)[1])
+    sockets = [open_raw_stream(port) for _ in range(MAX_STREAMS)]
+    try:
+        with client(appliance) as http:
+            refused = http.get("/api/events")
+            assert refused.status_code == 503, refused.text
+            assert "too many open event streams" in refused.json()["error"]
+            assert refused.headers["retry-after"] == "10"
+            assert http.get("/api/charge-points").status_code == 200  # the rest serves on
+            sockets.pop().close()
+
+            def opens() -> bool:
+                with http.stream("GET", "/api/events") as response:
+                    return response.status_code == 200
+
+            conftest.wait_for(opens, 10, "room for a new stream")
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert log_errors(appliance) == []

@@ -34,6 +34,9 @@ POLL_SEC = 1.0
 #: events one stream may fall behind by before it is dropped (a full snapshot of 100
 #: charge points is 100 events)
 STREAM_BUFFER = 256
+#: open streams at once: a household's phones, tablets and Home Assistant are a handful;
+#: a script that opens more gets 503 instead of the appliance's memory
+MAX_STREAMS = 100
 
 
 def sse(name: str, data: Any) -> str:

@@ -33,7 +33,7 @@ from appliance.errors import ReaderError
 from appliance.store.queries import write_controls
 from appliance.store.web_queries import WebReader
 from appliance.web.access import SESSION_MAX_AGE_SEC, Access, Login
-from appliance.web.live import STREAM_BUFFER, Live, sse
+from appliance.web.live import MAX_STREAMS, STREAM_BUFFER, Live, sse
 
 log = logging.getLogger("appliance")
 
@@ -373,6 +373,9 @@ def build(web: Web, tls: bool) -> ASGIApp:
     async def events(request: Request) -> Response:
         """Server-Sent Events: a snapshot of every charge point first, then each
         change (`status`, `connection`, and `states` for `?states=GLOB`)."""
+        if len(web.live.streams) >= MAX_STREAMS:
+            error = f"too many open event streams (at most {MAX_STREAMS}); try again later"
+            return JSONResponse({"error": error}, 503, headers={"Retry-After": "10"})
         globs = tuple(request.query_params.getlist("states"))
         # what is written from now on is this page's, whenever the poller runs next
         since = await web.run(web.reader.latest_state_ts) if globs else 0
