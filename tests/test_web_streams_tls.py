@@ -21,6 +21,7 @@ import fnmatch
 import json
 import signal
 import socket
+import sqlite3
 import ssl
 import struct
 import subprocess
@@ -437,3 +438,27 @@ def test_open_event_streams_are_capped(start_appliance):
         for sock in sockets:
             sock.close()
     assert log_errors(appliance) == []
+
+
+def test_a_write_in_the_same_millisecond_as_the_last_one_seen_still_arrives(start_appliance):
+    """Two commits can write states in the same millisecond (the time is taken when a
+    message is handled, the commit comes later): a stream that has seen the first must
+    still get the second. The two commits are made here by hand, with one timestamp."""
+    appliance = start_appliance(web_config(password=False))
+    with booted(Station(appliance, "CP-A", V16).open()) as station, client(appliance) as http:
+        prefix = prefix_of(http, "CP-A")
+        with EventStream(web_url(appliance), (f"{prefix}.probe.*",)) as stream:
+            stream.wait("status", lambda row: row["identity"] == "CP-A", "the snapshot")
+            same_ms = int(time.time() * 1000) + 60_000  # newer than anything written yet
+            for name in ("first", "second"):
+                with contextlib.closing(sqlite3.connect(appliance.db, timeout=10)) as db, db:
+                    db.execute(
+                        "INSERT INTO states (id, val, ack, ts, lc) VALUES (?, ?, 1, ?, ?)",
+                        (f"{prefix}.probe.{name}", name, same_ms, same_ms),
+                    )
+                stream.wait(
+                    "states", has_state(f"{prefix}.probe.{name}", name), f"the {name} write"
+                )
+        delivered = [row["id"] for rows in stream.named("states") for row in rows]
+        assert delivered == [f"{prefix}.probe.first", f"{prefix}.probe.second"], delivered
+        station.heartbeat()

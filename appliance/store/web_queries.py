@@ -98,14 +98,21 @@ class WebReader:
             pattern,
         )
 
-    def states_since(self, after_ts: int) -> list[dict[str, Any]]:
-        """States written after `after_ts` (ms), oldest write first. All of them: the next
-        look starts after the newest, so a limit would lose the rest of a large report
-        written in one millisecond."""
-        return self._rows("SELECT id, val, ts FROM states WHERE ts > ? ORDER BY ts", after_ts)
+    def states_since(self, since_ts: int) -> list[dict[str, Any]]:
+        """States written at or after `since_ts` (ms), oldest write first. All of them:
+        a limit would lose the rest of a large report written in one millisecond. At,
+        not only after: the next commit may hold writes of the same millisecond."""
+        return self._rows("SELECT id, val, ts FROM states WHERE ts >= ? ORDER BY ts", since_ts)
 
-    def latest_state_ts(self) -> int:
-        return int(self._db().execute("SELECT coalesce(max(ts), 0) FROM states").fetchone()[0])
+    def newest_states(self) -> tuple[int, set[str]]:
+        """The newest write's time (ms) and the ids written then: where a stream of the
+        states written from now on starts."""
+        rows = (
+            self._db()
+            .execute("SELECT ts, id FROM states WHERE ts = (SELECT max(ts) FROM states)")
+            .fetchall()
+        )
+        return (int(rows[0][0]), {row[1] for row in rows}) if rows else (0, set())
 
     # ------------------------------------------------------------------ history
 

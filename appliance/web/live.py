@@ -56,6 +56,9 @@ class Stream:
     #: states written after this (ms) are new to this page: the newest write when it
     #: opened, then the newest it has been sent
     since: int = 0
+    #: the ids it was sent as written at `since` exactly: a write of the same millisecond
+    #: that lands in a later commit is new, these are not
+    sent_at_since: set[str] = field(default_factory=set)
 
 
 class Live:
@@ -69,15 +72,17 @@ class Live:
         self._version: int | None = None
 
     def open(
-        self, globs: tuple[str, ...] = (), since: int = 0
+        self, globs: tuple[str, ...] = (), since: int = 0, written: set[str] | None = None
     ) -> tuple[Stream, trio.MemoryReceiveChannel[str]]:
+        """A stream; with `globs`, of the states written after `since` (ms) and those
+        written at `since` that are not in `written` (already there when it opened)."""
         send, receive = trio.open_memory_channel[str](STREAM_BUFFER)
         patterns = tuple(globs)
 
         def matcher(state_id: str) -> bool:
             return any(fnmatch.fnmatchcase(state_id, p) for p in patterns)
 
-        stream = Stream(send, patterns, matcher, since)
+        stream = Stream(send, patterns, matcher, since, set(written or ()))
         self.streams.add(stream)
         return stream, receive
 
@@ -128,10 +133,24 @@ class Live:
         if wanting:
             since = min(stream.since for stream in wanting)
             changed = await self.run(self.reader.states_since, since)
-            newest = max((row["ts"] for row in changed), default=since)
+            if not changed:
+                return
+            newest = changed[-1]["ts"]
+            at_newest = {row["id"] for row in changed if row["ts"] == newest}
             for stream in wanting:
-                mine = [r for r in changed if r["ts"] > stream.since and stream.matcher(r["id"])]
-                stream.since = max(stream.since, newest)
+                mine = [
+                    row
+                    for row in changed
+                    if (
+                        row["ts"] > stream.since
+                        or (row["ts"] == stream.since and row["id"] not in stream.sent_at_since)
+                    )
+                    and stream.matcher(row["id"])
+                ]
+                if newest > stream.since:
+                    stream.since, stream.sent_at_since = newest, set(at_newest)
+                else:
+                    stream.sent_at_since |= at_newest
                 if mine:
                     self._send(stream, sse("states", mine))
 

@@ -378,9 +378,9 @@ def build(web: Web, tls: bool) -> ASGIApp:
             return JSONResponse({"error": error}, 503, headers={"Retry-After": "10"})
         globs = tuple(request.query_params.getlist("states"))
         # what is written from now on is this page's, whenever the poller runs next
-        since = await web.run(web.reader.latest_state_ts) if globs else 0
+        since, written = await web.run(web.reader.newest_states) if globs else (0, set())
         snapshot = await web.run(web.reader.charge_points)
-        stream, receive = web.live.open(globs, since)
+        stream, receive = web.live.open(globs, since, written)
 
         async def body() -> AsyncIterator[str]:
             try:
