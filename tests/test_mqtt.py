@@ -623,6 +623,29 @@ def test_broker_restart_mid_session_reconnects_and_republishes(
     assert PASSWORD not in log
 
 
+def test_publish_all_publishes_every_state_again_after_a_broker_restart(
+    start_appliance, broker, home_assistant
+):
+    """publish_all: every state of the tree, also those that did not change since the
+    broker lost its retained messages (README "Home Assistant and MQTT")."""
+    ha = home_assistant
+    appliance = start_appliance(mqtt_config(broker, extra="publish_all = true\n"))
+    cp = "HA-ALL"
+    with Station(appliance, cp, V201) as station:
+        booted(station)
+        vendor = f"{BASE}/{cp}/info/vendor"
+        ha.wait(vendor, lambda p: p == "TestVendor")
+        time.sleep(0.01)
+        meter_values(station, 4200, 1000)  # newer changes than the vendor's
+        ha.wait(f"{BASE}/{cp}/meterValues/powerW", lambda p: p == "4200")
+        broker.stop()
+        ha.clear()
+        broker.start()  # no persistence: every retained message is gone
+        ha.wait(f"{BASE}/status", lambda p: p == "online", timeout=15)
+        ha.wait(vendor, lambda p: p == "TestVendor", timeout=10)  # unchanged, published again
+        assert retained(broker, vendor, 0.3) == {vendor: "TestVendor"}
+
+
 def test_wrong_broker_password_one_log_line_and_ocpp_unaffected(start_appliance, broker):
     wrong = "not-the-Pw-4711"
     appliance = start_appliance(mqtt_config(broker, password=wrong))

@@ -63,8 +63,6 @@ class Bridge:
         events = self.stations.subscribe()
         reader = await trio.to_thread.run_sync(StatusReader, self.database)
         try:
-            if self.settings.publish_all:
-                self._states_since = await trio.to_thread.run_sync(reader.latest_change)
             task_status.started()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._station_events, events)
@@ -131,6 +129,8 @@ class Bridge:
                 log.info("MQTT: connected to %s", broker.where)
                 self._reported = None
                 self._published.clear()  # the broker may have lost everything: all again
+                if self.settings.publish_all:
+                    self._states_since = 0  # every state, not only those changed since
                 self._force = True
                 self._wake.set()
             elif isinstance(event, Down):
@@ -207,11 +207,14 @@ class Bridge:
             # a wake-up (a boot, a reconnect) still keeps to the minimum interval
             await trio.sleep(0.05)
 
-    def _send(self, broker: Broker, topic: str, payload: str, retain: bool) -> None:
+    def _send(self, broker: Broker, topic: str, payload: str, retain: bool) -> bool:
+        """Publish unless it is what the broker has already; False if it could not be."""
         if self._published.get(topic) == payload:
-            return
+            return True
         if broker.publish(topic, payload, retain):
             self._published[topic] = payload
+            return True
+        return False
 
     def _publish(self, broker: Broker, snapshot: Snapshot) -> None:
         settings = self.settings
@@ -266,11 +269,19 @@ class Bridge:
             for topic in self._discovered.pop(gone):
                 broker.publish(topic, "", retain=True)
                 self._published.pop(topic, None)
-        for state_id, value, _lc in snapshot.changed:
-            self._send(
-                broker, topics.state_topic(base, state_id), topics.text(value), retain_values
-            )
-            self._states_since = max(self._states_since or 0, _lc)
+        unsent: int | None = None
+        for state_id, value, lc in snapshot.changed:
+            topic = topics.state_topic(base, state_id)
+            if not self._send(broker, topic, topics.text(value), retain_values):
+                unsent = lc if unsent is None else min(unsent, lc)
+        if snapshot.changed:
+            # the next look starts at the newest change (those of the same millisecond in a
+            # later commit are read again; what was already sent is not sent twice), or
+            # at the oldest that could not be sent (paho's queue was full, or the
+            # connection went): tried again on the next look
+            newest = max(lc for _id, _value, lc in snapshot.changed)
+            self._states_since = newest if unsent is None else unsent
+            self._force = self._force or unsent is not None
 
 
 def _availability(row: dict[str, Any]) -> str:

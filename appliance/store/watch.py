@@ -55,7 +55,8 @@ class StatusReader:
     def look(self, force: bool, outcomes_since: int, states_since: int | None) -> Snapshot:
         """The status of every charge point (if anything was committed, or `force`),
         outcomes since `outcomes_since` (ms) and, when `states_since` is not None, the
-        states whose value changed after it."""
+        states whose value changed at or after it (a later commit may hold changes of
+        the same millisecond)."""
         version = self.connection.execute("PRAGMA data_version").fetchone()[0]
         if version == self._data_version and not force:
             return Snapshot()
@@ -84,11 +85,6 @@ class StatusReader:
             changed: list[tuple[str, Any, int]] = []
             if states_since is not None:
                 changed = db.execute(
-                    "SELECT id, val, lc FROM states WHERE lc > ? ORDER BY id", (states_since,)
+                    "SELECT id, val, lc FROM states WHERE lc >= ? ORDER BY id", (states_since,)
                 ).fetchall()
         return Snapshot(status, extra, outcomes, changed)
-
-    def latest_change(self) -> int:
-        """The newest `lc` of all states (ms), where publish_all starts."""
-        row = self.connection.execute("SELECT max(lc) FROM states").fetchone()
-        return int(row[0] or 0)
