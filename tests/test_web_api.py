@@ -3,10 +3,12 @@ points of the `ocpp` package (README "Web dashboard and API")."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 from datetime import datetime
@@ -331,3 +333,26 @@ def test_sighup_applies_the_password_and_keeps_the_listener(start_appliance):
         assert old.status_code == 401
         new = http.post("/api/login", json={"password": new_password}, headers=csrf(http))
         assert new.status_code == 200
+
+
+def test_a_locked_database_is_a_503_with_the_reason(start_appliance):
+    """Another program holds the database's write lock for longer than a write waits:
+    the control is not the request's fault, so 503 with the reason and Retry-After (not
+    400, not a traceback); once the lock is gone the same request works."""
+    appliance = start_appliance(web_config())
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    control = {"id": "control.availability", "value": 0}
+    url = "/api/charge-points/CP-LOCK/controls"
+    station = Station(appliance, "CP-LOCK", V16)
+    with booted(station.open()), client(appliance) as script:
+        with contextlib.closing(sqlite3.connect(appliance.db, isolation_level=None)) as db:
+            db.execute("BEGIN EXCLUSIVE")
+            locked = script.post(url, json=control, headers=bearer)
+            db.execute("ROLLBACK")
+        assert locked.status_code == 503, locked.text
+        assert "is locked by another program: try again" in locked.json()["error"]
+        assert locked.headers["retry-after"] == "10"
+        done = script.post(url, json=control, headers=bearer)
+        assert done.status_code == 200 and done.json()["ok"] is True
+        assert station.take_one()[0] == "ChangeAvailability"
+    assert "Traceback" not in appliance.log()

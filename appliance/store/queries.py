@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import ReaderError
+from appliance.errors import DatabaseUnavailable, ReaderError
 from appliance.store.commands import write_controls as _write
 
 _NO_DATABASE = "no database at {} (has `ocpp-appliance serve` run with this config?)"
@@ -185,7 +185,7 @@ def write_controls(path: Path, values: list[tuple[str, Any]]) -> int:
     try:
         connection = sqlite3.connect(path, timeout=10)
     except (sqlite3.Error, OSError) as exc:
-        raise ReaderError(explain(path, exc, "write to")) from None
+        raise DatabaseUnavailable(explain(path, exc, "write to")) from None
     try:
         return _write(connection, values)
     except sqlite3.IntegrityError as exc:
@@ -193,7 +193,7 @@ def write_controls(path: Path, values: list[tuple[str, Any]]) -> int:
         reasons = [_not_writable(connection, state_id) for state_id, _ in values]
         raise ReaderError("; ".join(r for r in reasons if r) or str(exc)) from None
     except (sqlite3.Error, OSError) as exc:
-        raise ReaderError(explain(path, exc, "write to")) from None
+        raise DatabaseUnavailable(explain(path, exc, "write to")) from None
     finally:
         connection.close()
 

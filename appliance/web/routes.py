@@ -8,6 +8,7 @@ import csv
 import io
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -29,8 +30,8 @@ from starlette_csrf import CSRFMiddleware
 
 from appliance.config import Config
 from appliance.domain.secrets import MASK
-from appliance.errors import ReaderError
-from appliance.store.queries import write_controls
+from appliance.errors import DatabaseUnavailable, ReaderError
+from appliance.store.queries import explain, write_controls
 from appliance.store.web_queries import WebReader
 from appliance.web.access import SESSION_MAX_AGE_SEC, Access, Login
 from appliance.web.live import MAX_STREAMS, STREAM_BUFFER, Live, sse
@@ -350,6 +351,8 @@ def build(web: Web, tls: bool) -> ASGIApp:
         try:
             values = [(i, v) for i, (_, v) in zip(ids, writes, strict=True)]
             seq = await web.run(write_controls, path, values)
+        except DatabaseUnavailable as exc:  # locked, full, damaged: not this request's fault
+            return JSONResponse({"ok": False, "error": str(exc)}, 503, {"Retry-After": "10"})
         except ReaderError as exc:
             return JSONResponse({"ok": False, "error": str(exc)}, 400)
         who = "token" if "authorization" in request.headers else "session"
@@ -423,6 +426,13 @@ def build(web: Web, tls: bool) -> ASGIApp:
             status_code=exc.status_code,
         )  # fmt: skip
 
+    async def database_error(request: Request, exc: Exception) -> Response:
+        """A read the database refused (damaged, a disk error, locked for longer than
+        the busy timeout): 503 with the reason, one log line, never a traceback page."""
+        reason = explain(web.config().database_path, exc, "read")
+        log.warning("web: %s %s: %s", request.method, request.url.path, reason)
+        return await error(request, HTTPException(503, reason, {"Retry-After": "10"}))
+
     cp = "/api/charge-points/{identity}"
     routes = [
         Route("/", overview),
@@ -447,7 +457,9 @@ def build(web: Web, tls: bool) -> ASGIApp:
         Route("/api/events", events),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: error})
+    app = Starlette(
+        routes=routes, exception_handlers={HTTPException: error, sqlite3.Error: database_error}
+    )
     csrf = CSRFMiddleware(
         app,
         web.access.csrf_secret,
