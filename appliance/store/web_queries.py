@@ -24,9 +24,9 @@ MAX_ROWS = 1000
 
 
 #: charge_point_status with each identity's id prefix (for state ids), the charge limit's
-#: unit (A or W) and, while a session
-#: runs, when it started (ms): the charge point's time where its clock is plausible, else
-#: when the appliance heard of it (README "Readings": clocks are never mixed up)
+#: unit (A or W) and, while a session runs, when it started (ms): the charge point's time
+#: where its clock is plausible, else when the appliance heard of it (README "Readings":
+#: clocks are never mixed up)
 _CHARGE_POINTS = """
 SELECT s.*, c.prefix, c.first_seen,
   CASE WHEN s.charge_limit IS NOT NULL THEN (
@@ -83,8 +83,7 @@ class WebReader:
         return int(self._db().execute("PRAGMA data_version").fetchone()[0])
 
     def charge_points(self) -> list[dict[str, Any]]:
-        """charge_point_status, with each identity's id prefix (for state ids) and the
-        running session's start."""
+        """_CHARGE_POINTS, by identity."""
         return self._rows(f"{_CHARGE_POINTS} ORDER BY s.identity")
 
     def charge_point(self, identity: str) -> dict[str, Any] | None:
