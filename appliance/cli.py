@@ -218,6 +218,9 @@ def _write_and_wait(
         if response:
             print(response)
         return EXIT_FAILED
+    said = reader.note(config.database_path, values[-1][0], written_at)
+    if said:
+        print(f"ocpp-appliance: {said}", file=sys.stderr)
     print(_pretty(response) if response else "ok")
     return EXIT_OK
 

@@ -91,8 +91,9 @@ def test_power_query(database):
 
 
 def test_home_assistant_query(database):
-    # the session ended and the charge point is gone: no power is claimed (NULL)
-    assert rows(database, query_about("Home Assistant")) == [("offline", None, 4.6, 0, 7.5)]
+    # the session ended and the charge point is gone: no power is claimed (NULL); the
+    # register is the stop's meterStop, newer than the last MeterValues (issue 25)
+    assert rows(database, query_about("Home Assistant")) == [("offline", None, 8.5, 0, 7.5)]
 
 
 def test_key_value_query(database):

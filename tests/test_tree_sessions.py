@@ -346,12 +346,13 @@ def test_session_16_with_the_ocpp_package(start_appliance):
     assert got["evse.1.connector.1.errorCode"] == "NoError"
     assert "evse.0.connector.1.status" not in got
 
-    # kW → W, kWh → Wh; the latest sample wins. Disconnected now: power and current are
-    # not known (NULL, README "Readings"); registers and the rest keep their value
+    # kW → W, kWh → Wh; the latest sample wins, and StopTransaction's meterStop is the
+    # newest register (issue 25). Disconnected now: power and current are not known
+    # (NULL, README "Readings"); registers and the rest keep their value
     expect_meter = {
         "powerW": None,
-        "energyWh": 13200,
-        "energyKWh": 13.2,
+        "energyWh": 14000,
+        "energyKWh": 14.0,
         "soc": 45,
         "currentL1": None,
         "currentL2": None,
@@ -446,7 +447,7 @@ def test_session_16_with_the_ocpp_package(start_appliance):
     assert charging["power_w"] == pytest.approx(11040)
     ended = seen["ended"]  # the session ended, the car unplugged, still connected
     assert (ended["state"], ended["power_w"], ended["current_l1"]) == ("available", 0, 0)
-    assert ended["energy_wh"] == pytest.approx(13200)
+    assert ended["energy_wh"] == pytest.approx(14000)  # meterStop: the newest register
     assert charging["tx_active"] == 1
     assert charging["rfid"] == "04A2B3C4"
     assert charging["tx_energy_kwh"] == pytest.approx(1.2)
@@ -459,8 +460,8 @@ def test_session_16_with_the_ocpp_package(start_appliance):
     assert row["state"] == "offline"
     assert (row["power_w"], row["energy_wh"], row["energy_kwh"], row["soc"]) == (
         None,
-        pytest.approx(13200),
-        pytest.approx(13.2),
+        pytest.approx(14000),
+        pytest.approx(14.0),
         45,
     )
     assert (row["voltage_l1"], row["current_l1"], row["current_l2"], row["current_l3"]) == (

@@ -166,6 +166,8 @@ class Controls:
         self._in_force: dict[str, Any] = {}
         #: parameters that hold a secret: the database shows "***", the call gets this
         self._secret_parameters: dict[str, Any] = {}
+        #: by command seq: what was changed to make a command work (control_outcomes.note)
+        self._notes: dict[int, str] = {}
         self._last_seq = 0
         self._nursery: trio.Nursery | None = None
 
@@ -318,7 +320,7 @@ class Controls:
         if name in ("hardReset.trigger", "softReset.trigger"):
             return (*build[name.removesuffix(".trigger")]({}), _status)
         if name == "chargeLimit":
-            return await self._charge_limit(command, build)
+            return await self._charge_limit(command, version)
         if name == "requestStartTransaction.trigger":
             params = await self._params(command, "requestStartTransaction", _START_PARAMS)
             token = str(params["idToken"] or "")
@@ -362,14 +364,27 @@ class Controls:
         raise CommandError(f"{command.path} is not a control")
 
     async def _charge_limit(
-        self, command: Command, build: dict[str, Callable[[dict[str, Any]], Any]]
+        self, command: Command, version: Version
     ) -> tuple[str, dict[str, Any], Callable[[dict[str, Any]], str | None]]:
+        build = version.controls
         if command.value in (None, ""):
             return (*build["clearChargeLimit"]({}), _cleared)
         params = await self._params(command, "", ("chargeLimitType", "numberOfPhases"))
         unit = check_parameter("chargeLimitType", params["chargeLimitType"] or "A")
         phases = check_parameter("numberOfPhases", params["numberOfPhases"])
         limit = check_limit(command.value, unit)
+        setting, words = version.rate_units
+        ids = [f"{command.prefix}.{setting}", f"{command.prefix}.meterValues.voltageL1"]
+        found = await self._read(self._reader.values, ids)
+        taken = taken_units(found.get(ids[0]), words)
+        if taken and unit not in taken:
+            # README "Controls": the unit the charger takes, converted and said so
+            volts = _voltage(found.get(ids[1]))
+            limit, unit, how = convert_limit(limit, unit, phases or 3, volts)
+            self._notes[command.seq] = (
+                f"sent as {limit:g} {unit} ({how}): the charge point takes only {unit}"
+                f" ({setting} = {found.get(ids[0])})"
+            )
         action, payload = build["chargeLimit"]({"limit": limit, "unit": unit, "phases": phases})
         profile = _profile_facts(payload)
 
@@ -432,12 +447,13 @@ class Controls:
         if name not in BUTTONS:
             self._in_force[command.state_id] = value
         answer = "" if response is None else jsontext.dumps(response)
+        note = self._notes.pop(command.seq, None)
         if outcome or not ok:
             # kept per state until it is written again, whatever other controls do
             written = _shown(command.path, command.value)
             self.store.put(
                 ControlOutcome(
-                    command.state_id, now, written, int(ok), answer or None, error, value
+                    command.state_id, now, written, int(ok), answer or None, error, value, note
                 )
             )
         if outcome:
@@ -452,7 +468,8 @@ class Controls:
             if error:
                 log.warning("%s: %s: %s", command.identity, command.path, error)
             else:
-                log.info("%s: %s done", command.identity, command.path)
+                done = f"done; {note}" if note else "done"
+                log.info("%s: %s %s", command.identity, command.path, done)
         elif not ok:
             log.warning("%s: %s refused: %s", command.identity, command.path, error)
         self.store.put(CommandDone(command.state_id, value, now, command.seq))
@@ -500,6 +517,34 @@ def check_limit(value: Any, unit: str) -> float:
             f"chargeLimit must be 0..{MAX_LIMIT[unit]:g} {unit} (chargeLimitType), not {value!r}"
         )
     return limit
+
+
+#: README "Controls": the voltage a limit is converted with, unless the charge point
+#: reports a plausible one of its own (meterValues.voltageL1)
+NOMINAL_VOLTAGE = 230.0
+_PLAUSIBLE_VOLTAGE = (100.0, 300.0)
+
+
+def taken_units(setting: Any, words: dict[str, str]) -> set[str]:
+    """The rate units (A, W) a charge point says it takes; empty: it has not said."""
+    if not isinstance(setting, str):
+        return set()
+    return {words[word.strip()] for word in setting.split(",") if word.strip() in words}
+
+
+def convert_limit(limit: float, unit: str, phases: int, volts: float) -> tuple[float, str, str]:
+    """A limit in the other unit: A × volts × phases = W. Returns (limit, unit, how)."""
+    per_amp = f"{volts:g} V × {phases} phase{'s' if phases > 1 else ''}"
+    if unit == "A":
+        return round(limit * volts * phases), "W", f"{limit:g} A × {per_amp}"
+    return round(limit / (volts * phases), 1), "A", f"{limit:g} W ÷ ({per_amp})"
+
+
+def _voltage(reported: Any) -> float:
+    low, high = _PLAUSIBLE_VOLTAGE
+    if isinstance(reported, int | float) and low <= reported <= high:
+        return float(reported)
+    return NOMINAL_VOLTAGE
 
 
 def _unit(value: Any) -> str:

@@ -260,6 +260,12 @@ class Session:
         self._send_next(now)
         return expired
 
+    def permit(self, now: float) -> None:
+        """Calls may go out before the peer's first CALL from now on (the station
+        decides when: README "On the wire", a charge point that reconnects silently)."""
+        self.peer_has_called = True
+        self._send_next(now)
+
     def next_deadline(self) -> float | None:
         deadlines = [self._queue[0].deadline] if self._queue else []
         if self._in_flight is not None:

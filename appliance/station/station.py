@@ -45,6 +45,11 @@ from appliance.versions.tables import RETRIED
 
 log = logging.getLogger("appliance")
 
+#: README "On the wire": a charge point whose boot the appliance has seen (in this run or
+#: before a restart) and that reconnects without a word may be called after this long;
+#: one that reboots sends its BootNotification well within it
+RECONNECT_GRACE_SEC = 5.0
+
 
 class Job(Protocol):
     """Work for a charge point's command worker (a control command)."""
@@ -143,6 +148,8 @@ class Station:
                 self._nursery = nursery
                 nursery.start_soon(self.calls.expire)
                 nursery.start_soon(self._work)
+                if self.tree.booted(self.identity):
+                    nursery.start_soon(self._permit_after_grace)
                 store = hub.store
                 async for text in self.link.messages():
                     self._on_text(text)
@@ -177,6 +184,21 @@ class Station:
 
     async def close(self, code: int, reason: str) -> None:
         await self.link.close(code, reason)
+
+    async def _permit_after_grace(self) -> None:
+        """A charge point that booted before and reconnects silently (MicroOcpp speaks
+        only at its next Heartbeat) gets its controls after RECONNECT_GRACE_SEC."""
+        await trio.sleep(RECONNECT_GRACE_SEC)
+        session = self.session
+        if not session.peer_has_called:
+            if session.pending_calls:
+                log.info(
+                    "%s: silent since it reconnected %g s ago; sending its calls",
+                    self.identity,
+                    RECONNECT_GRACE_SEC,
+                )
+            session.permit(trio.current_time())
+            await self._send_outgoing()
 
     async def _work(self) -> None:
         async for job in self._job_queue:

@@ -251,6 +251,56 @@ MIGRATIONS: list[str] = [
             / 1000.0 AS INTEGER) AS reading_age_s
     FROM charge_points AS cp;
     """,
+    # 5: after a reconnect the database still tells the truth (issue 25): the newest
+    # reading is when the charge point last reported one (`info.lastReading`; before it
+    # exists, the newest reading's write), not when a disconnect set power to NULL; the
+    # charge limit's unit; what the appliance changed to make a control work
+    """
+    ALTER TABLE control_outcomes ADD COLUMN note TEXT;
+
+    DROP VIEW charge_point_status;
+    CREATE VIEW charge_point_status AS
+    SELECT
+        cp.identity,
+        (SELECT val FROM states WHERE id = cp.prefix || '.info.connected') AS connected,
+        coalesce(
+            (SELECT val FROM states WHERE id = cp.prefix || '.evse.1.connector.1.status'),
+            (SELECT val FROM states WHERE id = cp.prefix || '.info.status')
+        ) AS status,
+        (SELECT val FROM states WHERE id = cp.prefix || '.info.protocol') AS protocol,
+        (SELECT val FROM states WHERE id = cp.prefix || '.transactions.last.idToken') AS rfid,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.soc') AS soc,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.powerW') AS power_w,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.energyWh') AS energy_wh,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.energyKWh') AS energy_kwh,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.voltageL1') AS voltage_l1,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.voltageL2') AS voltage_l2,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.voltageL3') AS voltage_l3,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.currentL1') AS current_l1,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.currentL2') AS current_l2,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.currentL3') AS current_l3,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.powerL1') AS power_l1,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.powerL2') AS power_l2,
+        (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.powerL3') AS power_l3,
+        (SELECT val FROM states WHERE id = cp.prefix || '.transactions.active') AS tx_active,
+        (SELECT val FROM states WHERE id = cp.prefix || '.transactions.last.energyKWh')
+            AS tx_energy_kwh,
+        (SELECT val FROM states WHERE id = cp.prefix || '.control.chargeLimit') AS charge_limit,
+        (SELECT val FROM states WHERE id = cp.prefix || '.control.numberOfPhases')
+            AS number_phases,
+        (SELECT val FROM states WHERE id = cp.prefix || '.info.lastSeen') AS last_seen,
+        (SELECT val FROM states WHERE id = cp.prefix || '.info.state') AS state,
+        cp.reading_at AS last_reading,
+        CAST((julianday('now') - 2440587.5) * 86400 - cp.reading_at / 1000.0 AS INTEGER)
+            AS reading_age_s,
+        (SELECT val FROM states WHERE id = cp.prefix || '.control.chargeLimitType')
+            AS charge_limit_unit
+    FROM (SELECT identity, prefix, coalesce(
+            (SELECT val FROM states WHERE id = c.prefix || '.info.lastReading'),
+            (SELECT max(ts) FROM states
+                WHERE id > c.prefix || '.meterValues.' AND id < c.prefix || '.meterValues/')
+        ) AS reading_at FROM charge_points AS c) AS cp;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

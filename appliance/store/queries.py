@@ -214,10 +214,20 @@ def _not_writable(db: sqlite3.Connection, state_id: str) -> str | None:
 
 def refusal(path: Path, state_id: str, since_ms: int) -> str | None:
     """The error of a command on `state_id` refused since `since_ms` (control_outcomes)."""
+    return _outcome_since(path, state_id, since_ms, "error", ok=False)
+
+
+def note(path: Path, state_id: str, since_ms: int) -> str | None:
+    """What the appliance changed to make a command on `state_id` since `since_ms` work
+    (control_outcomes.note: a limit sent in the unit the charger takes)."""
+    return _outcome_since(path, state_id, since_ms, "note", ok=True)
+
+
+def _outcome_since(path: Path, state_id: str, since_ms: int, column: str, ok: bool) -> Any:
     with _read(path) as db:
         row = db.execute(
-            "SELECT error FROM control_outcomes WHERE id = ? AND ok = 0 AND ts >= ?",
-            (state_id, since_ms),
+            f"SELECT {column} FROM control_outcomes WHERE id = ? AND ok = ? AND ts >= ?",
+            (state_id, int(ok), since_ms),
         ).fetchone()
     return row[0] if row else None
 

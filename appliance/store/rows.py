@@ -19,11 +19,14 @@ class Meta(NamedTuple):
 
 
 class StateWrite(NamedTuple):
-    """One state: its id, its value, and its description (None: inferred from the value)."""
+    """One state: its id, its value, and its description (None: inferred from the value).
+    `ts`: when it was written, where that is not the time of the write that carries it
+    (a reading rewritten unchanged keeps the time it was reported, README "Readings")."""
 
     id: str
     value: Any
     meta: Meta | None = None
+    ts: int | None = None
 
 
 class FrameRow(NamedTuple):
@@ -110,6 +113,17 @@ class ControlOutcome(NamedTuple):
     response: str | None
     error: str | None
     in_force: Any
+    #: what the appliance changed to make it work (a limit sent in the unit the charger
+    #: takes), in plain words
+    note: str | None = None
+
+
+class InForce(NamedTuple):
+    """The charge point changed a value itself (a reboot reset it): an outcome of a write
+    of that state now shows what is in force (`control_outcomes.in_force`)."""
+
+    in_force: Any
+    id: str
 
 
 class MetaValue(NamedTuple):
@@ -166,6 +180,7 @@ Row = (
     | TransactionRow
     | MetaValue
     | ControlOutcome
+    | InForce
 )
 #: everything the store's queue carries
 Item = Row | list[Row] | CommandDone | States | DefaultStates | LazyStates

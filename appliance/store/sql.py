@@ -8,6 +8,7 @@ from appliance.store.rows import (
     ConnectionRow,
     ControlOutcome,
     FrameRow,
+    InForce,
     MetaValue,
     MeterValueRow,
     TransactionRow,
@@ -55,9 +56,12 @@ TRANSACTION_EVENT = (
 )
 SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 SET_OUTCOME = (
-    "INSERT OR REPLACE INTO control_outcomes (id, ts, value, ok, response, error, in_force)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR REPLACE INTO control_outcomes (id, ts, value, ok, response, error, in_force,"
+    " note) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# README "Controls": in_force is what the state shows, also when the charge point changed
+# the value itself
+SET_IN_FORCE = "UPDATE control_outcomes SET in_force = ?1 WHERE id = ?2 AND in_force IS NOT ?1"
 # ack = 1: the appliance confirms what it writes; lc moves only when the value changes
 UPSERT_STATE = (
     "INSERT INTO states (id, val, ack, ts, lc) VALUES (?1, ?2, 1, ?3, ?3)"
@@ -98,6 +102,7 @@ STATEMENT: dict[type, str] = {
     TransactionRow: TRANSACTION_EVENT,
     MetaValue: SET_META,
     ControlOutcome: SET_OUTCOME,
+    InForce: SET_IN_FORCE,
 }
 
 #: rows shed first while the database cannot be written: copies of frames, then readings

@@ -9,6 +9,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from appliance.domain import start_key
+from appliance.domain.meter import DEFAULT_MEASURAND, INSTANTANEOUS_UNITS
 from appliance.store.rows import MetaValue
 
 #: ids reserved ahead; renewed half-way, so the renewal has hundreds of starts to commit
@@ -19,8 +20,34 @@ OPEN_SESSION_MAX_AGE_MS = 7 * 24 * 3600 * 1000
 #: lost answer; repeats come within minutes, a charger's offline queue is far shorter.
 RECENT_STARTS = 1000
 
-#: (identity, transaction id, evse, connector, start register, stop register, stopped)
-SessionFacts = tuple[str, str, int | None, int | None, float | None, float | None, bool]
+
+@dataclass(frozen=True, slots=True)
+class SessionFacts:
+    """A session as the appliance knew it before it stopped (`transactions`)."""
+
+    identity: str
+    transaction_id: str
+    evse_id: int | None
+    connector_id: int | None
+    start: float | None  # energy register at start
+    stop: float | None
+    stopped: bool
+    #: appliance clock (ms) of its latest event
+    updated_at: int
+    #: the latest register reading of a running session (`meter_values`)
+    now: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusFact:
+    """The latest raw status of a connector (evse None: the station, 1.6 connector 0),
+    and when it last changed (ms, `states.lc`)."""
+
+    identity: str
+    evse_id: int | None
+    connector_id: int | None
+    status: str
+    changed_at: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +60,14 @@ class Opened:
     recent_starts: dict[Hashable, int]
     #: sessions still running and recently stopped, oldest first
     sessions: list[SessionFacts]
+    #: what each charge point said last about its connectors (README "`charge_point_status`": the
+    #: state follows the last known status at once when it reconnects)
+    statuses: list[StatusFact]
+    #: (identity, evse) → 2.x chargingState last reported
+    charging_states: dict[tuple[str, int], str]
+    #: charge points whose boot the database has seen (README "On the wire": a CALL to
+    #: one that reconnects silently goes out after a grace)
+    booted: frozenset[str]
 
 
 def read_start_state(connection: sqlite3.Connection) -> Opened:
@@ -58,7 +93,8 @@ def read_start_state(connection: sqlite3.Connection) -> Opened:
     }
     sessions = connection.execute(
         "SELECT identity, transaction_id, evse_id, connector_id, meter_start_wh,"
-        " meter_stop_wh, stopped_at IS NOT NULL FROM transactions WHERE seq IN ("
+        " meter_stop_wh, stopped_at IS NOT NULL, updated_at, received_at FROM transactions"
+        " WHERE seq IN ("
         "  SELECT seq FROM transactions WHERE stopped_at IS NULL AND transaction_id <> '-1'"
         "   AND updated_at > ?"
         "  UNION SELECT seq FROM (SELECT seq FROM transactions WHERE stopped_at IS NOT NULL"
@@ -66,15 +102,105 @@ def read_start_state(connection: sqlite3.Connection) -> Opened:
         ") ORDER BY seq",
         (now - OPEN_SESSION_MAX_AGE_MS, RECENT_STARTS),
     ).fetchall()
-    # Nobody is connected before the first connection of this run.
+    restored = [
+        SessionFacts(
+            identity,
+            tid,
+            evse,
+            connector,
+            start,
+            stop,
+            bool(stopped),
+            updated_at or 0,
+            None if stopped else _last_register(connection, identity, tid, evse, received_at),
+        )
+        for identity, tid, evse, connector, start, stop, stopped, updated_at, received_at in (
+            sessions
+        )
+    ]
+    statuses, charging_states, booted = _connectors(connection)
+    # Nobody is connected before the first connection of this run (also after a crash,
+    # which wrote no disconnect): every state is `offline`, and power and current are
+    # not known (README "Readings").
     with connection:
         connection.execute(
             "UPDATE states SET val = 0, ack = 1, ts = ?1,"
             " lc = CASE WHEN val IS 0 THEN lc ELSE ?1 END WHERE id LIKE '%.info.connected'",
             (now,),
         )
-    restored = [(*row[:6], bool(row[6])) for row in sessions]
-    return Opened(floor, floor + TRANSACTION_ID_BLOCK, recent, restored)
+        connection.execute(
+            "UPDATE states SET val = 'offline', ack = 1, ts = ?1, lc = ?1"
+            " WHERE val IS NOT 'offline' AND id IN ("
+            "  SELECT s.id FROM charge_points AS cp JOIN states AS s"
+            "  ON s.id = cp.prefix || '.info.state' OR s.id > cp.prefix || '.evse.'"
+            "   AND s.id < cp.prefix || '.evse/' AND s.id GLOB '*.connector.*.state')",
+            (now,),
+        )
+        units = ", ".join(f"'{unit}'" for unit in sorted(INSTANTANEOUS_UNITS))
+        connection.execute(
+            "UPDATE states SET val = NULL, ts = ?1, lc = ?1 WHERE val IS NOT NULL AND id IN ("
+            " SELECT o.id FROM charge_points AS cp JOIN objects AS o"
+            f" ON o.unit IN ({units}) AND ("
+            "  o.id > cp.prefix || '.meterValues.' AND o.id < cp.prefix || '.meterValues/'"
+            "  OR o.id > cp.prefix || '.evse.' AND o.id < cp.prefix || '.evse/'))",
+            (now,),
+        )
+    return Opened(
+        floor, floor + TRANSACTION_ID_BLOCK, recent, restored, statuses, charging_states, booted
+    )
+
+
+def _last_register(
+    connection: sqlite3.Connection,
+    identity: str,
+    transaction_id: str,
+    evse_id: int | None,
+    since_ms: int,
+) -> float | None:
+    """The newest energy register stored for a running session: its own, or (1.6 leaves
+    transactionId out of MeterValues) its connector's since it started. The newest rows
+    come first in the identity's index, so this reads only the session's own rows."""
+    row = connection.execute(
+        "SELECT value FROM meter_values WHERE identity = ? AND received_at >= ?"
+        " AND measurand = ? AND phase IS NULL"
+        " AND (transaction_id = ? OR transaction_id IS NULL AND evse_id IS ?)"
+        " ORDER BY received_at DESC, seq DESC LIMIT 1",
+        (identity, since_ms, DEFAULT_MEASURAND, transaction_id, evse_id),
+    ).fetchone()
+    return None if row is None else float(row[0])
+
+
+def _connectors(
+    connection: sqlite3.Connection,
+) -> tuple[list[StatusFact], dict[tuple[str, int], str], frozenset[str]]:
+    """The last status of every connector, the 2.x charging state of every EVSE, and
+    which charge points booted, from `states`."""
+    statuses: list[StatusFact] = []
+    charging: dict[tuple[str, int], str] = {}
+    booted: set[str] = set()
+    rows = connection.execute(
+        "SELECT cp.identity, substr(s.id, length(cp.prefix) + 2), s.val, s.lc"
+        " FROM charge_points AS cp JOIN states AS s"
+        " ON s.id > cp.prefix || '.evse.' AND s.id < cp.prefix || '.evse/'"
+        "  AND (s.id GLOB '*.status' OR s.id GLOB '*.chargingState')"
+        " OR s.id IN (cp.prefix || '.info.status', cp.prefix || '.info.lastBoot')"
+    ).fetchall()
+    for identity, path, value, changed_at in rows:
+        parts = path.split(".")
+        if path == "info.lastBoot":
+            booted.add(identity)
+        elif not isinstance(value, str):
+            continue
+        elif path == "info.status":
+            statuses.append(StatusFact(identity, None, None, value, changed_at or 0))
+        elif len(parts) == 5 and parts[1].isdigit() and parts[3].isdigit():
+            if parts[2] == "connector" and parts[4] == "status":
+                statuses.append(
+                    StatusFact(identity, int(parts[1]), int(parts[3]), value, changed_at or 0)
+                )
+        elif len(parts) == 3 and parts[1].isdigit() and parts[2] == "chargingState":
+            charging[(identity, int(parts[1]))] = value
+    return statuses, charging, frozenset(booted)
 
 
 class TransactionIds:

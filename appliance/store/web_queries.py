@@ -23,15 +23,11 @@ MAX_POINTS = 2000
 MAX_ROWS = 1000
 
 
-#: charge_point_status with each identity's id prefix (for state ids), the charge limit's
-#: unit (A or W) and, while a session runs, when it started (ms): the charge point's time
-#: where its clock is plausible, else when the appliance heard of it (README "Readings":
-#: clocks are never mixed up)
+#: charge_point_status with each identity's id prefix (for state ids) and, while a session
+#: runs, when it started (ms): the charge point's time where its clock is plausible, else
+#: when the appliance heard of it (README "Readings": clocks are never mixed up)
 _CHARGE_POINTS = """
 SELECT s.*, c.prefix, c.first_seen,
-  CASE WHEN s.charge_limit IS NOT NULL THEN (
-    SELECT val FROM states WHERE id = c.prefix || '.control.chargeLimitType') END
-    AS charge_limit_unit,
   CASE WHEN s.tx_active THEN (
     SELECT coalesce(
       CASE WHEN t.time_suspect = 0
@@ -222,7 +218,7 @@ class WebReader:
 
     def outcome(self, state_id: str) -> dict[str, Any] | None:
         rows = self._rows(
-            "SELECT id, ts, value, ok, response, error, in_force FROM control_outcomes"
+            "SELECT id, ts, value, ok, response, error, in_force, note FROM control_outcomes"
             " WHERE id = ?",
             state_id,
         )

@@ -118,8 +118,8 @@ class _Batch:
             self.rows.extend((STATEMENT[type(row)], row) for row in item)
         elif kind is States:
             assert isinstance(item, States)
-            for state_id, value, meta in item.writes:
-                self._states[state_id] = (value, item.ts, meta)
+            for state_id, value, meta, ts in item.writes:
+                self._states[state_id] = (value, ts or item.ts, meta)
         elif kind is LazyStates:
             assert isinstance(item, LazyStates)
             self._lazy.pop(item.key, None)  # keep arrival order: the latest goes last
@@ -130,7 +130,7 @@ class _Batch:
             self.rows.append((COMMAND_DONE, (item.seq,)))
         elif kind is DefaultStates:
             assert isinstance(item, DefaultStates)
-            for state_id, value, meta in item.writes:
+            for state_id, value, meta, _ in item.writes:
                 self.rows.append((INSERT_STATE_DEFAULT, (state_id, encode(value), item.ts)))
                 self.defaults.append((state_id, *(meta or infer_meta(value))))
         else:
@@ -146,8 +146,8 @@ class _Batch:
             except Exception:
                 log.exception("database: the states of %.100r could not be computed", key)
                 continue
-            for state_id, value, meta in produced:
-                latest[state_id] = (value, ts, meta)
+            for state_id, value, meta, own in produced:
+                latest[state_id] = (value, own or ts, meta)
         latest.update(self._states)
         return latest
 

@@ -20,6 +20,7 @@ from appliance.domain.meter import CONTEXT_RANK, INSTANTANEOUS_UNITS
 from appliance.domain.status import state_of
 from appliance.store import (
     ChargePointRow,
+    InForce,
     Meta,
     MeterValueRow,
     Opened,
@@ -71,7 +72,10 @@ INFO: dict[str, Meta] = {
     "vin": _meta("string", "info.vin", "vehicle identification number"),
     "lastViolation": _meta("string", "info.violation", "latest schema violation"),
     "state": _meta("string", "info.state", "state (version-neutral)"),
+    "lastReading": _meta("number", "date", "last reading reported (ms)", "ms"),
 }
+#: 2.x TransactionEvent `transactionInfo.chargingState` of an EVSE (README "`charge_point_status`")
+CHARGING_STATE = _meta("string", "info.status", "charging state (2.x TransactionEvent)")
 CONNECTOR: dict[str, Meta] = {
     "status": _meta("string", "info.status", "connector status"),
     "errorCode": _meta("string", "info.error", "error code"),
@@ -121,16 +125,18 @@ _LAST_FIELDS = (
 
 
 #: the latest reading of one name: when it was taken, its value (None: not known while
-#: disconnected), its unit
-Latest = tuple[Stamp, float | None, str]
+#: disconnected), its unit, and when it was written (ms: reported, or set by the
+#: appliance — README "Readings": a register keeps the time it was reported)
+Latest = tuple[Stamp, float | None, str, int]
 
 
 def _reading_writes(base: str, latest: dict[str, Latest]) -> list[StateWrite]:
     writes: list[StateWrite] = []
-    for name, (_, value, unit) in latest.items():
-        writes.append(StateWrite(f"{base}.{name}", value, _reading_meta(name, unit)))
+    for name, (_, value, unit, written) in latest.items():
+        writes.append(StateWrite(f"{base}.{name}", value, _reading_meta(name, unit), written))
         if name == "energyWh" and base.endswith(".meterValues") and value is not None:
-            writes.append(StateWrite(f"{base}.energyKWh", round(value / 1000, 6), _KWH_META))
+            kwh = round(value / 1000, 6)
+            writes.append(StateWrite(f"{base}.energyKWh", kwh, _KWH_META, written))
     return writes
 
 
@@ -149,6 +155,8 @@ class _Session:
     now: float | None = None  # latest register while it runs
     stop: float | None = None
     stopped: bool = False
+    #: appliance clock (ms) of its latest event
+    updated_at: int = 0
 
 
 @dataclass(slots=True)
@@ -197,6 +205,8 @@ class _Station:
     #: samples of transactions already stored (see SAMPLES_REMEMBERED)
     samples: OrderedDict[tuple[Any, ...], None] = field(default_factory=OrderedDict)
     connected: bool = False
+    #: it has sent a BootNotification, in this run or before (`info.lastBoot`)
+    booted: bool = False
 
 
 class Tree:
@@ -206,18 +216,51 @@ class Tree:
         #: writable Device Model / configuration values as last reported, by state id:
         #: what a rejected write is put back to
         self._reported: dict[str, Any] = {}
-        for identity, tid, evse, connector, start, stop, stopped in (
-            opened.sessions if opened else ()
-        ):
-            sessions = self._station(identity).sessions
-            sessions.known[tid] = _Session(evse, connector, start, None, stop, stopped)
-            sessions.last = tid  # oldest first: the latest session ends up `last`
+        if opened is not None:
+            self._restore(opened)
+
+    def _restore(self, opened: Opened) -> None:
+        """What the database knew before this run: sessions, the last status of every
+        connector, charging states and boots (README "`charge_point_status`": the state follows the
+        last known status as soon as a charge point reconnects, also after a restart)."""
+        for f in opened.sessions:
+            sessions = self._station(f.identity).sessions
+            sessions.known[f.transaction_id] = _Session(
+                f.evse_id, f.connector_id, f.start, f.now, f.stop, f.stopped, f.updated_at
+            )
+            sessions.last = f.transaction_id  # oldest first: the latest ends up `last`
+        changed: dict[tuple[str, int], int] = {}
+        for status in opened.statuses:
+            station = self._station(status.identity)
+            station.statuses[(status.evse_id or 0, status.connector_id)] = status.status
+            if status.evse_id:
+                key = (status.identity, status.evse_id)
+                changed[key] = max(changed.get(key, 0), status.changed_at)
+        for (identity, evse_id), charging_state in opened.charging_states.items():
+            self._station(identity).evses.setdefault(
+                evse_id, _Evse()
+            ).charging_state = charging_state
+        for (identity, evse_id), status_changed in changed.items():
+            station = self._station(identity)
+            evse = station.evses.setdefault(evse_id, _Evse())
+            on_evse = [s for s in station.sessions.known.values() if s.evse_id == evse_id]
+            evse.running = any(not s.stopped for s in on_evse)
+            # a session that ended after the status last changed: the cable is still in
+            evse.ended = not evse.running and any(
+                s.stopped and s.updated_at >= status_changed for s in on_evse
+            )
+        for identity in opened.booted:
+            self._station(identity).booted = True
 
     def _station(self, identity: str) -> _Station:
         station = self._stations.get(identity)
         if station is None:
             station = self._stations[identity] = _Station(escape(identity))
         return station
+
+    def booted(self, identity: str) -> bool:
+        """Whether the charge point has ever sent a BootNotification (this run or before)."""
+        return self._station(identity).booted
 
     def reported(self, state_id: str) -> Any:
         """The value a charge point last reported for a writable `dm.*.value` or
@@ -242,8 +285,16 @@ class Tree:
             meta = Meta("string", "config", None, writable, entry["key"])
             state = f"config.{escape(entry['key'])}"
             writes.append((state, entry.get("value"), meta))
-            self._reported[f"{self.prefix(identity)}.{state}"] = entry.get("value")
+            if writable:
+                self._report(f"{self.prefix(identity)}.{state}", entry.get("value"))
         self._set(identity, writes)
+
+    def _report(self, state_id: str, value: Any) -> None:
+        """A writable value as the charge point reports it: what a rejected write goes
+        back to, and what an earlier write's outcome now says is in force (README
+        "Controls": `in_force` is what the state shows)."""
+        self._reported[state_id] = value
+        self.store.put(InForce(value, state_id))
 
     def _set(self, identity: str, writes: list[Write]) -> None:
         prefix = self._station(identity).prefix
@@ -263,6 +314,9 @@ class Tree:
                 ("info.remoteAddress", remote, INFO["remoteAddress"]),
             ],
         )
+        # the last known status holds again at once: many chargers send no
+        # StatusNotification after a reconnect (README "`charge_point_status`")
+        self._states(identity, station)
 
     def disconnected(self, identity: str) -> None:
         """README "Readings": while disconnected an instantaneous reading is not known
@@ -333,6 +387,7 @@ class Tree:
             "bootReason": update.boot_reason,
             "lastBoot": iso_now(),
         }
+        self._station(identity).booted = True
         self._set(
             identity,
             [(f"info.{name}", v, INFO[name]) for name, v in fields.items() if v is not None],
@@ -408,14 +463,15 @@ class Tree:
         (None). Registers keep their value. A sample taken before `when` that arrives
         later does not bring them back."""
         prefix = station.prefix
+        written = now_ms()
         for base in bases:
             latest = station.readings.get(base)
             if not latest:
                 continue
             changed = False
-            for name, (_, known, unit) in list(latest.items()):
+            for name, (_, known, unit, _) in list(latest.items()):
                 if unit in INSTANTANEOUS_UNITS and known != value:
-                    latest[name] = (when, value, unit)
+                    latest[name] = (when, value, unit, written)
                     changed = True
             if changed:
                 snapshot = dict(latest)
@@ -475,17 +531,43 @@ class Tree:
             if found is None or rank > found[0] or (rank == found[0] and newer(when, found[1])):
                 best[r.name] = (rank, when, r)
         self.store.put_rows(rows)
+        if rows:
+            self._set(identity, [("info.lastReading", received, INFO["lastReading"])])
         connector = _connector_base(update.evse_id, update.connector_id) if update.evse_id else None
+        self._latest(
+            station,
+            (connector, "meterValues"),
+            [(name, when, r.value, r.unit) for name, (_, when, r) in best.items()],
+            received,
+        )
+        energy = best.get("energyWh")
+        # 1.6 makes transactionId optional in MeterValues (§6.31) and some chargers leave it
+        # out: the register of the connector a session runs on is that session's (the rows
+        # keep what the charger sent)
+        running = update.transaction_id or station.sessions.running_on(update.evse_id)
+        if energy is not None and running is not None:
+            self._set(identity, self._live_energy(station, running, energy[2].value))
+
+    def _latest(
+        self,
+        station: _Station,
+        bases: tuple[str | None, ...],
+        readings: list[tuple[str, Stamp, float, str]],
+        received: int,
+    ) -> None:
+        """Readings (name, when taken, value, unit) become the latest of each base where
+        they are not older than what it shows (README "Readings": the charge point's
+        clock compared only with itself)."""
         prefix = station.prefix
-        for base in (connector, "meterValues"):
+        for base in bases:
             if base is None:
                 continue
             latest = station.readings.setdefault(base, {})
             changed = False
-            for name, (_, when, r) in best.items():
+            for name, when, value, unit in readings:
                 known = latest.get(name)
                 if known is None or newer(when, known[0]):
-                    latest[name] = (when, r.value, r.unit)
+                    latest[name] = (when, value, unit, received)
                     changed = True
             if changed:
                 # States are the latest values: a snapshot per base, materialised once
@@ -494,13 +576,6 @@ class Tree:
                 self.store.set_states_lazily(
                     (prefix, base), partial(_reading_writes, f"{prefix}.{base}", snapshot)
                 )
-        energy = best.get("energyWh")
-        # 1.6 makes transactionId optional in MeterValues (§6.31) and some chargers leave it
-        # out: the register of the connector a session runs on is that session's (the rows
-        # keep what the charger sent)
-        running = update.transaction_id or station.sessions.running_on(update.evse_id)
-        if energy is not None and running is not None:
-            self._set(identity, self._live_energy(station, running, energy[2].value))
 
     def _live_energy(self, station: _Station, transaction_id: str, register: float) -> list[Write]:
         sessions = station.sessions
@@ -516,6 +591,14 @@ class Tree:
         station = self._station(identity)
         received = now_ms()
         suspect = time_suspect(update.timestamp)
+        session = station.sessions.known.get(update.transaction_id)
+        if update.event == "Ended" and update.meter_stop_wh is None:
+            # README "`transactions`": an end without a register (a charger that rebooted
+            # mid-session) ends on the session's last reading: one energy everywhere
+            stop = update.meter_now_wh
+            if stop is None and session is not None:
+                stop = session.stop if session.stop is not None else session.now
+            update = replace(update, meter_stop_wh=stop)
         self.store.put(
             TransactionRow(
                 identity=identity,
@@ -534,8 +617,34 @@ class Tree:
                 offline=int(update.offline),
             )
         )
-        self._set(identity, self._session_writes(station.sessions, update))
+        self._set(identity, self._session_writes(station.sessions, update, received))
+        self._register_of(identity, station, update, received)
         self._connector_after(identity, station, update)
+
+    def _register_of(
+        self, identity: str, station: _Station, update: domain.TransactionEvent, received: int
+    ) -> None:
+        """The register at a session's start or stop (1.6 meterStart / meterStop, the
+        register of a 2.x Started or Ended event) is the newest reading of the register,
+        unless the charge point's clock says a reading it sent is newer (README
+        "Readings")."""
+        session = station.sessions.known.get(update.transaction_id)
+        if update.event == "Started":
+            register = update.meter_start_wh
+        elif update.event == "Ended":
+            register = update.meter_stop_wh
+            start = session.start if session is not None else None
+            if register is not None and start is not None and register < start:
+                return  # a stop below the start is not the meter (firmware sending 0)
+        else:
+            return
+        if register is None or session is None or session.evse_id is None:
+            return
+        when = stamp(update.timestamp, received / 1000)
+        connector = _connector_base(session.evse_id, session.connector_id)
+        reading = [("energyWh", when, register, "Wh")]
+        self._latest(station, (connector, "meterValues"), reading, received)
+        self._set(identity, [("info.lastReading", received, INFO["lastReading"])])
 
     def _connector_after(
         self, identity: str, station: _Station, update: domain.TransactionEvent
@@ -548,6 +657,8 @@ class Tree:
         evse = station.evses.setdefault(evse_id, _Evse())
         if update.charging_state is not None:
             evse.charging_state = update.charging_state
+            state = (f"evse.{evse_id}.chargingState", evse.charging_state, CHARGING_STATE)
+            self._set(identity, [state])
         if update.event == "Ended":
             evse.running, evse.ended = False, True
             connector = update.connector_id or (session.connector_id if session else None)
@@ -559,7 +670,9 @@ class Tree:
             evse.running, evse.ended = True, False
         self._states(identity, station)
 
-    def _session_writes(self, sessions: _Sessions, update: domain.TransactionEvent) -> list[Write]:
+    def _session_writes(
+        self, sessions: _Sessions, update: domain.TransactionEvent, received: int
+    ) -> list[Write]:
         tid = update.transaction_id
         writes: list[Write] = [("transactions.lastEvent", update.raw, TRANSACTIONS["lastEvent"])]
         if tid == "-1":
@@ -576,6 +689,7 @@ class Tree:
                 writes += [(f"transactions.{key}", None, TRANSACTIONS[key]) for key in _LAST_FIELDS]
                 writes.append(("transactions.last.id", tid, TRANSACTIONS["last.id"]))
             sessions.forget_old()
+        session.updated_at = received
         if session.evse_id is None and update.evse_id is not None:
             session.evse_id, session.connector_id = update.evse_id, update.connector_id
         if session.start is None and update.meter_start_wh is not None:
@@ -624,7 +738,7 @@ class Tree:
             value = _dm_value(v.value, kind)
             writes.append((state, value, meta))
             if v.writable:
-                self._reported[f"{self.prefix(identity)}.{state}"] = value
+                self._report(f"{self.prefix(identity)}.{state}", value)
         self._set(identity, writes)
 
     def _vendor_data(self, identity: str, update: domain.VendorData) -> None:

@@ -34,6 +34,9 @@ class Version:
     default_responses: dict[str, dict[str, Any]]
     #: the controls of README "Controls" as this version's calls: name → (action, payload)
     controls: dict[str, CallBuilder]
+    #: where the charge point says which charging rate units it takes (a state below its
+    #: identity holding a comma-separated list), and its words for A and W
+    rate_units: tuple[str, dict[str, str]]
     #: runs on every call before its handler (2.x: customData may carry a VIN)
     inspect: Callable[[Context, Payload], None] | None = None
 
@@ -62,6 +65,7 @@ def _version(
         handlers,
         tables.MINIMAL_RESPONSES[name],
         controls,
+        tables.RATE_UNITS[name],
         inspect,
     )
 

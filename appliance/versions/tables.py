@@ -29,6 +29,17 @@ _PLACEHOLDER_TIME = "2026-01-01T00:00:00Z"
 # valid (expired, blocked), which a plain list cannot say.
 REFUSED_TOKEN_STATUS = {OCPP16: "Invalid", OCPP201: "Unknown", OCPP21: "Unknown"}
 
+#: where a charge point says which charging rate units its profiles may use, and its words
+#: for A and W: 1.6 configuration key ChargingScheduleAllowedChargingRateUnit (CSL of
+#: Current, Power; §9.4), 2.x SmartChargingCtrlr.RateUnit (MemberList of A, W; Part 2
+#: Appendix 3). README "Controls": a charge limit goes in the unit the charger takes.
+_RATE_UNITS_2X = ("dm.SmartChargingCtrlr.RateUnit.Actual.value", {"A": "A", "W": "W"})
+RATE_UNITS: dict[str, tuple[str, dict[str, str]]] = {
+    OCPP16: ("config.ChargingScheduleAllowedChargingRateUnit", {"Current": "A", "Power": "W"}),
+    OCPP201: _RATE_UNITS_2X,
+    OCPP21: _RATE_UNITS_2X,
+}
+
 # Calls whose exact repeat is a retry after a lost answer, not a new fact: each carries
 # its own time (and 2.x TransactionEvent its seqNo), and a charger resends them until
 # answered, also after a reconnect (1.6 §4.1 "transaction-related messages", 2.x Part 2
