@@ -207,8 +207,9 @@ def measure(
     pace: float = 0,
     database: Path | None = None,
     simulator: bool = False,
+    env: dict[str, str] | None = None,
 ) -> list:
-    server = subprocess.Popen(_pin(0) + command, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(_pin(0) + command, stderr=subprocess.DEVNULL, env=env)
     results = []
     try:
         _wait_port(port)
@@ -430,6 +431,18 @@ def main() -> None:
     parser.add_argument("--shared", help="../shared/bench: add its echo ceiling and ocpp peer")
     parser.add_argument("--port", type=int, default=9300)
     parser.add_argument(
+        "--before",
+        metavar="DIR",
+        help="also measure the appliance of another checkout (e.g. `git worktree add` of the"
+        " commit before a change), side by side in the same run",
+    )
+    parser.add_argument(
+        "--node-modules",
+        default="/tmp/rpc/node_modules",
+        help="with --shared: where `npm install --prefix /tmp/rpc ocpp-rpc@2.2.1` put ocpp-rpc"
+        " for the Node peer (skipped if absent)",
+    )
+    parser.add_argument(
         "--store", action="store_true", help="only measure the rows per second the store sustains"
     )
     parser.add_argument(
@@ -510,28 +523,50 @@ def main() -> None:
             server.wait(10)
         return
 
-    servers = [("appliance", [*appliance, "serve", "--config", str(config)])]
+    servers: list[tuple[str, list[str], dict[str, str] | None]] = [
+        ("appliance", [*appliance, "serve", "--config", str(config)], None)
+    ]
+    if args.before:
+        before = folder / "before"
+        before.mkdir()
+        (before / "appliance.toml").write_text(
+            config.read_text().replace(f"port = {args.port}", f"port = {args.port + 10}")
+            + "[web]\nport = 9081\n"
+        )
+        env = {**os.environ, "PYTHONPATH": str(Path(args.before).resolve())}
+        command = [sys.executable, "-m", "appliance", "serve", "--config"]
+        servers.append(("appliance_before", [*command, str(before / "appliance.toml")], env))
     if args.shared:
         shared = Path(args.shared)
         # the same core behind websockets' own trio server: the transport decision
         # (README "Architecture") measured inside the appliance
         library = Path(__file__).with_name("serve_on_websockets_trio.py")
-        servers.append(
-            ("appliance_on_websockets_trio", [sys.executable, str(library), str(config)])
-        )
-        servers.append(("echo_trio_sansio", [sys.executable, str(shared / "echo_trio_sansio.py")]))
-        servers.append(("echo_websockets_trio", [sys.executable, str(shared / "echo_ws_trio.py")]))
-        servers.append(("echo_trio_websocket", [sys.executable, str(shared / "echo_trio.py")]))
-        servers.append(("ocpp_peer", [sys.executable, str(shared / "peer_mh.py")]))
+        python = sys.executable
+        servers += [
+            ("appliance_on_websockets_trio", [python, str(library), str(config)], None),
+            ("echo_trio_sansio", [python, str(shared / "echo_trio_sansio.py")], None),
+            ("echo_websockets_trio", [python, str(shared / "echo_ws_trio.py")], None),
+            ("echo_trio_websocket", [python, str(shared / "echo_trio.py")], None),
+            ("ocpp_peer", [python, str(shared / "peer_mh.py")], None),
+        ]
+        if shutil.which("node") and Path(args.node_modules).is_dir():
+            env = {**os.environ, "NODE_PATH": args.node_modules}
+            servers.append(("node_ocpp_rpc", ["node", str(shared / "peer_rpc.js")], env))
 
     results: dict[str, dict[int, float]] = {}
-    for offset, (name, command) in enumerate(servers):
+    for offset, (name, command, env) in enumerate(servers):
         port = args.port + offset
-        if name != "appliance":
+        if name == "appliance_before":
+            port = args.port + 10
+        elif name != "appliance":
             command = [*command, str(port)]
-        database = folder / "bench.db" if name.startswith("appliance") else None
+        database = None
+        if name == "appliance":
+            database = folder / "bench.db"
+        elif name == "appliance_before":
+            database = folder / "before" / "bench.db"
         rows = measure(
-            name, command, port, counts, args.duration, args.paced, database, args.simulator
+            name, command, port, counts, args.duration, args.paced, database, args.simulator, env
         )
         results[name] = {row["n"]: row["server_cpu_us_per_call"] for row in rows}
 

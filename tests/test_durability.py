@@ -199,10 +199,11 @@ def test_the_buffer_sheds_frame_copies_first_then_meter_values():
     batch.absorb(session)
     batch.absorb(States([StateWrite("CP.info.vendor", "V", None)], 1))
     assert batch.shed(limit=9) == "4 frame copies"
-    assert [r[1][0] for r in batch.rows if r[0] is INSERT_MESSAGE] == [4, 5]
+    assert [r[0] for r in batch.appended[INSERT_MESSAGE]] == [4, 5]  # the newest kept
     assert batch.shed(limit=3) == "2 frame copies, 4 meter values"
-    kinds = [r[0] for r in batch.rows]
-    assert kinds == [INSERT_METER_VALUE, INSERT_METER_VALUE, TRANSACTION_EVENT]
+    assert batch.appended[INSERT_MESSAGE] == []
+    assert [r.value for r in batch.appended[INSERT_METER_VALUE]] == [4, 5]
+    assert [r[0] for r in batch.rows] == [TRANSACTION_EVENT]
     assert batch.states()["CP.info.vendor"][0] == "V"  # states are never shed
     assert batch.shed(limit=0) == "2 meter values"
     assert [r[0] for r in batch.rows] == [TRANSACTION_EVENT]

@@ -63,8 +63,9 @@ SET_OUTCOME = (
 # the value itself
 SET_IN_FORCE = "UPDATE control_outcomes SET in_force = ?1 WHERE id = ?2 AND in_force IS NOT ?1"
 # ack = 1: the appliance confirms what it writes; lc moves only when the value changes
+# (parameters id, val, ts, ts: positional only, so that many rows go in one statement)
 UPSERT_STATE = (
-    "INSERT INTO states (id, val, ack, ts, lc) VALUES (?1, ?2, 1, ?3, ?3)"
+    "INSERT INTO states (id, val, ack, ts, lc) VALUES (?, ?, 1, ?, ?)"
     " ON CONFLICT (id) DO UPDATE SET val = excluded.val, ack = 1, ts = excluded.ts,"
     " lc = CASE WHEN val IS excluded.val THEN lc ELSE excluded.ts END"
 )
@@ -104,6 +105,27 @@ STATEMENT: dict[type, str] = {
     ControlOutcome: SET_OUTCOME,
     InForce: SET_IN_FORCE,
 }
+
+#: the tables that only grow, written in arrival order apart from the other rows
+#: (writer `_Batch`)
+APPENDED = (INSERT_MESSAGE, INSERT_METER_VALUE)
+
+
+def _multi_row(statement: str) -> tuple[str, str, str]:
+    """A single-row INSERT … VALUES (…) [tail] as (head, one row's values, tail)."""
+    head, _, rest = statement.partition(" VALUES ")
+    values, _, tail = rest.partition(")")
+    return head + " VALUES ", values + ")", tail
+
+
+#: statements that take many rows at once: INSERT … VALUES with positional parameters
+MULTI_ROW: dict[str, tuple[str, str, str]] = {
+    s: _multi_row(s)
+    for s in (INSERT_MESSAGE, INSERT_METER_VALUE, INSERT_CONNECTION, UPSERT_STATE, UPSERT_OBJECT)
+}
+#: rows per multi-row statement, largest first (at most 256 × 13 parameters, far below
+#: SQLite's 32 766): a few fixed shapes the statement cache keeps
+CHUNK_SIZES = (256, 64, 16, 4, 1)
 
 #: rows shed first while the database cannot be written: copies of frames, then readings
 SHED_ORDER: tuple[tuple[type, str], ...] = (

@@ -15,6 +15,7 @@ that anything was flushed.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import queue
@@ -42,8 +43,11 @@ from appliance.store.rows import (
 )
 from appliance.store.sql import (
     ACK_COMMAND,
+    APPENDED,
+    CHUNK_SIZES,
     COMMAND_DONE,
     INSERT_STATE_DEFAULT,
+    MULTI_ROW,
     SHED_ORDER,
     STATEMENT,
     UPSERT_OBJECT,
@@ -89,10 +93,16 @@ _Pending = tuple[str, tuple[Any, ...]]
 
 class _Batch:
     """What one commit writes. Survives failed commits: states stay one per id, lazy
-    producers one per key, so a long outage grows only the rows."""
+    producers one per key, so a long outage grows only the rows.
+
+    The history tables that only ever grow (`messages`, `meter_values`: APPENDED) are
+    kept apart from the other rows: nothing else in a commit reads them, so they are
+    written table by table in arrival order, many rows per statement, while the other
+    rows keep their order across tables."""
 
     def __init__(self) -> None:
         self.rows: list[_Pending] = []
+        self.appended: dict[str, list[tuple[Any, ...]]] = {s: [] for s in APPENDED}
         self._states: dict[str, tuple[Any, int, Meta | None]] = {}
         self._lazy: dict[Hashable, tuple[Callable[[], list[StateWrite]], int]] = {}
         self.defaults: list[tuple[Any, ...]] = []
@@ -101,21 +111,35 @@ class _Batch:
 
     @property
     def empty(self) -> bool:
-        return not (self.rows or self._states or self._lazy)
+        return not (self.rows or self._states or self._lazy or self.appended_count)
+
+    @property
+    def appended_count(self) -> int:
+        return sum(map(len, self.appended.values()))
 
     @property
     def size(self) -> int:
-        return len(self.rows) + len(self._states) + len(self._lazy)
+        return len(self.rows) + len(self._states) + len(self._lazy) + self.appended_count
 
     def absorb(self, item: Item) -> None:
         self.items += 1
         kind = type(item)
         statement = STATEMENT.get(kind)
         if statement is not None:
-            self.rows.append((statement, item))  # type: ignore[arg-type]
+            appended = self.appended.get(statement)
+            if appended is not None:
+                appended.append(item)  # type: ignore[arg-type]
+            else:
+                self.rows.append((statement, item))  # type: ignore[arg-type]
         elif kind is list:
             assert isinstance(item, list)
-            self.rows.extend((STATEMENT[type(row)], row) for row in item)
+            for row in item:
+                statement = STATEMENT[type(row)]
+                appended = self.appended.get(statement)
+                if appended is not None:
+                    appended.append(row)
+                else:
+                    self.rows.append((statement, row))
         elif kind is States:
             assert isinstance(item, States)
             for state_id, value, meta, ts in item.writes:
@@ -153,20 +177,15 @@ class _Batch:
 
     def shed(self, limit: int) -> str:
         """Drop the oldest frame copies, then meter values, until `limit` rows remain."""
-        excess = len(self.rows) - limit
+        excess = self.size - len(self._states) - len(self._lazy) - limit
         dropped = []
         for kind, what in SHED_ORDER:
             if excess <= 0:
                 break
-            statement = STATEMENT[kind]
-            kept, count = [], 0
-            for row in self.rows:
-                if count < excess and row[0] is statement:
-                    count += 1
-                else:
-                    kept.append(row)
+            rows = self.appended[STATEMENT[kind]]
+            count = min(excess, len(rows))
             if count:
-                self.rows = kept
+                del rows[:count]
                 excess -= count
                 dropped.append(f"{count} {what}")
         return ", ".join(dropped)
@@ -376,7 +395,7 @@ class Store:
 
     def _write(self, connection: sqlite3.Connection, batch: _Batch) -> bool:
         latest = batch.states()
-        state_rows = [(i, encode(value), ts) for i, (value, ts, _) in latest.items()]
+        state_rows = [(i, encode(value), ts, ts) for i, (value, ts, _) in latest.items()]
         new_objects = [
             (state_id, *(meta or infer_meta(value)))
             for state_id, (value, _, meta) in latest.items()
@@ -436,17 +455,24 @@ class Store:
     ) -> None:
         # history first, in transactions of at most ROWS_PER_TRANSACTION rows: another
         # writer (a user's control) never waits long behind a backlog
+        for statement, appended in batch.appended.items():
+            while len(appended) > ROWS_PER_TRANSACTION:
+                with connection:
+                    insert_many(connection, statement, appended[:ROWS_PER_TRANSACTION])
+                del appended[:ROWS_PER_TRANSACTION]
         rows = batch.rows
         while len(rows) > ROWS_PER_TRANSACTION:
             with connection:
                 for statement, group in _runs(rows[:ROWS_PER_TRANSACTION]):
-                    connection.executemany(statement, group)
+                    insert_many(connection, statement, group)
             rows = batch.rows = rows[ROWS_PER_TRANSACTION:]
         with connection:  # one transaction: commit, or roll back on error
+            for statement, appended in batch.appended.items():
+                insert_many(connection, statement, appended)
             for statement, group in _runs(rows):
-                connection.executemany(statement, group)
-            connection.executemany(UPSERT_STATE, state_rows)
-            connection.executemany(UPSERT_OBJECT, new_objects)
+                insert_many(connection, statement, group)
+            insert_many(connection, UPSERT_STATE, state_rows)
+            insert_many(connection, UPSERT_OBJECT, new_objects)
 
     def _commit_each(
         self,
@@ -458,6 +484,7 @@ class Store:
         """The slow path: one statement per row, each value made bindable; a row that
         still fails is logged and skipped, never the batch."""
         every = [
+            *((statement, row) for statement, rows in batch.appended.items() for row in rows),
             *batch.rows,
             *((UPSERT_STATE, row) for row in state_rows),
             *((UPSERT_OBJECT, row) for row in new_objects),
@@ -472,6 +499,7 @@ class Store:
                     self.skipped += 1
                     log.error("database: row skipped (%s): %.300r", exc, params)
         batch.rows = []
+        batch.appended = {s: [] for s in APPENDED}
 
     def prune(self, connection: sqlite3.Connection) -> int:
         return prune(connection, self.retention)
@@ -488,6 +516,30 @@ def _take(batch: _Batch, item: Item) -> None:
         batch.absorb(item)
     except Exception:  # a caller's bug: the rest of the batch goes on
         log.exception("database: a queued item could not be taken: %.200r", item)
+
+
+def insert_many(
+    connection: sqlite3.Connection, statement: str, rows: list[tuple[Any, ...]]
+) -> None:
+    """`executemany`, with MULTI_ROW rows per statement where the statement allows it: one
+    SQLite step per chunk instead of one per row (and one release of the GIL, which the
+    event loop holds most of the time under load, instead of one per row). Chunks of
+    fixed sizes, so the statement cache holds each shape."""
+    shape = MULTI_ROW.get(statement)
+    if shape is None or len(rows) < 2:
+        if rows:
+            connection.executemany(statement, rows)
+        return
+    head, values, tail = shape
+    start = 0
+    for size in CHUNK_SIZES:
+        count = (len(rows) - start) // size
+        if count:
+            sql = head + ",".join([values] * size) + tail
+            for _ in range(count):
+                chunk = rows[start : start + size]
+                connection.execute(sql, list(itertools.chain.from_iterable(chunk)))
+                start += size
 
 
 def _runs(rows: Iterable[_Pending]) -> Iterable[tuple[str, list[tuple[Any, ...]]]]:
