@@ -271,3 +271,29 @@ def test_backup_while_running_with_vacuum_into(appliance, tmp_path):
         ).fetchone() == (2,)
     shutil.rmtree(tmp_path / "unused", ignore_errors=True)
     assert Path(target).stat().st_size > 0
+
+
+def test_a_long_commit_interval_does_not_hold_a_busy_appliance(tmp_path):
+    """Backpressure pauses the connections while the writer falls behind; the history
+    written ahead of the commit counts (issue 21): with a commit interval of a minute, a
+    burst past the backlog limit is written within a moment, readable by another
+    connection, and the pause ends — not a minute later."""
+    from appliance.store import Store
+    from appliance.store.writer import MAX_BACKLOG
+
+    store = Store(tmp_path / "busy.db", commit_interval_ms=60_000)
+    store.open()
+    try:
+        text = '[2,"1","Heartbeat",{}]'
+        frame = FrameRow(0, "CP", "ocpp1.6", "in", 2, "1", "Heartbeat", text, None)
+        for _ in range(MAX_BACKLOG + 5_000):
+            store.put(frame)
+        assert store.overloaded
+        wait_for(lambda: not store.overloaded, timeout=10, what="the backlog written ahead")
+        with sqlite3.connect(tmp_path / "busy.db") as reader:
+            written = reader.execute("SELECT count(*) FROM messages").fetchone()[0]
+        assert written >= 5_000  # on disk before the interval's commit
+    finally:
+        assert store.close()
+    with sqlite3.connect(tmp_path / "busy.db") as reader:
+        assert reader.execute("SELECT count(*) FROM messages").fetchone()[0] == MAX_BACKLOG + 5_000

@@ -14,9 +14,25 @@ COMPACT = (",", ":")
 _BEYOND = {math.inf: "1e999", -math.inf: "-1e999"}
 
 
-#: made once: json.dumps with arguments builds an encoder per call
+def _not_serialisable(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_QUOTE = json.encoder.encode_basestring
+#: the standard library's C encoder, made once: `json.dumps` and `JSONEncoder.encode`
+#: build one per call, which costs more than encoding a small frame
 _ENCODERS = {
-    ascii: json.JSONEncoder(separators=COMPACT, ensure_ascii=ascii, allow_nan=False)
+    ascii: json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None,
+        _not_serialisable,
+        json.encoder.encode_basestring_ascii if ascii else json.encoder.encode_basestring,
+        None,
+        COMPACT[1],
+        COMPACT[0],
+        False,
+        False,
+        False,
+    )
     for ascii in (False, True)
 }
 
@@ -24,7 +40,10 @@ _ENCODERS = {
 def dumps(value: Any, ensure_ascii: bool = False) -> str:
     """Compact JSON text of `value` (a NaN, which JSON cannot carry, becomes null)."""
     try:
-        return _ENCODERS[ensure_ascii].encode(value)
+        if isinstance(value, str):
+            quote = json.encoder.encode_basestring_ascii if ensure_ascii else _QUOTE
+            return quote(value)
+        return "".join(_ENCODERS[ensure_ascii](value, 0))
     except ValueError:
         return "".join(_Finite(separators=COMPACT, ensure_ascii=ensure_ascii).iterencode(value))
 

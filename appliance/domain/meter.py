@@ -132,17 +132,48 @@ def state_name(measurand: str, phase: str | None) -> tuple[str, str]:
     return name + suffix, unit
 
 
-def normalise(value: float, unit: str | None, natural_unit: str) -> tuple[float, str]:
-    """A value in the unit sent → the normalised unit (kWh → Wh, kW → W, Fahrenheit, K)."""
+class _Kind(NamedTuple):
+    """What a sampled value is, apart from its number: the same for every message of a
+    charge point, so worked out once (`_kind`)."""
+
+    name: str
+    measurand: str
+    context: str
+    unit: str
+    #: 10^multiplier (2.x unitOfMeasure), None without one
+    scale: float | None
+    #: the normalised unit's factor, or a temperature scale (`_TEMPERATURE`)
+    factor: float | str
+
+
+#: temperatures converted to Celsius, by the unit sent (lowercase)
+_TEMPERATURE = {"fahrenheit": "F", "k": "K"}
+
+
+@lru_cache(maxsize=1024)
+def _kind(
+    measurand: str | None, phase: str | None, context: str | None, unit: str | None, multiplier: int
+) -> _Kind:
+    # the schemas' default (1.6 and 2.x SampledValue.context)
+    context = context or "Sample.Periodic"
+    if not measurand:
+        sent = _UNITS.get(unit.lower(), (unit, 1))[0] if unit else None
+        measurand = _MEASURAND_OF_UNIT.get(sent or "", DEFAULT_MEASURAND)
+    name, natural_unit = state_name(measurand, phase)
+    scale = None
+    if multiplier:
+        try:
+            scale = 10.0**multiplier
+        except OverflowError:
+            raise Unusable(f"multiplier {multiplier} is beyond a double") from None
+    factor: float | str = 1
     if not unit:
-        return value, natural_unit
-    lowered = unit.lower()
-    if lowered == "fahrenheit":
-        return (value - 32) * 5 / 9, "Celsius"
-    if lowered == "k":
-        return value - 273.15, "Celsius"
-    normalised, factor = _UNITS.get(lowered, (unit, 1))
-    return value * factor, normalised
+        normalised = natural_unit
+    elif unit.lower() in _TEMPERATURE:
+        normalised, factor = "Celsius", _TEMPERATURE[unit.lower()]
+    else:
+        normalised, factor = _UNITS.get(unit.lower(), (unit, 1))
+    return _Kind(name, measurand, context, normalised, scale, factor)
 
 
 def reading(
@@ -166,21 +197,21 @@ def reading(
         raise Unusable(f"value {str(raw_value)[:40]} is beyond a double") from None
     if not math.isfinite(value):
         return None
-    # the schemas' default (1.6 and 2.x SampledValue.context)
-    context = context or "Sample.Periodic"
-    if not measurand:
-        sent = _UNITS.get(unit.lower(), (unit, 1))[0] if unit else None
-        measurand = _MEASURAND_OF_UNIT.get(sent or "", DEFAULT_MEASURAND)
-    name, natural_unit = state_name(measurand, phase)
-    if multiplier:
-        try:
-            value *= 10.0**multiplier
-        except OverflowError:
-            raise Unusable(f"multiplier {multiplier} is beyond a double") from None
-    value, unit = normalise(value, unit, natural_unit)
+    kind = _kind(measurand, phase, context, unit, multiplier)
+    if kind.scale is not None:
+        value *= kind.scale
+    factor = kind.factor
+    if factor == "F":
+        value = (value - 32) * 5 / 9
+    elif factor == "K":
+        value = value - 273.15
+    elif factor != 1:
+        value *= factor  # type: ignore[operator]
     if not math.isfinite(value):
         raise Unusable(f"value {raw_value} × 10^{multiplier} is beyond a double")
-    return Reading(name, measurand, phase, location, context, unit, value, sampled_at)
+    return Reading(
+        kind.name, kind.measurand, phase, location, kind.context, kind.unit, value, sampled_at
+    )
 
 
 #: units of readings that describe a moment, not a register: they do not outlive the

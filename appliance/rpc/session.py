@@ -23,6 +23,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from appliance.domain import jsontext
 from appliance.rpc.dialects import Dialect, Fault, MessageType
 from appliance.rpc.validation import SchemaSet, Violation, has_lone_surrogate
@@ -64,6 +66,17 @@ def _not_json(constant: str) -> Any:
 
 #: JSON as RFC 8259 has it: NaN and Infinity, which Python's json takes, are refused
 _DECODER = json.JSONDecoder(parse_constant=_not_json)
+#: the fast path (msgspec, in C: a third of the time); whatever it does not take (a
+#: number beyond a double, a lone surrogate, bad JSON) goes to `_DECODER`, which says
+#: what the README says about it
+_FAST_DECODER = msgspec.json.Decoder()
+
+
+def decode(text: str) -> Any:
+    try:
+        return _FAST_DECODER.decode(text)
+    except msgspec.DecodeError:
+        return _DECODER.decode(text)
 
 
 # ---------------------------------------------------------------------------- records
@@ -344,7 +357,7 @@ class Session:
 
     def _parse(self, text: str) -> list[Any]:
         try:
-            message = _DECODER.decode(text)
+            message = decode(text)
         except (ValueError, RecursionError) as exc:
             raise _Refused(
                 _Inbound(Fault.FRAME, f"not JSON: {exc}", self.dialect.unreadable_id)

@@ -15,6 +15,7 @@ from appliance.store.rows import (
     Meta,
     MetaValue,
     MeterValueRow,
+    MeterValueRows,
     StateWrite,
     TransactionRow,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "Meta",
     "MetaValue",
     "MeterValueRow",
+    "MeterValueRows",
     "Opened",
     "Retention",
     "StateWrite",

@@ -27,6 +27,9 @@ class StateWrite(NamedTuple):
     value: Any
     meta: Meta | None = None
     ts: int | None = None
+    #: written only when the value differs from the one last written (the flattened
+    #: leaves of a payload: README "`states` and `objects`", `.data.<path>`)
+    changes_only: bool = False
 
 
 class FrameRow(NamedTuple):
@@ -80,6 +83,14 @@ class MeterValueRow(NamedTuple):
     value: float
     received_at: int
     time_suspect: int
+
+
+class MeterValueRows(NamedTuple):
+    """The meter values of one message, each a plain tuple in MeterValueRow's column
+    order: a message carries up to dozens, and a named tuple apiece costs the event loop
+    more than the tuple itself."""
+
+    rows: list[tuple[Any, ...]]
 
 
 class TransactionRow(NamedTuple):
@@ -183,4 +194,4 @@ Row = (
     | InForce
 )
 #: everything the store's queue carries
-Item = Row | list[Row] | CommandDone | States | DefaultStates | LazyStates
+Item = Row | list[Row] | MeterValueRows | CommandDone | States | DefaultStates | LazyStates

@@ -22,7 +22,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from appliance.store.rows import (
     Item,
     LazyStates,
     Meta,
-    Row,
+    MeterValueRows,
     States,
     StateWrite,
 )
@@ -46,6 +46,7 @@ from appliance.store.sql import (
     APPENDED,
     CHUNK_SIZES,
     COMMAND_DONE,
+    INSERT_METER_VALUE,
     INSERT_STATE_DEFAULT,
     MULTI_ROW,
     SHED_ORDER,
@@ -72,7 +73,7 @@ ROWS_PER_TRANSACTION = 4_000
 #: rows kept in memory while the database cannot be written (locked, disk full): about
 #: 50 MB of frames, hours of a home installation, seconds of a load test
 MAX_PENDING_ROWS = 50_000
-#: queue items (two to four per message) waiting for a commit before the connections
+#: queue items (two to four per message) waiting to be written before the connections
 #: pause reading: several thousand messages, about a second of the writer's work. Normal
 #: traffic never gets near it; a load test does, and then a crash still loses only about
 #: one commit interval plus one commit
@@ -86,6 +87,12 @@ INT64 = range(-(2**63), 2**63)
 HEALTHY = "ok"
 
 _STOP = object()
+
+#: a state as a commit writes it: value, ts, description, written only when it changed
+_Latest = tuple[Any, int, Meta | None, bool]
+#: leaves whose last written value is remembered (about 150 bytes each): a few payloads
+#: of each action of a thousand charge points; one forgotten is merely written again
+LEAVES_REMEMBERED = 100_000
 
 #: a statement and its parameters, as the batch keeps them
 _Pending = tuple[str, tuple[Any, ...]]
@@ -103,7 +110,7 @@ class _Batch:
     def __init__(self) -> None:
         self.rows: list[_Pending] = []
         self.appended: dict[str, list[tuple[Any, ...]]] = {s: [] for s in APPENDED}
-        self._states: dict[str, tuple[Any, int, Meta | None]] = {}
+        self._states: dict[str, _Latest] = {}
         self._lazy: dict[Hashable, tuple[Callable[[], list[StateWrite]], int]] = {}
         self.defaults: list[tuple[Any, ...]] = []
         #: queue items absorbed (the store's backlog counts them)
@@ -140,10 +147,13 @@ class _Batch:
                     appended.append(row)
                 else:
                     self.rows.append((statement, row))
+        elif kind is MeterValueRows:
+            assert isinstance(item, MeterValueRows)
+            self.appended[INSERT_METER_VALUE].extend(item.rows)
         elif kind is States:
             assert isinstance(item, States)
-            for state_id, value, meta, ts in item.writes:
-                self._states[state_id] = (value, ts or item.ts, meta)
+            for state_id, value, meta, ts, changes_only in item.writes:
+                self._states[state_id] = (value, ts or item.ts, meta, changes_only)
         elif kind is LazyStates:
             assert isinstance(item, LazyStates)
             self._lazy.pop(item.key, None)  # keep arrival order: the latest goes last
@@ -154,24 +164,24 @@ class _Batch:
             self.rows.append((COMMAND_DONE, (item.seq,)))
         elif kind is DefaultStates:
             assert isinstance(item, DefaultStates)
-            for state_id, value, meta, _ in item.writes:
+            for state_id, value, meta, *_ in item.writes:
                 self.rows.append((INSERT_STATE_DEFAULT, (state_id, encode(value), item.ts)))
                 self.defaults.append((state_id, *(meta or infer_meta(value))))
         else:
             raise TypeError(f"the store cannot write a {kind.__name__}")
 
-    def states(self) -> dict[str, tuple[Any, int, Meta | None]]:
+    def states(self) -> dict[str, _Latest]:
         """The latest value per id: lazy producers in arrival order, explicit writes on top.
         A producer that fails costs only its own states (logged), never the batch."""
-        latest: dict[str, tuple[Any, int, Meta | None]] = {}
+        latest: dict[str, _Latest] = {}
         for key, (produce, ts) in self._lazy.items():
             try:
                 produced = produce()
             except Exception:
                 log.exception("database: the states of %.100r could not be computed", key)
                 continue
-            for state_id, value, meta, own in produced:
-                latest[state_id] = (value, own or ts, meta)
+            for state_id, value, meta, own, changes_only in produced:
+                latest[state_id] = (value, own or ts, meta, changes_only)
         latest.update(self._states)
         return latest
 
@@ -206,6 +216,8 @@ class Store:
         self._stopped: str | None = None
         #: what `objects` already says, by id (writer thread only)
         self._described: dict[str, tuple[Any, ...]] = {}
+        #: the value last written of each `changes_only` state (writer thread only)
+        self._leaves: dict[str, tuple[type, Any]] = {}
         self._stopping = threading.Event()
         self._shedding = False
         self._queued = 0
@@ -266,11 +278,6 @@ class Store:
         interval."""
         self._queued += 1  # event-loop thread only
         self._queue.put(item)
-
-    def put_rows(self, rows: Sequence[Row]) -> None:
-        """Queue several rows as one item (the meter values of one message)."""
-        if rows:
-            self.put(list(rows))
 
     def set_states(self, writes: list[StateWrite], ts: int | None = None) -> None:
         self.put(States(writes, ts or now_ms()))
@@ -347,9 +354,20 @@ class Store:
                 _take(batch, first)
                 deadline = time.monotonic() + self.commit_interval
             # Group commit: gather until the deadline, then write in one transaction; a
-            # shutdown cuts the wait short (README "Set-up": exit within 5 s).
-            self._stopping.wait(max(0.0, deadline - time.monotonic()))
-            stopping = self._drain(batch)
+            # shutdown cuts the wait short (README "Set-up": exit within 5 s). Meanwhile
+            # the items are taken as they come and a large history is written ahead
+            # (`_flush`): the writer's work is spread over the interval instead of
+            # arriving all at once, which would halve what the event loop gets of a
+            # shared core for a moment every interval.
+            flushing = self._failing is None
+            while not stopping:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopping.wait(min(left, GATHER_SLICE_SEC)):
+                    break
+                stopping = self._drain(batch)
+                if flushing and batch.appended_count >= FLUSH_ROWS:
+                    flushing = self._flush(connection, batch)
+            stopping = self._drain(batch) or stopping
             deadline = time.monotonic() + self.commit_interval
             if self._write(connection, batch):
                 batch = _Batch()
@@ -395,10 +413,21 @@ class Store:
 
     def _write(self, connection: sqlite3.Connection, batch: _Batch) -> bool:
         latest = batch.states()
-        state_rows = [(i, encode(value), ts, ts) for i, (value, ts, _) in latest.items()]
+        leaves = self._leaves
+        state_rows = []
+        written: list[tuple[str, tuple[type, Any]]] = []
+        for i, (value, ts, _, changes_only) in latest.items():
+            encoded = encode(value)
+            if changes_only:
+                # typed: 1, 1.0 and True are different values of a leaf
+                seen = (type(encoded), encoded)
+                if leaves.get(i) == seen:
+                    continue
+                written.append((i, seen))
+            state_rows.append((i, encoded, ts, ts))
         new_objects = [
             (state_id, *(meta or infer_meta(value)))
-            for state_id, (value, _, meta) in latest.items()
+            for state_id, (value, _, meta, _) in latest.items()
             if self._described.get(state_id) != tuple(meta or infer_meta(value))
         ]
         new_objects += [d for d in batch.defaults if self._described.get(d[0]) != d[1:]]
@@ -436,6 +465,9 @@ class Store:
             return False
         for state_id, *meta in new_objects:
             self._described[state_id] = tuple(meta)
+        leaves.update(written)
+        while len(leaves) > LEAVES_REMEMBERED:  # the oldest first: rewritten next time
+            del leaves[next(iter(leaves))]
         self._committed += batch.items
         if self._failing is not None:
             log.warning(
@@ -444,6 +476,33 @@ class Store:
             self._failing = None
             self._shedding = False
         self.commits += 1
+        return True
+
+    def _flush(self, connection: sqlite3.Connection, batch: _Batch) -> bool:
+        """Write the gathered history ahead of the commit, without an fsync of its own:
+        the commit at the end of the interval (synchronous = FULL) makes it durable
+        with everything else, so at most one interval is lost, as before (README
+        "Storage design"). A failure leaves the rows in the batch for the commit (and
+        False: no more flushes this interval)."""
+        try:
+            connection.execute("PRAGMA synchronous = NORMAL")
+            try:
+                with connection:
+                    for statement, appended in batch.appended.items():
+                        insert_many(connection, statement, appended)
+            finally:
+                connection.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error:
+            return False  # the commit retries them, and says why if it fails too
+        except Exception:
+            return False  # a value SQLite cannot bind as given: the commit's slow path
+        for appended in batch.appended.values():
+            appended.clear()
+        # what these items held is on disk now (the states they carry are one per id):
+        # the connections paused by backpressure read on, also with a long interval
+        self._committed += batch.items
+        batch.items = 0
+        self._wake()
         return True
 
     def _commit(
@@ -505,6 +564,11 @@ class Store:
         return prune(connection, self.retention)
 
 
+#: while gathering a commit, the writer takes what has been queued this often
+GATHER_SLICE_SEC = 0.05
+#: history rows gathered that are written ahead of the commit (`_flush`): only a busy
+#: appliance has as many within one interval; a home installation never does
+FLUSH_ROWS = 1000
 #: how often the slow path of `_write` may say so in the log
 SLOW_PATH_LOG_SEC = 600
 #: how often retention runs (README "Storage design")

@@ -16,13 +16,13 @@ from typing import Any, ClassVar
 
 from appliance import domain
 from appliance.domain.clock import Stamp, iso_now, newer, stamp, time_suspect
-from appliance.domain.meter import CONTEXT_RANK, INSTANTANEOUS_UNITS
+from appliance.domain.meter import CONTEXT_RANK, INSTANTANEOUS_UNITS, Reading
 from appliance.domain.status import state_of
 from appliance.store import (
     ChargePointRow,
     InForce,
     Meta,
-    MeterValueRow,
+    MeterValueRows,
     Opened,
     StateWrite,
     Store,
@@ -130,8 +130,16 @@ _LAST_FIELDS = (
 Latest = tuple[Stamp, float | None, str, int]
 
 
-def _reading_writes(base: str, latest: dict[str, Latest]) -> list[StateWrite]:
+def _reading_writes(
+    prefix: str, base: str, latest: dict[str, Latest], last_reading: int | None
+) -> list[StateWrite]:
+    """The states of a base's latest readings (and, with the charge point's aggregate,
+    `info.lastReading`): computed in the writer thread, once per commit."""
     writes: list[StateWrite] = []
+    if last_reading is not None:
+        meta = INFO["lastReading"]
+        writes.append(StateWrite(f"{prefix}.info.lastReading", last_reading, meta, last_reading))
+    base = f"{prefix}.{base}"
     for name, (_, value, unit, written) in latest.items():
         writes.append(StateWrite(f"{base}.{name}", value, _reading_meta(name, unit), written))
         if name == "energyWh" and base.endswith(".meterValues") and value is not None:
@@ -203,8 +211,10 @@ class _Station:
     statuses: dict[tuple[int, int | None], str] = field(default_factory=dict)
     evses: dict[int, _Evse] = field(default_factory=dict)
     #: samples of transactions already stored (see SAMPLES_REMEMBERED)
-    samples: OrderedDict[tuple[Any, ...], None] = field(default_factory=OrderedDict)
+    samples: dict[tuple[str, Reading], None] = field(default_factory=dict)
     connected: bool = False
+    #: when it last reported a reading (ms, `info.lastReading`)
+    last_reading: int | None = None
     #: it has sent a BootNotification, in this run or before (`info.lastBoot`)
     booted: bool = False
 
@@ -350,11 +360,14 @@ class Tree:
         base = f"{prefix}.ocpp.{subprotocol_segment(subprotocol)}.{direction}.{escape(action)}"
 
         def produce() -> list[StateWrite]:
+            # README "`states` and `objects`": `.raw` is every call's; its answer and its
+            # leaves are written when they change (most leaves of a MeterValues do not)
             writes = [StateWrite(f"{base}.raw", payload, RAW_META)]
             if response is not None:
-                writes.append(StateWrite(f"{base}.response", response, RESPONSE_META))
+                writes.append(StateWrite(f"{base}.response", response, RESPONSE_META, None, True))
             writes += [
-                StateWrite(f"{base}.data.{path}", value, None) for path, value in flatten(payload)
+                StateWrite(f"{base}.data.{path}", value, None, None, True)
+                for path, value in flatten(payload)
             ]
             return writes
 
@@ -462,7 +475,6 @@ class Tree:
         the end of a session, when the connector is Available (0) and while disconnected
         (None). Registers keep their value. A sample taken before `when` that arrives
         later does not bring them back."""
-        prefix = station.prefix
         written = now_ms()
         for base in bases:
             latest = station.readings.get(base)
@@ -474,10 +486,15 @@ class Tree:
                     latest[name] = (when, value, unit, written)
                     changed = True
             if changed:
-                snapshot = dict(latest)
-                self.store.set_states_lazily(
-                    (prefix, base), partial(_reading_writes, f"{prefix}.{base}", snapshot)
-                )
+                self._publish(station, base)
+
+    def _publish(self, station: _Station, base: str) -> None:
+        """A base's latest readings become states: a snapshot, materialised once per
+        commit however many messages arrived (the rows keep every sample)."""
+        last = station.last_reading if base == "meterValues" else None
+        snapshot = dict(station.readings.get(base, ()))
+        produce = partial(_reading_writes, station.prefix, base, snapshot, last)
+        self.store.set_states_lazily((station.prefix, base), produce)
 
     def _meter(self, identity: str, update: domain.MeterSample) -> None:
         station = self._station(identity)
@@ -488,30 +505,33 @@ class Tree:
                 update = replace(update, evse_id=session.evse_id, connector_id=session.connector_id)
         received = now_ms()
         arrived = received / 1000
-        rows: list[MeterValueRow] = []
+        evse_id, connector_id = update.evse_id, update.connector_id
+        tid = update.transaction_id
+        rows: list[tuple[Any, ...]] = []  # in MeterValueRow's order
         best: dict[str, tuple[int, Stamp, Any]] = {}
         clock: dict[str | None, tuple[int, Stamp]] = {}  # per timestamp text: parsed once
         samples = station.samples
         for r in update.readings:
             sampled_at = r.sampled_at
-            if sampled_at not in clock:
-                clock[sampled_at] = (int(time_suspect(sampled_at)), stamp(sampled_at, arrived))
-            suspect, when = clock[sampled_at]
-            if update.transaction_id is not None:
+            parsed = clock.get(sampled_at)
+            if parsed is None:
+                parsed = clock[sampled_at] = (
+                    int(time_suspect(sampled_at)),
+                    stamp(sampled_at, arrived),
+                )
+            suspect, when = parsed
+            if tid is not None:
                 # the same sample in a later event of its transaction is stored once
-                key = (update.transaction_id, sampled_at, r.measurand, r.phase, r.location,
-                       r.context, r.value)  # fmt: skip
+                key = (tid, r)
                 if key in samples:
                     continue
                 samples[key] = None
-                if len(samples) > SAMPLES_REMEMBERED:
-                    samples.popitem(last=False)
             rows.append(
-                MeterValueRow(
+                (
                     identity,
-                    update.evse_id,
-                    update.connector_id,
-                    update.transaction_id,
+                    evse_id,
+                    connector_id,
+                    tid,
                     sampled_at,
                     r.measurand,
                     r.phase,
@@ -530,16 +550,20 @@ class Tree:
             found = best.get(r.name)
             if found is None or rank > found[0] or (rank == found[0] and newer(when, found[1])):
                 best[r.name] = (rank, when, r)
-        self.store.put_rows(rows)
+        while len(samples) > SAMPLES_REMEMBERED:
+            del samples[next(iter(samples))]
         if rows:
-            self._set(identity, [("info.lastReading", received, INFO["lastReading"])])
+            self.store.put(MeterValueRows(rows))
+            station.last_reading = received
         connector = _connector_base(update.evse_id, update.connector_id) if update.evse_id else None
-        self._latest(
+        changed = self._latest(
             station,
             (connector, "meterValues"),
             [(name, when, r.value, r.unit) for name, (_, when, r) in best.items()],
             received,
         )
+        if rows and "meterValues" not in changed:
+            self._publish(station, "meterValues")  # a late sample: still a reading
         energy = best.get("energyWh")
         # 1.6 makes transactionId optional in MeterValues (§6.31) and some chargers leave it
         # out: the register of the connector a session runs on is that session's (the rows
@@ -554,28 +578,23 @@ class Tree:
         bases: tuple[str | None, ...],
         readings: list[tuple[str, Stamp, float, str]],
         received: int,
-    ) -> None:
+    ) -> set[str]:
         """Readings (name, when taken, value, unit) become the latest of each base where
         they are not older than what it shows (README "Readings": the charge point's
-        clock compared only with itself)."""
-        prefix = station.prefix
+        clock compared only with itself). Returns the bases that changed."""
+        changed: set[str] = set()
         for base in bases:
             if base is None:
                 continue
             latest = station.readings.setdefault(base, {})
-            changed = False
             for name, when, value, unit in readings:
                 known = latest.get(name)
                 if known is None or newer(when, known[0]):
                     latest[name] = (when, value, unit, received)
-                    changed = True
-            if changed:
-                # States are the latest values: a snapshot per base, materialised once
-                # per commit however many messages arrived (the rows keep every sample).
-                snapshot = dict(latest)
-                self.store.set_states_lazily(
-                    (prefix, base), partial(_reading_writes, f"{prefix}.{base}", snapshot)
-                )
+                    changed.add(base)
+            if base in changed:
+                self._publish(station, base)
+        return changed
 
     def _live_energy(self, station: _Station, transaction_id: str, register: float) -> list[Write]:
         sessions = station.sessions
@@ -618,11 +637,11 @@ class Tree:
             )
         )
         self._set(identity, self._session_writes(station.sessions, update, received))
-        self._register_of(identity, station, update, received)
+        self._register_of(station, update, received)
         self._connector_after(identity, station, update)
 
     def _register_of(
-        self, identity: str, station: _Station, update: domain.TransactionEvent, received: int
+        self, station: _Station, update: domain.TransactionEvent, received: int
     ) -> None:
         """The register at a session's start or stop (1.6 meterStart / meterStop, the
         register of a 2.x Started or Ended event) is the newest reading of the register,
@@ -642,9 +661,12 @@ class Tree:
             return
         when = stamp(update.timestamp, received / 1000)
         connector = _connector_base(session.evse_id, session.connector_id)
+        station.last_reading = received
         reading = [("energyWh", when, register, "Wh")]
-        self._latest(station, (connector, "meterValues"), reading, received)
-        self._set(identity, [("info.lastReading", received, INFO["lastReading"])])
+        if "meterValues" not in self._latest(
+            station, (connector, "meterValues"), reading, received
+        ):
+            self._publish(station, "meterValues")
 
     def _connector_after(
         self, identity: str, station: _Station, update: domain.TransactionEvent
