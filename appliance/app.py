@@ -4,16 +4,19 @@ SIGHUP; stop cleanly on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import gc
 import logging
+import os
 import resource
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -21,7 +24,6 @@ from appliance import __version__
 from appliance import config as configuration
 from appliance.config import Config, ConfigError
 from appliance.controls import Controls
-from appliance.mqtt import Bridge
 from appliance.rpc import DIALECTS, SchemaSet
 from appliance.security.policy import Policy, config_warnings
 from appliance.station import Stations
@@ -39,13 +41,18 @@ from appliance.store.queries import ALIVE_KEY, HEARTBEAT_SEC, STOPPED_KEY, expla
 from appliance.transport import Server
 from appliance.tree import Tree
 
+if TYPE_CHECKING:
+    # imported by `running` only when [mqtt] is configured (paho-mqtt: 1.4 MB of RSS)
+    from appliance.mqtt import Bridge
+
 log = logging.getLogger("appliance")
 
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RELOAD_SIGNAL = signal.SIGHUP
 
-#: keys a running server cannot change: the listener, the database and the compiled
-#: schemas are made once at start. A SIGHUP that changes them says so and keeps them.
+#: keys a running server cannot change: the listener, the database and the enabled
+#: versions' schemas are set up once at start. A SIGHUP that changes them says so and
+#: keeps them.
 RESTART_KEYS = ("host", "port", "database", "storage", *(d.config_key for d in DIALECTS.values()))
 #: [web] keys that take a restart (README "Web dashboard and API")
 WEB_RESTART_KEYS = ("enabled", "host", "port")
@@ -89,7 +96,8 @@ def one_line(record: logging.LogRecord) -> bool:
 
 
 def compile_schemas(config: Config) -> dict[str, SchemaSet]:
-    """Validators for every enabled version, compiled once at start."""
+    """Validators for every enabled version (each schema is compiled the first time a
+    charge point's message needs it: `SchemaSet`)."""
     return {name: SchemaSet(DIALECTS[name]) for name in config.subprotocols}
 
 
@@ -181,6 +189,58 @@ async def heartbeat(
         store.put(MetaValue(ALIVE_KEY, now_ms()))
 
 
+#: how often the appliance looks whether memory can go back to the system (seconds)
+TRIM_SEC = 20
+#: RSS growth since the last trim that makes a peak (bytes)
+TRIM_GROWTH = 4 << 20
+#: CPU time per second of the last TRIM_SEC below which the load is over
+TRIM_QUIET = 0.1
+
+
+def malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim; None where the C library has none (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+def resident_bytes() -> int | None:
+    """This process's RSS (Linux), None where /proc cannot tell."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def give_back_memory(
+    trim: Callable[[int], int], task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """After a peak of load, the memory it took and no longer uses goes back to the
+    system: glibc keeps the pages of what Python frees in its heap, and nothing asks for
+    them back (issue 21). When RSS has grown by TRIM_GROWTH since the last time and the
+    last TRIM_SEC were quiet: a full garbage collection (the thresholds `serve` sets make
+    them rare) and glibc's malloc_trim (2 ms here for a heap of 120 MB)."""
+    task_status.started()
+    low = resident_bytes()
+    cpu = time.process_time()
+    while low is not None:
+        await trio.sleep(TRIM_SEC)
+        now, busy = resident_bytes(), time.process_time() - cpu
+        cpu += busy
+        if now is None or now < low + TRIM_GROWTH or busy > TRIM_QUIET * TRIM_SEC:
+            low = min(low, now or low)
+            continue
+        gc.collect()
+        trim(0)
+        low = resident_bytes()
+        cpu = time.process_time()
+
+
 #: file descriptors besides the charge points' connections: the database (its file, -wal
 #: and -shm per connection, a connection per reader thread), the dashboard's clients,
 #: MQTT, the log
@@ -249,8 +309,13 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
             # stale commands are swept before the first charge point can connect
             await nursery.start(controls.run)
             await nursery.start(heartbeat, store)
+            trim = malloc_trim()
+            if trim is not None:
+                await nursery.start(give_back_memory, trim)
             bridge = None
             if config.mqtt is not None:
+                from appliance.mqtt import Bridge
+
                 bridge = Bridge(config, stations)
                 await nursery.start(bridge.run)
             await nursery.start(server.run, listeners)

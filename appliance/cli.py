@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from appliance import __version__
 from appliance import config as configuration
 from appliance.errors import ReaderError
+from appliance.rpc.dialects import DIALECTS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -377,9 +378,12 @@ def _url_of(config: configuration.Config) -> str:
     return f"{scheme}://{host}:{config.port}"
 
 
-def _simulate_arguments(sub: argparse.ArgumentParser) -> None:
-    from appliance.simulator import PROTOCOL_CHOICES
+#: `simulate --protocol` (the simulator's PROTOCOL_CHOICES, which tests/test_memory.py
+#: compares: importing the simulator to build the parser would load it into `serve` too)
+PROTOCOL_CHOICES = [*reversed(DIALECTS), "mix"]
 
+
+def _simulate_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--url", help="the central system; the identity is appended as the "
                      "last path segment (default: where the appliance of the config listens, "
                      "ws://127.0.0.1:9000 without a config)")  # fmt: skip

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from appliance import domain
 from appliance.domain.clock import Stamp, iso_now, newer, stamp, time_suspect
-from appliance.domain.meter import CONTEXT_RANK, INSTANTANEOUS_UNITS, Reading
+from appliance.domain.meter import CONTEXT_RANK, INSTANTANEOUS_UNITS
 from appliance.domain.status import state_of
 from appliance.store import (
     ChargePointRow,
@@ -211,7 +211,7 @@ class _Station:
     statuses: dict[tuple[int, int | None], str] = field(default_factory=dict)
     evses: dict[int, _Evse] = field(default_factory=dict)
     #: samples of transactions already stored (see SAMPLES_REMEMBERED)
-    samples: dict[tuple[str, Reading], None] = field(default_factory=dict)
+    samples: dict[int, None] = field(default_factory=dict)
     connected: bool = False
     #: when it last reported a reading (ms, `info.lastReading`)
     last_reading: int | None = None
@@ -522,7 +522,8 @@ class Tree:
             suspect, when = parsed
             if tid is not None:
                 # the same sample in a later event of its transaction is stored once
-                key = (tid, r)
+                # a 64-bit hash, not the sample: 1 024 per charge point (README "Readings")
+                key = hash((tid, r))
                 if key in samples:
                     continue
                 samples[key] = None

@@ -2,7 +2,12 @@
 application in the appliance's own nursery (README "Web dashboard and API").
 
 The socket is bound at start, before the database is opened, like the OCPP port: a
-taken port stops `serve` at once. The OCPP side never waits on anything here: the web
+taken port stops `serve` at once. Hypercorn, Starlette and Jinja2 are imported when the
+first connection waits on it, in a worker thread while the OCPP side goes on: until a
+page or the API is first used they cost neither memory (9 MB of RSS) nor start time
+(0.1 s here) (issue 21); that first connection waits in the socket's backlog meanwhile
+(0.2 s here). With [tls] everything is built at start, so that a certificate that
+cannot be loaded stops `serve` at once. The OCPP side never waits on anything here: the web
 side reads the database through its own connections in worker threads (at most
 READ_THREADS at a time), writes controls the way `ocpp-appliance set` does, and hears
 of connections through the hub's never-blocking events.
@@ -10,21 +15,24 @@ of connections through the hub's never-blocking events.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from appliance.config import Config
 from appliance.station import Stations
 from appliance.store.web_queries import WebReader
 from appliance.web.access import Access, load_secret
 from appliance.web.live import Live
-from appliance.web.routes import Web, build
+
+if TYPE_CHECKING:
+    # imported when the first browser or script connects (see Dashboard.run)
+    from hypercorn.config import Config as HypercornConfig
 
 log = logging.getLogger("appliance")
 
@@ -72,22 +80,28 @@ class Dashboard:
         self.stopping = trio.Event()
         current = config()
         self.tls = current.tls is not None
-        reader = WebReader(current.database_path)
-        limiter = trio.CapacityLimiter(READ_THREADS)
+        self.limiter = trio.CapacityLimiter(READ_THREADS)
+        self.live = Live(WebReader(current.database_path, shared=True), stations, self._run)
+        self.access = Access(lambda: config().web, load_secret(secret_path(current)))
+        #: the Starlette application, built with the first connection (with [tls]: at start)
+        self.app: Any = None
 
-        async def run(fn: Callable, *args: object) -> object:
-            return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+    async def _run(self, fn: Callable, *args: object) -> object:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
-        self.live = Live(WebReader(current.database_path, shared=True), stations, run)
-        access = Access(lambda: config().web, load_secret(secret_path(current)))
-        self.web = Web(config, reader, self.live, access, limiter)
-        self.app = build(self.web, self.tls)
+    def _build(self) -> None:
+        from appliance.web.routes import Web, build
+
+        reader = WebReader(self.config().database_path)
+        self.app = build(Web(self.config, reader, self.live, self.access, self.limiter), self.tls)
 
     @property
     def scheme(self) -> str:
         return "https" if self.tls else "http"
 
     def hypercorn_config(self) -> HypercornConfig:
+        from hypercorn.config import Config as HypercornConfig
+
         current = self.config()
         settings = HypercornConfig()
         # the socket is ours, bound at start; Hypercorn takes its descriptor over
@@ -106,24 +120,70 @@ class Dashboard:
         return settings
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        settings = self.hypercorn_config()
-        async with trio.open_nursery() as outer:
-            await outer.start(self.live.run_forever)
-            async with trio.open_nursery() as inner:
-                await inner.start(
-                    lambda task_status: serve(
-                        self.app,  # type: ignore[arg-type]
-                        settings,
-                        shutdown_trigger=self.stopping.wait,
-                        task_status=task_status,
-                    )
-                )
-                task_status.started()
+        try:
+            async with trio.open_nursery() as outer:
+                await outer.start(self.live.run_forever)
+                if self.tls:
+                    self._build()
+                    await self._serve(task_status)
+                else:
+                    task_status.started()
+                    if await self._first_connection():
+                        await self._serve()
+                outer.cancel_scope.cancel()
+        finally:
+            # the port is free again when the appliance stops (once Hypercorn has the
+            # socket, this one is detached and closing it does nothing)
+            self.sock.close()
+
+    async def _first_connection(self) -> bool:
+        """Wait until a connection is there to accept, then load and build the web side
+        (False: the appliance stops first, or the web side cannot be built)."""
+        async with trio.open_nursery() as nursery:
+
+            async def stop_waiting() -> None:
                 await self.stopping.wait()
-                # open event streams end now; other requests get GRACE_SEC from Hypercorn
-                for stream in list(self.live.streams):
-                    self.live.close(stream)
-            outer.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_waiting)
+            await trio.lowlevel.wait_readable(self.sock)
+            nursery.cancel_scope.cancel()
+        if self.stopping.is_set():
+            return False
+        try:
+            await trio.to_thread.run_sync(_import_web_side)
+            self._build()
+        except Exception as exc:
+            # a damaged installation (the package data missing): the OCPP side goes on
+            log.error("web: the dashboard and API cannot start: %s", exc)
+            return False
+        return True
+
+    async def _serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from hypercorn.trio import serve
+
+        settings = self.hypercorn_config()
+        async with trio.open_nursery() as inner:
+            await inner.start(
+                lambda task_status: serve(
+                    self.app,
+                    settings,
+                    shutdown_trigger=self.stopping.wait,
+                    task_status=task_status,
+                )
+            )
+            task_status.started()
+            await self.stopping.wait()
+            # open event streams end now; other requests get GRACE_SEC from Hypercorn
+            for stream in list(self.live.streams):
+                self.live.close(stream)
 
     def stop(self) -> None:
         self.stopping.set()
+
+
+def _import_web_side() -> None:
+    """In a worker thread: the modules the web side needs beyond the appliance's own
+    (a second or more on a Raspberry Pi, which the OCPP side need not wait for)."""
+    for name in ("hypercorn.trio", "appliance.web.routes"):  # routes: Starlette, Jinja2
+        importlib.import_module(name)

@@ -1,0 +1,141 @@
+"""What issue 21's memory levers could break: schemas compiled on first use (every one
+still compiles, a fresh appliance still refuses bad frames of every version with that
+version's code), the dashboard built with its first connection (it answers; a stop
+before any frees its port), the retried calls the hub remembers, the CLI's list of
+simulator protocols, and the task that gives memory back after a peak."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import httpx
+import pytest
+import trio
+from websockets.sync.client import connect
+
+from appliance import app
+from appliance.rpc import DIALECTS, Fault, SchemaSet
+from appliance.rpc.validation import schema_root
+from appliance.station.hub import REMEMBERED_CALLS, Stations
+from conftest import in_process_server
+
+BOOT = {
+    "ocpp1.6": ("BootNotification", {"chargePointVendor": "V", "chargePointModel": "M"}),
+    "ocpp2.0.1": (
+        "BootNotification",
+        {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}},
+    ),
+    "ocpp2.1": (
+        "BootNotification",
+        {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}},
+    ),
+}
+
+
+@pytest.mark.parametrize("version", list(DIALECTS))
+def test_every_schema_compiles_on_demand(version: str) -> None:
+    """Nothing is compiled at start; a check compiles its own schema; every file of the
+    version compiles (a broken one would otherwise show only when a peer first uses it)."""
+    schemas = SchemaSet(DIALECTS[version])
+    assert schemas.compiled == 0
+    action, payload = BOOT[version]
+    assert schemas.check_request(action, payload) is None
+    assert schemas.compiled == 1
+    violation = schemas.check_request(action, {})
+    assert violation is not None and violation.fault is Fault.OCCURRENCE
+    schemas.compile_all()
+    files = [e for e in (schema_root() / DIALECTS[version].schema_folder).iterdir()]
+    assert schemas.compiled == len([e for e in files if e.name.endswith(".json")])
+    # compiled earlier or later, a check says the same
+    assert schemas.check_request(action, {}) == violation
+
+
+@pytest.mark.parametrize("version", list(DIALECTS))
+async def test_a_fresh_appliance_refuses_a_bad_frame_with_the_versions_code(
+    tmp_path, version: str
+) -> None:
+    strict = '[charge_points."CP"]\nvalidation = "strict"\n'
+    async with in_process_server(tmp_path, strict) as running:
+
+        def charge_point() -> list:
+            with connect(f"{running.url}/CP", subprotocols=[version]) as ws:
+                ws.send(json.dumps([2, "1", BOOT[version][0], {}]))
+                return json.loads(ws.recv())
+
+        answer = await trio.to_thread.run_sync(charge_point)
+    assert answer[:3] == [4, "1", DIALECTS[version].error_code(Fault.OCCURRENCE)]
+
+
+async def test_the_dashboard_is_built_with_its_first_connection(tmp_path) -> None:
+    from appliance import config as configuration
+    from appliance.app import running
+
+    path = tmp_path / "appliance.toml"
+    path.write_text(
+        'host = "127.0.0.1"\nport = 0\ndatabase = "appliance.db"\n'
+        '[web]\nhost = "127.0.0.1"\nport = 0\n'
+    )
+    config = configuration.load(str(path))
+    async with running(config) as appliance:
+        assert appliance.dashboard.app is None
+        url = f"http://127.0.0.1:{appliance.dashboard.port}"
+        first = await trio.to_thread.run_sync(lambda: httpx.get(f"{url}/api/charge-points"))
+        assert first.status_code == 200 and first.json() == []
+        assert appliance.dashboard.app is not None
+    # stopped before anyone connected: the port is free again at once
+    async with running(config) as appliance:
+        port = appliance.dashboard.port
+    with socket.socket() as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+
+
+def test_the_hub_remembers_the_latest_retried_calls() -> None:
+    hub = Stations.__new__(Stations)
+    hub._applied = {}
+    assert not hub.repeated("CP1", "MeterValues", "a")
+    assert hub.repeated("CP1", "MeterValues", "a")
+    assert not hub.repeated("CP1", "StatusNotification", "a")  # another action
+    assert not hub.repeated("CP2", "MeterValues", "a")  # another charge point
+    for n in range(REMEMBERED_CALLS - 2):
+        assert not hub.repeated("CP1", "MeterValues", str(n))
+    assert hub.repeated("CP1", "MeterValues", "a")  # now the most recently seen
+    assert not hub.repeated("CP1", "MeterValues", "b")  # one too many: the oldest goes
+    assert not hub.repeated("CP1", "StatusNotification", "a")
+    assert hub.repeated("CP1", "MeterValues", "a")
+    assert len(hub._applied["CP1"]) == REMEMBERED_CALLS
+
+
+def test_simulate_offers_the_simulators_protocols() -> None:
+    from appliance.cli import PROTOCOL_CHOICES
+    from appliance.simulator import PROTOCOL_CHOICES as SIMULATOR_CHOICES
+
+    assert PROTOCOL_CHOICES == SIMULATOR_CHOICES
+
+
+async def test_memory_goes_back_once_a_peak_is_over(monkeypatch, autojump_clock) -> None:
+    mb = 1 << 20
+    # RSS and CPU seconds at start, then at each look (and right after each trim)
+    rss = iter([30, 60, 90, 90, 70, 70, 71, 90, 60])
+    cpu = iter([0.0, 20.0, 40.0, 40.0, 40.0, 40.0, 40.0, 40.0, 40.0])
+    looks: list[float] = []
+
+    def resident_bytes() -> int:
+        looks.append(trio.current_time())
+        return next(rss) * mb
+
+    monkeypatch.setattr(app, "resident_bytes", resident_bytes)
+    monkeypatch.setattr(app.time, "process_time", lambda: next(cpu))
+    trims: list[float] = []
+    with trio.move_on_after(app.TRIM_SEC * 6 + 1):
+        await app.give_back_memory(lambda pad: trims.append(looks[-1]) or 1)
+    # growing while busy: nothing; the first quiet look after the peak: trimmed; back to
+    # 70 MB, then 71: no new peak; 90 MB again: trimmed
+    assert trims == [app.TRIM_SEC * 3, app.TRIM_SEC * 6]
+
+
+def test_malloc_trim_is_there_or_not() -> None:
+    trim = app.malloc_trim()
+    if trim is not None:  # glibc
+        assert trim(0) in (0, 1)
