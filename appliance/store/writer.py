@@ -133,20 +133,11 @@ class _Batch:
         kind = type(item)
         statement = STATEMENT.get(kind)
         if statement is not None:
-            appended = self.appended.get(statement)
-            if appended is not None:
-                appended.append(item)  # type: ignore[arg-type]
-            else:
-                self.rows.append((statement, item))  # type: ignore[arg-type]
+            self._add(statement, item)  # type: ignore[arg-type]
         elif kind is list:
             assert isinstance(item, list)
             for row in item:
-                statement = STATEMENT[type(row)]
-                appended = self.appended.get(statement)
-                if appended is not None:
-                    appended.append(row)
-                else:
-                    self.rows.append((statement, row))
+                self._add(STATEMENT[type(row)], row)
         elif kind is MeterValueRows:
             assert isinstance(item, MeterValueRows)
             self.appended[INSERT_METER_VALUE].extend(item.rows)
@@ -169,6 +160,13 @@ class _Batch:
                 self.defaults.append((state_id, *(meta or infer_meta(value))))
         else:
             raise TypeError(f"the store cannot write a {kind.__name__}")
+
+    def _add(self, statement: str, row: tuple[Any, ...]) -> None:
+        appended = self.appended.get(statement)
+        if appended is not None:
+            appended.append(row)
+        else:
+            self.rows.append((statement, row))
 
     def states(self) -> dict[str, _Latest]:
         """The latest value per id: lazy producers in arrival order, explicit writes on top.

@@ -247,9 +247,8 @@ class Tree:
                 key = (status.identity, status.evse_id)
                 changed[key] = max(changed.get(key, 0), status.changed_at)
         for (identity, evse_id), charging_state in opened.charging_states.items():
-            self._station(identity).evses.setdefault(
-                evse_id, _Evse()
-            ).charging_state = charging_state
+            evse = self._station(identity).evses.setdefault(evse_id, _Evse())
+            evse.charging_state = charging_state
         for (identity, evse_id), status_changed in changed.items():
             station = self._station(identity)
             evse = station.evses.setdefault(evse_id, _Evse())
