@@ -24,6 +24,7 @@ from appliance import __version__
 from appliance import config as configuration
 from appliance.config import Config, ConfigError
 from appliance.controls import Controls
+from appliance.readings import Readings
 from appliance.rpc import DIALECTS, SchemaSet
 from appliance.security.policy import Policy, config_warnings
 from appliance.station import Stations
@@ -305,9 +306,11 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
         stations = Stations(policy, store, tree, schemas, TransactionIds(opened, store.put))
         server = Server(config, store, stations.serve, policy)
         controls = Controls(stations, store, tree)
+        readings = Readings(stations, store, tree)
         async with trio.open_nursery() as nursery:
             # stale commands are swept before the first charge point can connect
             await nursery.start(controls.run)
+            await nursery.start(readings.run)
             await nursery.start(heartbeat, store)
             trim = malloc_trim()
             if trim is not None:

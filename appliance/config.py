@@ -25,6 +25,7 @@ import msgspec
 import tomli_w
 
 from appliance.rpc.dialects import DIALECTS
+from appliance.versions.tables import ALL_MEASURANDS
 
 ENV_VAR = "OCPP_APPLIANCE_CONFIG"
 SYSTEM_CONFIG = Path("/etc/ocpp-appliance/appliance.toml")
@@ -70,6 +71,44 @@ class DeviceModel(_Table, frozen=True):
     fetch_on_boot: bool = True
 
 
+#: README "Readings the appliance asks for": energy register, power, current and voltage
+#: (per phase, as the charge point has them), state of charge, offered current and power
+DEFAULT_MEASURANDS = (
+    "Energy.Active.Import.Register",
+    "Power.Active.Import",
+    "Current.Import",
+    "Voltage",
+    "SoC",
+    "Current.Offered",
+    "Power.Offered",
+)
+Seconds = Annotated[int, msgspec.Meta(ge=1, le=86_400)]
+
+
+class Readings(_Table, frozen=True):
+    """What the appliance asks each charge point to measure after its boot (README
+    "Readings the appliance asks for")."""
+
+    #: false: the charge point's measuring settings are left alone
+    configure: bool = True
+    #: the sampling interval asked for during a transaction
+    interval_sec: Seconds = 10
+    #: sampled during a transaction, the most important first (a list cut to the charge
+    #: point's maximum length keeps the first ones)
+    measurands: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_MEASURANDS))
+    #: clock-aligned energy readings (also outside sessions); 0 leaves the charge point's alone
+    aligned_interval_sec: Annotated[int, msgspec.Meta(ge=0, le=86_400)] = 300
+
+
+class ReadingsOverride(_Table, frozen=True):
+    """[charge_points."<id>".readings]: the keys set here replace [readings]'s."""
+
+    configure: bool | None = None
+    interval_sec: Seconds | None = None
+    measurands: list[str] | None = None
+    aligned_interval_sec: Annotated[int, msgspec.Meta(ge=0, le=86_400)] | None = None
+
+
 class ChargePoint(_Table, frozen=True):
     validation: ValidationMode | None = None
     #: HTTP Basic auth (security profiles 1 and 2): the charge point's password, plain or
@@ -77,6 +116,7 @@ class ChargePoint(_Table, frozen=True):
     #: printed (check-config shows ***), never in repr or a log line.
     password: NotEmpty | None = None
     password_hash: str | None = None
+    readings: ReadingsOverride | None = None
 
     def __repr__(self) -> str:
         shown = {
@@ -177,6 +217,7 @@ class Config(_Table, frozen=True):
     storage: Storage = msgspec.field(default_factory=Storage)
     limits: Limits = msgspec.field(default_factory=Limits)
     device_model: DeviceModel = msgspec.field(default_factory=DeviceModel)
+    readings: Readings = msgspec.field(default_factory=Readings)
     tls: Tls | None = None
     mqtt: Mqtt | None = None
     authorization: Authorization = msgspec.field(default_factory=Authorization)
@@ -205,6 +246,14 @@ class Config(_Table, frozen=True):
         if override is not None and override.validation is not None:
             return override.validation
         return self.validation
+
+    def readings_for(self, identity: str) -> Readings:
+        """[readings] with the charge point's own keys over it."""
+        override = self.charge_points.get(identity)
+        if override is None or override.readings is None:
+            return self.readings
+        own = {k: v for k, v in msgspec.structs.asdict(override.readings).items() if v is not None}
+        return replace(self.readings, **own)
 
 
 #: fields of the structure that are not keys of the file
@@ -449,8 +498,12 @@ def _cross_checks(config: Config) -> Iterator[_Problem]:
             check_token_hash(entry)
         except ValueError as exc:
             yield _Problem(("web", "api_token_hashes", number), "bad", str(exc))
+    yield from _measurand_checks(config.readings.measurands, ("readings", "measurands"))
     for identity, settings in config.charge_points.items():
         at: KeyPath = ("charge_points", Key(identity))
+        if settings.readings is not None and settings.readings.measurands is not None:
+            where = (*at, "readings", "measurands")
+            yield from _measurand_checks(settings.readings.measurands, where)
         if settings.password_hash is not None:
             try:
                 parse_hash(settings.password_hash)
@@ -460,6 +513,19 @@ def _cross_checks(config: Config) -> Iterator[_Problem]:
             yield _Problem(at, "", "sets password and password_hash: keep one")
     if config.mqtt is not None:
         yield from _mqtt_checks(config.mqtt)
+
+
+def _measurand_checks(measurands: list[str], at: KeyPath) -> Iterator[_Problem]:
+    """OCPP's own measurand names (any version's); each once."""
+    seen: set[str] = set()
+    for number, name in enumerate(measurands):
+        if name not in ALL_MEASURANDS:
+            close = difflib.get_close_matches(name, sorted(ALL_MEASURANDS), n=1, cutoff=0.6)
+            hint = f": did you mean {_shown(close[0])}?" if close else " (OCPP measurand names)"
+            yield _Problem((*at, number), "bad", f"not an OCPP measurand: {_shown(name)}{hint}")
+        elif name in seen:
+            yield _Problem((*at, number), "bad", f"{_shown(name)} is listed twice")
+        seen.add(name)
 
 
 def _mqtt_checks(mqtt: Mqtt) -> Iterator[_Problem]:
@@ -659,7 +725,16 @@ max_connections = 1000          # more are refused with HTTP 503
 max_json_depth = 64             # deeper payloads are refused as malformed
 
 [device_model]
-fetch_on_boot = true
+fetch_on_boot = true            # ask for the configuration / Device Model after each boot
+
+# What the appliance asks each charge point to measure, after each boot (needs
+# fetch_on_boot); only what differs is written, never a read-only key, never a reset
+[readings]
+configure = true                # false: leave the charge points' settings alone
+interval_sec = 10               # sampling interval during a transaction
+measurands = ["Energy.Active.Import.Register", "Power.Active.Import", "Current.Import",
+              "Voltage", "SoC", "Current.Offered", "Power.Offered"]
+aligned_interval_sec = 300      # clock-aligned energy readings; 0: left alone
 
 [authorization]
 id_tokens = []                  # e.g. ["04A2B3C4D5E6F7"]: only these RFID/idTokens are
@@ -704,4 +779,6 @@ port = 9080
 #                                              # of `ocpp-appliance hash-password`
 # password = "..."              # or the password itself (a hash is better: whoever reads
 #                               # this file then does not learn the password)
+# [charge_points."CP-GARAGE".readings]
+# configure = false             # any key of [readings], for this charge point only
 """

@@ -149,10 +149,14 @@ class Appliance:
 
 def test_config(extra_config: str) -> str:
     """TEST_CONFIG + extra_config. Unless the extra config says otherwise, the appliance
-    asks nothing after a boot (fetch_on_boot = false): a test's charge point then gets
-    only the answers it waits for."""
+    asks nothing after a boot (fetch_on_boot = false) and writes no readings settings
+    ([readings] configure = false): a test's charge point then gets only the answers it
+    waits for."""
     if "[device_model]" not in extra_config:
         extra_config += "\n[device_model]\nfetch_on_boot = false\n"
+    if "[readings]" not in extra_config:
+        # nor does it set up what a charge point measures (tests/test_readings.py does)
+        extra_config += "\n[readings]\nconfigure = false\n"
     if "[web]" not in extra_config:
         # the web dashboard on a free port: tests may run several appliances at once
         extra_config += '\n[web]\nhost = "127.0.0.1"\nport = 0\n'

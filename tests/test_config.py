@@ -84,12 +84,13 @@ def test_a_string_where_a_list_is_expected_is_rejected(tmp_path, path):
 
 @pytest.mark.parametrize("path", LIST_KEYS, ids=[".".join(p) for p in LIST_KEYS])
 def test_a_list_of_one_is_taken(tmp_path, path):
-    result = check(toml_line(path, '["SIM001"]'), tmp_path)
+    one = "SoC" if path == ("readings", "measurands") else "SIM001"  # a measurand's name
+    result = check(toml_line(path, f'["{one}"]'), tmp_path)
     assert result.returncode == 0, result.stderr
     value: Any = tomllib.loads(result.stdout)
     for name in path:
         value = value[name]
-    assert value == ["SIM001"]
+    assert value == [one]
 
 
 WRONG_TYPE = [

@@ -171,3 +171,25 @@ def test_versions_do_not_share_response_objects() -> None:
     r = T.MINIMAL_RESPONSES
     for action in set(r["ocpp2.0.1"]) & set(r["ocpp2.1"]):
         assert r["ocpp2.0.1"][action] is not r["ocpp2.1"][action]
+
+
+def _measurand_enum(node: Any) -> list[str] | None:
+    """The measurand enum of a MeterValues schema (1.6 `measurand`, 2.x MeasurandEnumType)."""
+    if isinstance(node, dict):
+        for name in ("measurand", "MeasurandEnumType"):
+            if isinstance(node.get(name), dict) and "enum" in node[name]:
+                return list(node[name]["enum"])
+        for value in node.values():
+            found = _measurand_enum(value)
+            if found:
+                return found
+    return None
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_measurand_names_are_the_schemas(version: str) -> None:
+    """README "Readings the appliance asks for": `[readings] measurands` is checked
+    against exactly the names each version's schema has."""
+    name = "MeterValues" if version == "ocpp1.6" else "MeterValuesRequest"
+    schema = _load_json((_schema_dir(version) / f"{name}.json").read_text(encoding="utf-8"))
+    assert T.MEASURAND_NAMES[version] == frozenset(_measurand_enum(schema) or ())

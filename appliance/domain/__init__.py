@@ -3,7 +3,7 @@ tree applies. No OCPP version appears here."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,11 +90,43 @@ class DeviceModelValue:
     writable: bool
     unit: str | None
     data_type: str | None
+    #: variableCharacteristics: the values a list or option takes (CSV), the largest
+    #: value (of a list: its longest CSV text)
+    values_list: str | None = None
+    max_limit: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceModelReport:
     values: list[DeviceModelValue]
+    #: the GetBaseReport it answers, and whether more parts follow (`tbc`)
+    request_id: int | None = None
+    more: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigurationReport:
+    """1.6 GetConfiguration's `configurationKey` entries (key, value, readonly)."""
+
+    keys: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting of a charge point as it reported it: a 1.6 configuration key, or a
+    2.x Device Model variable's Actual value (README "Readings the appliance asks for")."""
+
+    #: the version's name: `MeterValuesSampledData`, `SampledDataCtrlr.TxUpdatedInterval`
+    name: str
+    #: where it is in the object tree, below the identity (`config.<key>`, `dm.…`)
+    state: str
+    value: str | None
+    writable: bool
+    #: 2.x: the values a list may hold; the longest CSV text it takes
+    values_list: tuple[str, ...] | None = None
+    max_limit: float | None = None
+    #: the update that records a value written to it (in the tree, as if reported)
+    written: Callable[[str], Update] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +144,7 @@ Update = (
     | MeterSample
     | TransactionEvent
     | DeviceModelReport
+    | ConfigurationReport
     | VendorData
 )
 

@@ -3,7 +3,15 @@ and the tree, and the `Stations` hub that knows them all and publishes their lif
 
 from appliance.station.calls import CallFailed, Calls
 from appliance.station.hub import Stations
-from appliance.station.station import Booted, Connected, Disconnected, Event, Job, Station
+from appliance.station.station import (
+    Booted,
+    Connected,
+    Disconnected,
+    Event,
+    Job,
+    Reported,
+    Station,
+)
 
 __all__ = [
     "Booted",
@@ -13,6 +21,7 @@ __all__ = [
     "Disconnected",
     "Event",
     "Job",
+    "Reported",
     "Station",
     "Stations",
 ]

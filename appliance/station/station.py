@@ -20,7 +20,13 @@ from typing import Any, Protocol
 import trio
 
 from appliance.config import Config
-from appliance.domain import secrets
+from appliance.domain import (
+    ConfigurationReport,
+    DeviceModelReport,
+    DeviceModelValue,
+    Setting,
+    secrets,
+)
 from appliance.rpc import (
     CallReceived,
     ErrorReceived,
@@ -45,6 +51,9 @@ from appliance.versions.tables import RETRIED
 
 log = logging.getLogger("appliance")
 
+#: how long the NotifyReports of a GetBaseReport may take in all; what has not come by
+#: then is taken as not reported (so not written to)
+REPORT_TIMEOUT_SEC = 60.0
 #: README "On the wire": a charge point whose boot the appliance has seen (in this run or
 #: before a restart) and that reconnects without a word may be called after this long;
 #: one that reboots sends its BootNotification well within it
@@ -74,13 +83,23 @@ class Booted:
 
 
 @dataclass(frozen=True, slots=True)
+class Reported:
+    """What the charge point reported of its settings after its boot (1.6
+    GetConfiguration, 2.x the NotifyReports of GetBaseReport): what README "Readings the
+    appliance asks for" compares with `[readings]`."""
+
+    station: Station
+    settings: list[Setting]
+
+
+@dataclass(frozen=True, slots=True)
 class Disconnected:
     station: Station
     #: False when a newer connection of the same identity replaced this one
     current: bool
 
 
-Event = Connected | Booted | Disconnected
+Event = Connected | Booted | Reported | Disconnected
 
 
 class Hub(Protocol):
@@ -136,6 +155,8 @@ class Station:
         send, receive = trio.open_memory_channel[Job](math.inf)
         self._jobs, self._job_queue = send, receive
         self._nursery: trio.Nursery | None = None
+        #: the Device Model report being gathered after boot (2.x)
+        self._report: _Report | None = None
 
     # --------------------------------------------------------------- life cycle
 
@@ -260,6 +281,8 @@ class Station:
             apply = self.tree.apply
             for update in answer.updates:
                 apply(self.identity, update)
+                if type(update) is DeviceModelReport and self._report is not None:
+                    self._report.add(update)
             for reason in answer.unusable:
                 self._note_violation(call.action, "Unusable", reason)
         self.tree.capture(
@@ -313,16 +336,50 @@ class Station:
     # ---------------------------------------------------------------- after boot
 
     async def _fetch_after_boot(self) -> None:
-        """After each boot: ask for the Device Model (2.x) or the configuration (1.6)."""
-        action, payload = self.version.controls["fetchOnBoot"]({"requestId": self.hub.request_id()})
+        """After each boot: ask for the configuration (1.6) or the Device Model (2.x:
+        it comes in NotifyReport calls), then publish what was reported."""
+        request_id = self.hub.request_id()
+        action, payload = self.version.controls["fetchOnBoot"]({"requestId": request_id})
+        report = self._report = _Report(request_id)
         try:
             response = await self.call(action, payload)
         except CallFailed as exc:
             log.warning("%s: %s after boot: %s", self.identity, action, exc)
             return
         keys = response.get("configurationKey")
+        found: list[Any]
         if isinstance(keys, list):
-            self.tree.configuration(self.identity, keys)
+            self.tree.apply(self.identity, ConfigurationReport(keys))
+            found = keys
+        else:
+            with trio.move_on_after(REPORT_TIMEOUT_SEC) as waiting:
+                await report.complete.wait()
+            if waiting.cancelled_caught:
+                log.warning(
+                    "%s: the Device Model report was not complete after %g s",
+                    self.identity,
+                    REPORT_TIMEOUT_SEC,
+                )
+            found = report.values
+        if self._report is report:
+            self._report = None
+        self.hub.publish(Reported(self, self.version.settings(found)))
+
+
+@dataclass(slots=True, eq=False)
+class _Report:
+    """The parts of one Device Model report (NotifyReport with `tbc`, Part 2 B07)."""
+
+    request_id: int
+    values: list[DeviceModelValue] = dataclasses.field(default_factory=list)
+    complete: trio.Event = dataclasses.field(default_factory=trio.Event)
+
+    def add(self, part: DeviceModelReport) -> None:
+        if part.request_id != self.request_id:
+            return  # another report (a user's GetBaseReport)
+        self.values.extend(part.values)
+        if not part.more:
+            self.complete.set()
 
 
 def _payload_text(text: str, message_id: str) -> str:

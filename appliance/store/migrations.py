@@ -302,6 +302,19 @@ MIGRATIONS: list[str] = [
         ) AS reading_at FROM charge_points AS c) AS cp;
     """,
 ]
+_POWER_5 = "(SELECT val FROM states WHERE id = cp.prefix || '.meterValues.powerW') AS power_w,"
+_POWER_6 = """coalesce(
+            (SELECT val FROM states WHERE id = cp.prefix || '.meterValues.powerW'),
+            (SELECT sum(val) FROM states WHERE id IN (cp.prefix || '.meterValues.powerL1',
+                cp.prefix || '.meterValues.powerL2', cp.prefix || '.meterValues.powerL3'))
+        ) AS power_w,"""
+assert MIGRATIONS[4].count(_POWER_5) == 1
+MIGRATIONS.append(
+    # 6: live power from the first minute (issue 26): a charge point that reports power
+    # per phase only has a total too, the sum of its phases (the view of 5 otherwise)
+    "DROP VIEW charge_point_status;"
+    + MIGRATIONS[4].split("DROP VIEW charge_point_status;")[1].replace(_POWER_5, _POWER_6)
+)
 
 SCHEMA_VERSION = len(MIGRATIONS)
 

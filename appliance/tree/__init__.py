@@ -761,7 +761,11 @@ class Tree:
             writes.append((state, value, meta))
             if v.writable:
                 self._report(f"{self.prefix(identity)}.{state}", value)
-        self._set(identity, writes)
+        if writes:  # the last part of a report may be empty
+            self._set(identity, writes)
+
+    def _configuration_report(self, identity: str, update: domain.ConfigurationReport) -> None:
+        self.configuration(identity, update.keys)
 
     def _vendor_data(self, identity: str, update: domain.VendorData) -> None:
         vin = find_vin(update.data)
@@ -775,6 +779,7 @@ class Tree:
         domain.MeterSample: _meter,
         domain.TransactionEvent: _transaction,
         domain.DeviceModelReport: _device_model,
+        domain.ConfigurationReport: _configuration_report,
         domain.VendorData: _vendor_data,
     }
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.domain import Setting
 from appliance.rpc import DIALECTS, Dialect
 from appliance.versions import tables, v16, v21, v201
 from appliance.versions.common import (
@@ -37,6 +38,15 @@ class Version:
     #: where the charge point says which charging rate units it takes (a state below its
     #: identity holding a comma-separated list), and its words for A and W
     rate_units: tuple[str, dict[str, str]]
+    #: README "Readings the appliance asks for": role → the setting's name, the keys
+    #: that bound a list's length, the measurands this version names
+    reading_settings: dict[str, str]
+    list_lengths: dict[str, str]
+    measurands: frozenset[str]
+    #: what was fetched after boot (1.6 configuration keys, 2.x Device Model values) as
+    #: settings; the status word of the answer to a "setting" control
+    settings: Callable[[list[Any]], list[Setting]]
+    setting_status: Callable[[Payload], str | None]
     #: runs on every call before its handler (2.x: customData may carry a VIN)
     inspect: Callable[[Context, Payload], None] | None = None
 
@@ -54,8 +64,8 @@ class Version:
 
 def _version(
     name: str,
+    module: Any,
     handlers: dict[str, Handler],
-    controls: dict[str, CallBuilder],
     inspect: Callable[[Context, Payload], None] | None = None,
 ) -> Version:
     return Version(
@@ -64,17 +74,22 @@ def _version(
         tables.FROM_CSMS[name],
         handlers,
         tables.MINIMAL_RESPONSES[name],
-        controls,
+        module.CONTROLS,
         tables.RATE_UNITS[name],
+        tables.READING_SETTINGS[name],
+        tables.LIST_LENGTH_SETTINGS[name],
+        tables.MEASURAND_NAMES[name],
+        module.settings,
+        module.setting_status,
         inspect,
     )
 
 
 #: every version the appliance speaks, by subprotocol (the names come from rpc.DIALECTS)
 VERSIONS: dict[str, Version] = {
-    tables.OCPP16: _version(tables.OCPP16, v16.HANDLERS, v16.CONTROLS),
-    tables.OCPP201: _version(tables.OCPP201, v201.HANDLERS, v201.CONTROLS, v201.custom_data),
-    tables.OCPP21: _version(tables.OCPP21, v21.HANDLERS, v201.CONTROLS, v201.custom_data),
+    tables.OCPP16: _version(tables.OCPP16, v16, v16.HANDLERS),
+    tables.OCPP201: _version(tables.OCPP201, v201, v201.HANDLERS, v201.custom_data),
+    tables.OCPP21: _version(tables.OCPP21, v201, v21.HANDLERS, v201.custom_data),
 }
 
 __all__ = ["VERSIONS", "Answer", "Context", "TransactionIdSource", "Unprocessable", "Version"]

@@ -40,6 +40,111 @@ RATE_UNITS: dict[str, tuple[str, dict[str, str]]] = {
     OCPP21: _RATE_UNITS_2X,
 }
 
+# README "Readings the appliance asks for" (issue 26): the measurands each version names
+# (MeasurandEnumType, 1.6 §7.31; tests/test_tables.py proves them against the schemas)
+_MEASURANDS_BOTH = frozenset(
+    {
+        "Current.Export",
+        "Current.Import",
+        "Current.Offered",
+        "Energy.Active.Export.Interval",
+        "Energy.Active.Export.Register",
+        "Energy.Active.Import.Interval",
+        "Energy.Active.Import.Register",
+        "Energy.Reactive.Export.Interval",
+        "Energy.Reactive.Export.Register",
+        "Energy.Reactive.Import.Interval",
+        "Energy.Reactive.Import.Register",
+        "Frequency",
+        "Power.Active.Export",
+        "Power.Active.Import",
+        "Power.Factor",
+        "Power.Offered",
+        "Power.Reactive.Export",
+        "Power.Reactive.Import",
+        "SoC",
+        "Voltage",
+    }
+)
+_MEASURANDS_201 = _MEASURANDS_BOTH | {
+    "Energy.Active.Net",
+    "Energy.Apparent.Export",
+    "Energy.Apparent.Import",
+    "Energy.Apparent.Net",
+    "Energy.Reactive.Net",
+}
+MEASURAND_NAMES: dict[str, frozenset[str]] = {
+    OCPP16: _MEASURANDS_BOTH | {"RPM", "Temperature"},
+    OCPP201: _MEASURANDS_201,
+    OCPP21: _MEASURANDS_201
+    | {
+        "Current.Export.Minimum",
+        "Current.Export.Offered",
+        "Current.Import.Minimum",
+        "Current.Import.Offered",
+        "Display.BatteryEnergyCapacity",
+        "Display.ChargingComplete",
+        "Display.InletHot",
+        "Display.MaximumSOC",
+        "Display.MinimumSOC",
+        "Display.PresentSOC",
+        "Display.RemainingTimeToMaximumSOC",
+        "Display.RemainingTimeToMinimumSOC",
+        "Display.RemainingTimeToTargetSOC",
+        "Display.TargetSOC",
+        "Energy.Active.Import.CableLoss",
+        "Energy.Active.Import.LocalGeneration.Register",
+        "Energy.Active.Setpoint.Interval",
+        "EnergyRequest.Bulk",
+        "EnergyRequest.Maximum",
+        "EnergyRequest.Maximum.V2X",
+        "EnergyRequest.Minimum",
+        "EnergyRequest.Minimum.V2X",
+        "EnergyRequest.Target",
+        "Power.Active.Residual",
+        "Power.Active.Setpoint",
+        "Power.Export.Minimum",
+        "Power.Export.Offered",
+        "Power.Import.Minimum",
+        "Power.Import.Offered",
+        "Voltage.Maximum",
+        "Voltage.Minimum",
+    },
+}
+#: every measurand any version names (what `[readings] measurands` may hold)
+ALL_MEASURANDS = frozenset().union(*MEASURAND_NAMES.values())
+
+#: where each version keeps what it measures: role → the setting's name (1.6: a
+#: configuration key, §9.1; 2.x: Component.Variable of the Device Model, Part 2 Appendix 3
+#: SampledDataCtrlr and AlignedDataCtrlr). A role a version lacks is absent.
+_READING_SETTINGS_2X = {
+    "measurands": "SampledDataCtrlr.TxUpdatedMeasurands",
+    "interval": "SampledDataCtrlr.TxUpdatedInterval",
+    "endedMeasurands": "SampledDataCtrlr.TxEndedMeasurands",
+    "alignedMeasurands": "AlignedDataCtrlr.Measurands",
+    "alignedInterval": "AlignedDataCtrlr.Interval",
+}
+READING_SETTINGS: dict[str, dict[str, str]] = {
+    OCPP16: {
+        "measurands": "MeterValuesSampledData",
+        "interval": "MeterValueSampleInterval",
+        "alignedMeasurands": "MeterValuesAlignedData",
+        "alignedInterval": "ClockAlignedDataInterval",
+    },
+    OCPP201: _READING_SETTINGS_2X,
+    OCPP21: _READING_SETTINGS_2X,
+}
+#: 1.6 §9.1: the most measurands a list takes is a key of its own (2.x: the variable's
+#: maxLimit, the longest CSV string it takes)
+LIST_LENGTH_SETTINGS: dict[str, dict[str, str]] = {
+    OCPP16: {
+        "MeterValuesSampledData": "MeterValuesSampledDataMaxLength",
+        "MeterValuesAlignedData": "MeterValuesAlignedDataMaxLength",
+    },
+    OCPP201: {},
+    OCPP21: {},
+}
+
 # Calls whose exact repeat is a retry after a lost answer, not a new fact: each carries
 # its own time (and 2.x TransactionEvent its seqNo), and a charger resends them until
 # answered, also after a reconnect (1.6 §4.1 "transaction-related messages", 2.x Part 2

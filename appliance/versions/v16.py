@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from appliance import domain
 from appliance.domain import start_key
 from appliance.domain.clock import iso_now
 from appliance.domain.meter import Reading
+from appliance.tree.ids import escape
 from appliance.versions.common import (
     PROFILE_ID,
     PROFILE_START,
@@ -209,7 +211,37 @@ CONTROLS: dict[str, CallBuilder] = {
         {"key": v["key"], "value": _config_text(v["value"])},
     ),
     "fetchOnBoot": lambda v: ("GetConfiguration", {}),
+    "setting": lambda v: ("ChangeConfiguration", {"key": v["name"], "value": v["value"]}),
 }
+
+
+def settings(keys: list[Any]) -> list[domain.Setting]:
+    """GetConfiguration's keys as settings (1.6 §7.2: a key not listed is unknown)."""
+    found = []
+    for entry in keys:
+        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+            continue
+        key = entry["key"]
+        value = entry.get("value")
+        found.append(
+            domain.Setting(
+                key,
+                f"config.{escape(key)}",
+                value if isinstance(value, str) else None,
+                not entry.get("readonly", False),
+                written=partial(_key_written, key),
+            )
+        )
+    return found
+
+
+def _key_written(key: str, value: str) -> domain.Update:
+    return domain.ConfigurationReport([{"key": key, "value": value, "readonly": False}])
+
+
+def setting_status(response: Payload) -> str | None:
+    """ChangeConfiguration's answer: Accepted, Rejected, RebootRequired, NotSupported."""
+    return text(response.get("status"))
 
 
 def _config_text(value: Any) -> str:

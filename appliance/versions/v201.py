@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+from functools import partial
 from typing import Any
 
 from appliance import domain
 from appliance.domain.clock import iso_now
 from appliance.domain.meter import Reading
 from appliance.rpc import Fault
+from appliance.tree.ids import component_segment, variable_segment
 from appliance.versions.common import (
     PROFILE_ID,
     PROFILE_START,
@@ -156,11 +159,67 @@ def notify_report(ctx: Context, payload: Payload) -> Payload:
                     writable=attribute.get("mutability", "ReadWrite") != "ReadOnly",
                     unit=text(traits.get("unit")),
                     data_type=text(traits.get("dataType")),
+                    values_list=text(traits.get("valuesList")),
+                    max_limit=_number(traits.get("maxLimit")),
                 )
             )
-    if values:
-        ctx.emit(domain.DeviceModelReport(values))
+    more = payload.get("tbc") is True
+    ctx.emit(domain.DeviceModelReport(values, as_int(payload.get("requestId")), more))
     return {}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def settings(values: list[domain.DeviceModelValue]) -> list[domain.Setting]:
+    """The Actual values of the station-wide variables (no EVSE, no instance) as
+    settings named `Component.Variable`; mutability as reported (Part 2 §B: ReadWrite
+    when not said)."""
+    found = []
+    for v in values:
+        if v.attribute_type != "Actual" or v.evse_id is not None:
+            continue
+        if v.component_instance or v.variable_instance:
+            continue
+        shown = v.value if isinstance(v.value, str) else None
+        listed = v.values_list
+        found.append(
+            domain.Setting(
+                f"{v.component}.{v.variable}",
+                f"dm.{component_segment(v.component, None, None, None)}"
+                f".{variable_segment(v.variable, None)}.Actual.value",
+                shown,
+                v.writable,
+                tuple(x.strip() for x in listed.split(",") if x.strip()) if listed else None,
+                v.max_limit,
+                written=partial(_variable_written, v),
+            )
+        )
+    return found
+
+
+def _variable_written(variable: domain.DeviceModelValue, value: str) -> domain.Update:
+    return domain.DeviceModelReport([dataclasses.replace(variable, value=value)])
+
+
+def setting_status(response: Payload) -> str | None:
+    """SetVariables' answer for its one variable: Accepted, Rejected, RebootRequired,
+    UnknownComponent, UnknownVariable, NotSupportedAttributeType."""
+    results = objects(response.get("setVariableResult"))
+    return text(results[0].get("attributeStatus")) if results else None
+
+
+def _setting(values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    component, _, variable = values["name"].partition(".")
+    return _set_variable(
+        {
+            "component": component,
+            "variable": variable,
+            "attributeType": "Actual",
+            "value": values["value"],
+        }
+    )
 
 
 def data_transfer(ctx: Context, payload: Payload) -> Payload:
@@ -255,6 +314,7 @@ CONTROLS: dict[str, CallBuilder] = {
         {"transactionId": str(v["transactionId"])},
     ),
     "setVariable": _set_variable,
+    "setting": _setting,
     "fetchOnBoot": lambda v: (
         "GetBaseReport",
         {"requestId": v["requestId"], "reportBase": "FullInventory"},
