@@ -44,6 +44,7 @@ from appliance.tree import Tree
 
 if TYPE_CHECKING:
     # imported by `running` only when [mqtt] is configured (paho-mqtt: 1.4 MB of RSS)
+    from appliance.central import Central
     from appliance.mqtt import Bridge
 
 log = logging.getLogger("appliance")
@@ -116,6 +117,8 @@ class Running:
     dashboard: Any = None
     #: the MQTT bridge, when [mqtt] is configured
     mqtt: Bridge | None = None
+    #: replication into the fleet's PostgreSQL, when [central] is configured
+    central: Central | None = None
 
 
 class CannotListen(Exception):
@@ -289,7 +292,11 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
     store = Store(
         config.database_path,
         config.storage.commit_interval_ms,
-        Retention(config.storage.messages_keep_days, config.storage.meter_values_keep_days),
+        Retention(
+            config.storage.messages_keep_days,
+            config.storage.meter_values_keep_days,
+            replicated=config.central is not None,
+        ),
     )
     try:
         opened = await trio.to_thread.run_sync(open_store, store)
@@ -335,6 +342,11 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
                     running.dashboard.port,
                 )
             running.mqtt = bridge
+            if config.central is not None:
+                from appliance.central import Central
+
+                running.central = Central(config, store)
+                await nursery.start(running.central.run)
             yield running
             if running.dashboard is not None:
                 running.dashboard.stop()
@@ -407,6 +419,8 @@ async def reload(appliance: Running) -> None:
             kept.append("tls")  # ws:// ↔ wss:// on the same port would surprise everyone
         if (new.mqtt is None) != (old.mqtt is None):
             kept.append("mqtt")  # the bridge is a task started with the appliance
+        if (new.central is None) != (old.central is None):
+            kept.append("central")  # so is replication
         if kept:
             new = configuration.replace(new, **{key: getattr(old, key) for key in kept})
         # the web socket is bound once at start; the password and tokens apply now
@@ -431,4 +445,6 @@ async def reload(appliance: Running) -> None:
     await server.reload(policy)
     if appliance.mqtt is not None:
         appliance.mqtt.reload(new)
+    if appliance.central is not None:
+        appliance.central.reload(new)
     log.info("SIGHUP: config reloaded from %s", old.source)

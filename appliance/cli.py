@@ -108,6 +108,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
     else:
         print(reader.status_table(rows), end="")
+        if config.central is not None:
+            print(_central_line(config))
         why = _down_now(config)
         if why is not None:
             print(
@@ -116,6 +118,21 @@ def cmd_status(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     return EXIT_OK
+
+
+def _central_line(config: configuration.Config) -> str:
+    """README "Many sites into one PostgreSQL": the replication's state and backlog."""
+    from appliance.reader import age
+    from appliance.store.replication import backlog
+
+    found = backlog(config.database_path)
+    state = found["central"]
+    said = "not started yet" if state is None else f"{state['state']} ({age(state['at'])} ago)"
+    waiting = found["backlog"]
+    rows = sum(table["rows"] for table in waiting.values())
+    lags = [table["lag_s"] for table in waiting.values() if table["lag_s"] is not None]
+    behind = f"; oldest {max(lags):g} s old" if lags else ""
+    return f"central: {said}; {rows} rows not in PostgreSQL yet{behind}"
 
 
 def cmd_get(args: argparse.Namespace) -> int:

@@ -196,6 +196,32 @@ class Mqtt(_Table, frozen=True):
         return f"Mqtt({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
+class Central(_Table, frozen=True):
+    """Every site into one PostgreSQL (README "Many sites into one PostgreSQL"); off when
+    the table is absent. The password is a secret: in the url or in `password_file`,
+    never printed (check-config shows ***), never logged."""
+
+    #: a libpq URL: postgresql://user[:password]@host[:5432]/database[?sslmode=verify-full]
+    postgresql_url: NotEmpty
+    #: or the password's file (its first line), relative to the config file's folder
+    password_file: str | None = None
+    #: PEM CA the server's certificate must chain to (sslmode verify-full); relative to
+    #: the config file's folder
+    ca: str | None = None
+    #: this box's name in the fleet; default: the host name
+    site: NotEmpty | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Central(postgresql_url={redact_url(self.postgresql_url)!r}, site={self.site!r}, ...)"
+        )
+
+
+def redact_url(url: str) -> str:
+    """A libpq URL with its password as ***."""
+    return re.sub(r"(://[^/@:]*:)[^/]*@", rf"\g<1>{MASK}@", url)
+
+
 class Authorization(_Table, frozen=True):
     #: when not empty, only these RFID/idTokens are answered Accepted
     id_tokens: list[str] = msgspec.field(default_factory=list)
@@ -220,6 +246,7 @@ class Config(_Table, frozen=True):
     readings: Readings = msgspec.field(default_factory=Readings)
     tls: Tls | None = None
     mqtt: Mqtt | None = None
+    central: Central | None = None
     authorization: Authorization = msgspec.field(default_factory=Authorization)
     web: Web = msgspec.field(default_factory=Web)
     charge_points: dict[str, ChargePoint] = msgspec.field(default_factory=dict)
@@ -513,6 +540,11 @@ def _cross_checks(config: Config) -> Iterator[_Problem]:
             yield _Problem(at, "", "sets password and password_hash: keep one")
     if config.mqtt is not None:
         yield from _mqtt_checks(config.mqtt)
+    if config.central is not None:
+        url = config.central.postgresql_url
+        if not url.startswith(("postgresql://", "postgres://")):
+            detail = f"expected postgresql://user@host/database, not {_shown(redact_url(url))}"
+            yield _Problem(("central", "postgresql_url"), "bad", detail)
 
 
 def _measurand_checks(measurands: list[str], at: KeyPath) -> Iterator[_Problem]:
@@ -676,6 +708,8 @@ def to_toml(config: Config) -> str:
     data.pop("source", None)
     if data.get("mqtt") and data["mqtt"].get("password") is not None:
         data["mqtt"]["password"] = MASK
+    if data.get("central"):
+        data["central"]["postgresql_url"] = redact_url(data["central"]["postgresql_url"])
     for name in SECRETS & data["web"].keys():
         if data["web"][name]:
             data["web"][name] = MASK if name == "password_hash" else [MASK] * len(data["web"][name])
@@ -771,6 +805,13 @@ port = 9080
 # min_interval_sec = 1.0        # a charge point's values at most this often (power: 1 s)
 # publish_all = false           # every state of the object tree too (ioBroker style)
 # start_id_token = "HA"         # the idToken of Home Assistant's start-session button
+
+# Every site into one PostgreSQL (README "Many sites into one PostgreSQL"): uncomment
+# [central]
+# postgresql_url = "postgresql://fleet@db.example.com/fleet?sslmode=verify-full"
+# password_file = "fleet.password"  # or the password in the url (check-config shows ***)
+# ca = "fleet-ca.crt"           # the CA of the server's certificate (verify-full)
+# site = "berlin-office"        # this box's name in the fleet; default: the host name
 
 # Per charge point settings, by identity:
 # [charge_points."CP-GARAGE"]

@@ -252,3 +252,16 @@ async def in_process_server(folder: Path, extra_config: str = "") -> AsyncIterat
 
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+@pytest.fixture
+def postgres() -> Iterator[Any]:
+    """A PostgreSQL server of the test's own, which it may stop and start (tests/pg.py)."""
+    from pg import BIN, Postgres
+
+    if BIN is None:
+        pytest.skip("needs Debian's postgresql (apt-get install postgresql)")
+    server = Postgres()
+    server.start()
+    yield server
+    server.remove()

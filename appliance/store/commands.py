@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from appliance.store.migrations import BUSY_TIMEOUT_MS
+from appliance.store.migrations import reading
 from appliance.store.sql import WRITE_CONTROL
 
 
@@ -17,8 +17,7 @@ class CommandReader:
     needs. Blocking; called from a worker thread."""
 
     def __init__(self, path: Path) -> None:
-        self.connection = sqlite3.connect(path, check_same_thread=False, timeout=5)
-        self.connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self.connection = reading(path)
         self._data_version: int | None = None
 
     def close(self) -> None:

@@ -315,6 +315,50 @@ MIGRATIONS.append(
     "DROP VIEW charge_point_status;"
     + MIGRATIONS[4].split("DROP VIEW charge_point_status;")[1].replace(_POWER_5, _POWER_6)
 )
+MIGRATIONS.append(
+    # 7: every site into one PostgreSQL (issue 22, README "Many sites into one
+    # PostgreSQL"): a row that changes after its insert (a session's stop, an outcome's
+    # value in force) gets a revision, in commit order, so replication finds what changed
+    # since its watermark; the watermarks themselves
+    """
+    CREATE TABLE revision (n INTEGER NOT NULL);
+    INSERT INTO revision (n) VALUES (0);
+    ALTER TABLE transactions ADD COLUMN rev INTEGER;
+    ALTER TABLE control_outcomes ADD COLUMN rev INTEGER;
+    UPDATE transactions SET rev = seq;
+    UPDATE control_outcomes SET rev = (SELECT count(*) FROM control_outcomes AS o
+        WHERE o.ts < control_outcomes.ts
+            OR (o.ts = control_outcomes.ts AND o.id <= control_outcomes.id))
+        + coalesce((SELECT max(seq) FROM transactions), 0);
+    UPDATE revision SET n = coalesce((SELECT max(rev) FROM control_outcomes),
+        (SELECT max(rev) FROM transactions), 0);
+    CREATE INDEX transactions_by_rev ON transactions (rev);
+    CREATE INDEX control_outcomes_by_rev ON control_outcomes (rev);
+    CREATE TRIGGER transactions_inserted AFTER INSERT ON transactions BEGIN
+        UPDATE revision SET n = n + 1;
+        UPDATE transactions SET rev = (SELECT n FROM revision) WHERE seq = NEW.seq;
+    END;
+    CREATE TRIGGER transactions_updated AFTER UPDATE ON transactions
+        WHEN NEW.rev IS OLD.rev BEGIN
+        UPDATE revision SET n = n + 1;
+        UPDATE transactions SET rev = (SELECT n FROM revision) WHERE seq = NEW.seq;
+    END;
+    CREATE TRIGGER control_outcomes_inserted AFTER INSERT ON control_outcomes BEGIN
+        UPDATE revision SET n = n + 1;
+        UPDATE control_outcomes SET rev = (SELECT n FROM revision) WHERE id = NEW.id;
+    END;
+    CREATE TRIGGER control_outcomes_updated AFTER UPDATE ON control_outcomes
+        WHEN NEW.rev IS OLD.rev BEGIN
+        UPDATE revision SET n = n + 1;
+        UPDATE control_outcomes SET rev = (SELECT n FROM revision) WHERE id = NEW.id;
+    END;
+    CREATE TABLE replication (
+        name      TEXT PRIMARY KEY,              -- the table replicated
+        watermark INTEGER NOT NULL,              -- its seq / rev / ts replicated up to
+        ts        INTEGER NOT NULL               -- when (appliance clock, ms)
+    ) WITHOUT ROWID;
+    """
+)
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -336,6 +380,14 @@ def connect(path: Path) -> sqlite3.Connection:
     # FULL: each commit is fsynced, so at most one commit interval is lost on power loss.
     connection.execute("PRAGMA synchronous = FULL")
     connection.isolation_level = "DEFERRED"
+    return connection
+
+
+def reading(path: Path) -> sqlite3.Connection:
+    """A connection of a reader of its own (the controls, replication), used from one
+    worker thread at a time; it waits for the writer rather than fail."""
+    connection = sqlite3.connect(path, check_same_thread=False, timeout=5)
+    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     return connection
 
 

@@ -16,6 +16,9 @@ class Retention:
 
     messages_days: float = 30
     meter_values_days: float = 365
+    #: [central] is on: a row not replicated yet is kept whatever its age
+    #: (README "Many sites into one PostgreSQL")
+    replicated: bool = False
 
 
 #: rows deleted per short transaction when pruning: a reader or a control writer waits at
@@ -37,17 +40,24 @@ def prune(connection: sqlite3.Connection, retention: Retention) -> int:
     now = time.time_ns() // 1_000_000
     for table, column, setting in _PRUNED:
         cutoff = now - int(getattr(retention, setting) * 86_400_000)
+        # the newest row stays: a seq is never handed out twice (replication's watermark)
+        newest = connection.execute(f"SELECT max(seq) FROM {table}").fetchone()[0] or 0
+        if retention.replicated:
+            mark = connection.execute(
+                "SELECT watermark FROM replication WHERE name = ?", (table,)
+            ).fetchone()
+            newest = min(newest, (mark[0] if mark else 0) + 1)
         for _ in range(PRUNE_BATCHES_PER_PASS):
             oldest = connection.execute(
                 f"SELECT seq, {column} FROM {table} ORDER BY seq LIMIT 1"
             ).fetchone()
-            if oldest is None or oldest[1] >= cutoff:
+            if oldest is None or oldest[1] >= cutoff or oldest[0] >= newest:
                 break
             try:
                 with connection:
                     cursor = connection.execute(
-                        f"DELETE FROM {table} WHERE seq < ? AND {column} < ?",
-                        (oldest[0] + PRUNE_BATCH, cutoff),
+                        f"DELETE FROM {table} WHERE seq < ? AND {column} < ? AND seq < ?",
+                        (oldest[0] + PRUNE_BATCH, cutoff, newest),
                     )
             except sqlite3.OperationalError as exc:
                 log.warning("database: pruning %s postponed: %s", table, exc)

@@ -144,6 +144,15 @@ class MetaValue(NamedTuple):
     value: Any
 
 
+class Replicated(NamedTuple):
+    """How far a table is replicated into PostgreSQL (`replication`; README "Many sites
+    into one PostgreSQL"): retention keeps what is beyond it."""
+
+    name: str
+    watermark: int
+    ts: int
+
+
 class CommandDone(NamedTuple):
     """A control command carried out: acknowledged with `value` unless a newer command
     for the same id waits, and taken off `control_queue`."""
@@ -192,6 +201,7 @@ Row = (
     | MetaValue
     | ControlOutcome
     | InForce
+    | Replicated
 )
 #: everything the store's queue carries
 Item = Row | list[Row] | MeterValueRows | CommandDone | States | DefaultStates | LazyStates

@@ -11,6 +11,7 @@ from appliance.store.rows import (
     InForce,
     MetaValue,
     MeterValueRow,
+    Replicated,
     TransactionRow,
 )
 
@@ -59,6 +60,7 @@ SET_OUTCOME = (
     "INSERT OR REPLACE INTO control_outcomes (id, ts, value, ok, response, error, in_force,"
     " note) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+SET_REPLICATED = "INSERT OR REPLACE INTO replication (name, watermark, ts) VALUES (?, ?, ?)"
 # README "Controls": in_force is what the state shows, also when the charge point changed
 # the value itself
 SET_IN_FORCE = "UPDATE control_outcomes SET in_force = ?1 WHERE id = ?2 AND in_force IS NOT ?1"
@@ -104,6 +106,7 @@ STATEMENT: dict[type, str] = {
     MetaValue: SET_META,
     ControlOutcome: SET_OUTCOME,
     InForce: SET_IN_FORCE,
+    Replicated: SET_REPLICATED,
 }
 
 #: the tables that only grow, written in arrival order apart from the other rows
