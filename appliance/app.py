@@ -345,7 +345,7 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
             if config.central is not None:
                 from appliance.central import Central
 
-                running.central = Central(config, store)
+                running.central = Central(config, store, stations, running.port)
                 await nursery.start(running.central.run)
             yield running
             if running.dashboard is not None:

@@ -205,17 +205,15 @@ def _write_and_wait(
     if why is not None:
         print(_down_message(config, why, written=False), file=sys.stderr)
         return EXIT_FAILED
-    written_at = int(time.time() * 1000) - 1
-    seq = reader.write_controls(config.database_path, values)
     # the call may wait its turn (call_timeout_sec), then for the answer (again)
     patience = 2 * config.call_timeout_sec + 5
     stale = reader.stale_after_ms(config.storage.commit_interval_ms)
-    waited = reader.wait_done(config.database_path, seq, patience, stale)
-    if waited == "down":
+    carried = reader.carry_out(config.database_path, values, base, patience, stale)
+    if carried.waited == "down":
         why = _not_running(config) or "it stopped"
         print(_down_message(config, why, written=True), file=sys.stderr)
         return EXIT_FAILED
-    if waited != "done":
+    if carried.waited != "done":
         print(
             f"ocpp-appliance: the appliance did not take the command within {patience:g} s"
             " — is `ocpp-appliance serve` running with this config?",
@@ -224,22 +222,19 @@ def _write_and_wait(
         return EXIT_FAILED
     if base is None:
         # a parameter the appliance refused (a raw value it checks): the value in force stays
-        refused = reader.refusal(config.database_path, values[-1][0], written_at)
-        if refused:
-            print(f"ocpp-appliance: {refused}", file=sys.stderr)
+        if carried.error:
+            print(f"ocpp-appliance: {carried.error}", file=sys.stderr)
             return EXIT_FAILED
         print("ok (parameter taken)")
         return EXIT_OK
-    response, error = reader.outcome(config.database_path, base)
-    if error:
-        print(f"ocpp-appliance: {error}", file=sys.stderr)
-        if response:
-            print(response)
+    if carried.error:
+        print(f"ocpp-appliance: {carried.error}", file=sys.stderr)
+        if carried.response:
+            print(carried.response)
         return EXIT_FAILED
-    said = reader.note(config.database_path, values[-1][0], written_at)
-    if said:
-        print(f"ocpp-appliance: {said}", file=sys.stderr)
-    print(_pretty(response) if response else "ok")
+    if carried.note:
+        print(f"ocpp-appliance: {carried.note}", file=sys.stderr)
+    print(_pretty(carried.response) if carried.response else "ok")
     return EXIT_OK
 
 
@@ -252,23 +247,20 @@ def _pretty(text: str) -> str:
 
 def cmd_set(args: argparse.Namespace) -> int:
     from appliance import reader
-    from appliance.controls import CommandError, check_parameter, outcome_folder
+    from appliance.controls import CommandError, prepare
 
     config = configuration.load(args.config)
     prefix, _, path = args.id.partition(".")
     if not path:
         print(f"ocpp-appliance: {args.id!r} is not a full state id", file=sys.stderr)
         return EXIT_USAGE
-    folder = outcome_folder(path)
-    if folder is None:
+    try:
         # a parameter is checked before anything is written (README "Controls")
-        try:
-            check_parameter(path.removeprefix("control."), _value(args.value))
-        except CommandError as exc:
-            print(f"ocpp-appliance: {exc}; nothing written", file=sys.stderr)
-            return EXIT_FAILED
-    base = None if folder is None else f"{prefix}.{folder}"
-    status = _write_and_wait(config, [(args.id, _value(args.value))], base)
+        values, base = prepare(args.id, _value(args.value))
+    except CommandError as exc:
+        print(f"ocpp-appliance: {exc}; nothing written", file=sys.stderr)
+        return EXIT_FAILED
+    status = _write_and_wait(config, values, base)
     if status != EXIT_OK and base is not None and path == f"control.{START_TRIGGER}":
         # it ran and failed: for want of an idToken, say how to give one
         token = f"{prefix}.control.requestStartTransaction.idToken"

@@ -210,6 +210,8 @@ class Central(_Table, frozen=True):
     ca: str | None = None
     #: this box's name in the fleet; default: the host name
     site: NotEmpty | None = None
+    #: this process's name among the site's (commands, presence); default: host:port
+    process: NotEmpty | None = None
 
     def __repr__(self) -> str:
         return (

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from appliance.store.queries import (
+    carry_out,
     charge_points,
     explain,
     heartbeat,
@@ -87,6 +88,7 @@ def states_table(states: list[dict[str, Any]]) -> str:
 
 __all__ = [
     "age",
+    "carry_out",
     "charge_points",
     "explain",
     "heartbeat",

@@ -40,7 +40,11 @@ TABLES = {
 }  # fmt: skip
 README = Path(__file__).resolve().parents[1] / "README.md"
 #: README "Many sites into one PostgreSQL": the fleet view, as written
-FLEET_QUERIES = re.findall(r"```postgresql\n(.*?)```", README.read_text(), re.DOTALL)
+FLEET_QUERIES = [
+    q
+    for q in re.findall(r"```postgresql\n(.*?)```", README.read_text(), re.DOTALL)
+    if q.startswith("-- ")  # the commands example starts with its INSERT
+]
 UNTYPED = {("states", "val"), ("control_outcomes", "value"), ("control_outcomes", "in_force")}
 
 

@@ -20,8 +20,10 @@ from typing import Any
 
 import trio
 
+from appliance.central.commands import Commands
 from appliance.config import Central as CentralConfig
 from appliance.config import Config, redact_url
+from appliance.station import Stations
 from appliance.store import MetaValue, Store, now_ms
 from appliance.store.replication import SOURCES, STATUS_KEY, ReplicationReader
 from appliance.store.rows import Replicated
@@ -54,11 +56,14 @@ def password_of(config: Config) -> str | None:
 
 
 class Central:
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(self, config: Config, store: Store, stations: Stations, port: int) -> None:
         self.config = config
         self.store = store
+        self.stations = stations
         assert config.central is not None
         self.site = site_of(config.central)
+        #: README "Commands from the centre": this process among the site's
+        self.process = config.central.process or f"{socket.gethostname()}:{port}"
         self._limiter = trio.CapacityLimiter(1)
         self._marks: dict[str, int] = {}
         self._stored: dict[str, int] = {}
@@ -78,13 +83,18 @@ class Central:
         from appliance.store.central import Postgres
 
         task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(Commands(self, self.stations, self.process).run)
+            await self._replicate(psycopg, Postgres)
+
+    async def _replicate(self, psycopg: Any, Postgres: Any) -> None:
         reader = ReplicationReader(self.store.path)
         self._stored = await self._thread(reader.watermarks)
         central = self.config.central
         assert central is not None
         url = redact_url(central.postgresql_url)
         backoff = 1.0
-        postgres: Postgres | None = None
+        postgres: Any = None
         try:
             while True:
                 try:
@@ -95,14 +105,7 @@ class Central:
                     self._reconnect = False
                     if postgres is None:
                         url = redact_url(central.postgresql_url)
-                        ca = str(self.config.path(central.ca)) if central.ca else None
-                        postgres = await self._thread(
-                            Postgres,
-                            central.postgresql_url,
-                            self.site,
-                            password_of(self.config),
-                            ca,
-                        )
+                        postgres = await self._thread(self._connect, Postgres)
                         await self._thread(postgres.migrate)
                         self._marks = {**self._stored, **await self._thread(postgres.watermarks)}
                         self._swept = 0.0
@@ -127,6 +130,17 @@ class Central:
                 if postgres is not None:
                     await self._thread(_quietly_close, postgres)
                 await self._thread(reader.close)
+
+    def connection_options(self) -> tuple[str, str, str | None, str | None]:
+        """(url, site, password, CA file) as the config in force says now (worker
+        thread: the password file is read at each connection)."""
+        central = self.config.central
+        assert central is not None
+        ca = str(self.config.path(central.ca)) if central.ca else None
+        return central.postgresql_url, self.site, password_of(self.config), ca
+
+    def _connect(self, kind: Any) -> Any:
+        return kind(*self.connection_options())
 
     def reload(self, config: Config) -> None:
         """SIGHUP: a changed url, password, CA or site applies at once (reconnects)."""

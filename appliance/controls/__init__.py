@@ -602,6 +602,19 @@ PARAMETER_CHECKS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def prepare(state_id: str, value: Any) -> tuple[list[tuple[str, Any]], str | None]:
+    """A command on `state_id` as `set` writes it (README "Command line"): the writes, and
+    where its outcome will be (`<prefix>.control…`; None for a parameter, which is checked
+    here, before anything is written). CommandError says why it cannot be."""
+    prefix, _, path = state_id.partition(".")
+    if not path:
+        raise CommandError(f"{state_id!r} is not a full state id")
+    folder = outcome_folder(path)
+    if folder is None:
+        check_parameter(path.removeprefix("control."), value)
+    return [(state_id, value)], None if folder is None else f"{prefix}.{folder}"
+
+
 def check_parameter(name: str, value: Any) -> Any:
     """`value` as a parameter takes it; CommandError says why it cannot be taken."""
     check = PARAMETER_CHECKS.get(name)
@@ -706,4 +719,11 @@ def _variable(command: Command) -> dict[str, Any]:
     }
 
 
-__all__ = ["CommandError", "Controls", "check_limit", "check_parameter", "default_states"]
+__all__ = [
+    "CommandError",
+    "Controls",
+    "check_limit",
+    "check_parameter",
+    "default_states",
+    "prepare",
+]

@@ -66,8 +66,28 @@ MIGRATIONS: list[str] = [
         updated_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (site, name));
     """,
+    # 2: commands from the centre, and who holds which charge point now
+    """
+    CREATE TABLE commands (
+        id bigserial PRIMARY KEY,
+        site text NOT NULL, identity text NOT NULL, control text NOT NULL, value text,
+        requested_at timestamptz NOT NULL DEFAULT now(),
+        taken_by text, taken_at timestamptz,
+        ok boolean, response text, error text, done_at timestamptz);
+    CREATE INDEX commands_waiting ON commands (site, identity, id) WHERE taken_by IS NULL;
+    CREATE FUNCTION commands_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_notify('ocpp_appliance_commands', NEW.site); RETURN NEW; END $$;
+    CREATE TRIGGER commands_notify AFTER INSERT ON commands
+        FOR EACH ROW EXECUTE FUNCTION commands_notify();
+    CREATE TABLE presence (
+        site text NOT NULL, identity text NOT NULL, process text NOT NULL,
+        since timestamptz NOT NULL DEFAULT now(), seen_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (site, identity));
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+#: README "Commands from the centre": the channel an inserted command is announced on
+CHANNEL = "ocpp_appliance_commands"
 #: any constant: the advisory lock two appliances migrating at once take turns on
 _MIGRATION_LOCK = 7_406_221
 
@@ -193,3 +213,105 @@ class Postgres:
                 value = value.replace("\x00", "\ufffd")  # PostgreSQL text holds no NUL
             values.append(value)
         return tuple(values)
+
+
+class Fleet(Postgres):
+    """The commands and presence of one process of one site (a connection of its own)."""
+
+    def __init__(
+        self, url: str, site: str, password: str | None, ca: str | None, process: str
+    ) -> None:
+        super().__init__(url, site, password, ca)
+        self.process = process
+        self.connection.autocommit = True
+
+    def take(
+        self, identities: list[str], limit: int = 20
+    ) -> list[tuple[int, str, str, str | None]]:
+        """Commands waiting for charge points this process holds, taken by it: (id,
+        identity, control, value). A row is taken once: the UPDATE sets taken_by, and a
+        row another process is taking at the same moment is skipped (SKIP LOCKED)."""
+        if not identities:
+            return []
+        return self.connection.execute(
+            "UPDATE commands SET taken_by = %s, taken_at = now() WHERE id IN ("
+            " SELECT id FROM commands WHERE site = %s AND identity = ANY(%s)"
+            " AND taken_by IS NULL ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)"
+            " RETURNING id, identity, control, value",
+            (self.process, self.site, identities, limit),
+        ).fetchall()
+
+    def finish(self, command: int, ok: bool, response: str | None, error: str | None) -> None:
+        self.connection.execute(
+            "UPDATE commands SET ok = %s, response = %s, error = %s, done_at = now()"
+            " WHERE id = %s AND done_at IS NULL",
+            (ok, response, error, command),
+        )
+
+    def expire(self, waiting_sec: float, running_sec: float) -> int:
+        """Commands of this site nobody took within `waiting_sec` end "not connected";
+        those taken by a process that has not said how they ended within `running_sec`
+        end as unknown (it stopped while running them: never run again)."""
+        cursor = self.connection.execute(
+            "UPDATE commands SET taken_by = '', taken_at = now(), ok = false,"
+            " error = 'not connected', done_at = now()"
+            " WHERE site = %s AND taken_by IS NULL"
+            " AND requested_at < now() - make_interval(secs => %s)",
+            (self.site, waiting_sec),
+        )
+        expired = cursor.rowcount
+        cursor = self.connection.execute(
+            "UPDATE commands SET ok = false, done_at = now(), error = 'taken by ' || taken_by"
+            " || ', which said nothing more: it may or may not have run'"
+            " WHERE site = %s AND taken_by <> '' AND done_at IS NULL"
+            " AND taken_at < now() - make_interval(secs => %s)",
+            (self.site, running_sec),
+        )
+        return expired + cursor.rowcount
+
+    def present(self, identity: str) -> None:
+        """This process holds `identity` now."""
+        self.connection.execute(
+            "INSERT INTO presence (site, identity, process) VALUES (%s, %s, %s)"
+            " ON CONFLICT (site, identity) DO UPDATE SET process = excluded.process,"
+            " since = now(), seen_at = now()",
+            (self.site, identity, self.process),
+        )
+
+    def absent(self, identity: str) -> None:
+        """It left this process (unless another holds it already)."""
+        self.connection.execute(
+            "DELETE FROM presence WHERE site = %s AND identity = %s AND process = %s",
+            (self.site, identity, self.process),
+        )
+
+    def alive(self, identities: list[str], expire_sec: float) -> None:
+        """This process still holds these; presence older than `expire_sec` (a process
+        that died) is gone."""
+        with self.connection.transaction():
+            self.connection.execute(
+                "DELETE FROM presence WHERE site = %s AND process = %s AND NOT identity = ANY(%s)",
+                (self.site, self.process, identities),
+            )
+            for identity in identities:
+                self.connection.execute(
+                    "INSERT INTO presence (site, identity, process) VALUES (%s, %s, %s)"
+                    " ON CONFLICT (site, identity) DO UPDATE SET seen_at = now(),"
+                    " process = excluded.process,"
+                    " since = CASE WHEN presence.process = excluded.process"
+                    " THEN presence.since ELSE now() END",
+                    (self.site, identity, self.process),
+                )
+            self.connection.execute(
+                "DELETE FROM presence WHERE seen_at < now() - make_interval(secs => %s)",
+                (expire_sec,),
+            )
+
+    def listen(self) -> None:
+        self.connection.execute(f"LISTEN {CHANNEL}")
+
+    def announced(self, timeout: float) -> bool:
+        """Whether a command was announced within `timeout` seconds (LISTEN/NOTIFY)."""
+        for _ in self.connection.notifies(timeout=timeout, stop_after=1):
+            return True
+        return False

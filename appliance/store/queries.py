@@ -12,6 +12,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +285,36 @@ def outcome(path: Path, base: str) -> tuple[str, str]:
             ).fetchall()
         )
     return found.get(f"{base}.lastResponse") or "", found.get(f"{base}.lastError") or ""
+
+
+@dataclass(frozen=True, slots=True)
+class Carried:
+    """How a command written into the file ended (README "Controls"): `waited` is
+    `done`, `timeout` (the appliance did not take it) or `down` (it is not running)."""
+
+    waited: str
+    ok: bool = False
+    response: str | None = None
+    error: str | None = None
+    #: what the appliance changed to make it work (control_outcomes.note)
+    note: str | None = None
+
+
+def carry_out(
+    path: Path, values: list[tuple[str, Any]], base: str | None, patience: float, stale_ms: int
+) -> Carried:
+    """Write controls as any tool does and wait for the outcome of the last: `set`,
+    `call` and a command from the centre end the same way. `base`: where a trigger's
+    outcome is written (`CP1.control`); None for a parameter (refused or taken)."""
+    written_at = time.time_ns() // 1_000_000 - 1
+    seq = write_controls(path, values)
+    waited = wait_done(path, seq, patience, stale_ms)
+    if waited != "done":
+        return Carried(waited)
+    if base is None:
+        refused = refusal(path, values[-1][0], written_at)
+        return Carried(waited, refused is None, None, refused)
+    response, error = outcome(path, base)
+    if error:
+        return Carried(waited, False, response or None, error)
+    return Carried(waited, True, response or None, None, note(path, values[-1][0], written_at))
