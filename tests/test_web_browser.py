@@ -37,8 +37,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def browser(tmp_path):
+def chromium(folder: Path, timezone: str | None = None) -> webdriver.Chrome:
+    """Headless Chromium; with `timezone` (TZ) the whole browser lives in that zone, as
+    a viewer's does."""
+    assert CHROMIUM is not None  # the tests that call this skip without it
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (
@@ -49,13 +51,20 @@ def browser(tmp_path):
         "--disable-component-update",
         "--disable-sync",
         "--no-first-run",
-        f"--user-data-dir={tmp_path / 'chromium'}",
+        f"--user-data-dir={folder / 'chromium'}",
         "--window-size=1100,1400",
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    env = {**os.environ, "TZ": timezone} if timezone else None
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER, env=env))
     driver.set_page_load_timeout(30)
+    return driver
+
+
+@pytest.fixture
+def browser(tmp_path):
+    driver = chromium(tmp_path)
     yield driver
     driver.quit()
 

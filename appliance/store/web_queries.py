@@ -154,6 +154,17 @@ class WebReader:
             until_ms,
         )
 
+    def session_ends(self, identity: str, since_ms: int, until_ms: int) -> list[int]:
+        """When sessions of `identity` ended in [since, until), by the appliance's clock
+        (ms: the latest event of a stopped session): where its power and current fell
+        to 0 (README "Readings"), which no sample in `meter_values` says."""
+        rows = self._db().execute(
+            "SELECT updated_at FROM transactions WHERE identity = ? AND stopped_at IS NOT NULL"
+            " AND updated_at >= ? AND updated_at < ? ORDER BY updated_at",
+            (identity, since_ms, until_ms),
+        )
+        return [row[0] for row in rows]
+
     def measurands(self, identity: str, since_ms: int) -> list[str]:
         rows = self._db().execute(
             "SELECT DISTINCT measurand FROM meter_values WHERE identity = ? AND received_at >= ?"

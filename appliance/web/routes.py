@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from markupsafe import Markup, escape
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
@@ -68,7 +69,7 @@ class Web:
         self.limiter = limiter
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.filters["ago"] = _ago
-        self.templates.env.filters["when"] = _when
+        self.templates.env.filters["localtime"] = _localtime
         self.templates.env.filters["lasting"] = _lasting
         # a secret's value is shown as this (README "What is protected"): its field starts
         # empty, so that "Set" never sends the mask to the charge point
@@ -107,19 +108,29 @@ _NO_PASSWORD_HINT = (
 )
 
 
+def _iso_ms(text: Any) -> int | None:
+    """ISO 8601 (UTC unless it says) as ms since the epoch; None if it is not one."""
+    if not isinstance(text, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
 def _ms(text: str | None, default: int) -> int:
     """A time in a query: ms since the epoch, or ISO 8601 (UTC unless it says)."""
     if text is None or text == "":
         return default
     if text.lstrip("-").isdigit():
         return int(text)
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise HTTPException(400, f"not a time: {text!r} (ms since the epoch or ISO 8601)") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    parsed = _iso_ms(text)
+    if parsed is None:
+        raise HTTPException(400, f"not a time: {text!r} (ms since the epoch or ISO 8601)")
+    return parsed
 
 
 def _int(text: str | None, default: int, name: str) -> int:
@@ -135,12 +146,10 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _lasting(ms: Any) -> str:
-    """How long since `ms`, for a running session: "42 s", "12 min", "1 h 05 min"
-    (app.js's `lasting` says it the same way)."""
-    if not isinstance(ms, int | float):
-        return ""
-    minutes, seconds = divmod(int(max(0, _now_ms() - ms) / 1000), 60)
+def _duration(ms: int | float) -> str:
+    """A duration: "42 s", "12 min", "1 h 05 min", "2 d 03 h" (app.js's `duration` says
+    it the same way)."""
+    minutes, seconds = divmod(int(max(0, ms) / 1000), 60)
     hours, minutes = divmod(minutes, 60)
     days, hours = divmod(hours, 24)
     if days:
@@ -148,6 +157,11 @@ def _lasting(ms: Any) -> str:
     if hours:
         return f"{hours} h {minutes:02d} min"
     return f"{minutes} min" if minutes else f"{seconds} s"
+
+
+def _lasting(ms: Any) -> str:
+    """How long since `ms`, for a running session."""
+    return _duration(_now_ms() - ms) if isinstance(ms, int | float) else ""
 
 
 def _ago(ms: Any) -> str:
@@ -163,10 +177,40 @@ def _ago(ms: Any) -> str:
     return f"{seconds / 86400:.0f} d ago"
 
 
-def _when(ms: Any) -> str:
-    if not isinstance(ms, int | float):
+def _localtime(value: Any) -> str:
+    """A time (ms, or ISO 8601 as a charge point sent it) as `<time datetime="…Z">`
+    with UTC text: the server cannot know the viewer's time zone, so app.js rewrites it
+    in the browser's; without JavaScript the text says UTC. What is not a time is shown
+    as it is."""
+    if value is None or value == "":
         return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    ms = value if isinstance(value, int | float) else _iso_ms(value)
+    if ms is None:
+        return str(value)
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    iso = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    text = moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return Markup(f'<time datetime="{iso}">{escape(text)}</time>')
+
+
+def _session_row(session: dict[str, Any], point: dict[str, Any], current: str) -> dict[str, Any]:
+    """A row of the page's session table: its duration, or since when it runs (ms; by
+    the charge point's clock where it is plausible, else by the appliance's, as
+    `tx_started`), and whether it is the running session of `charge_point_status`."""
+    started, stopped = _iso_ms(session["started_at"]), _iso_ms(session["stopped_at"])
+    row = {**session, "duration": None, "since": None, "current": False}
+    if session["stopped_at"] is None:
+        if point["tx_active"]:
+            suspect = session["time_suspect"] or started is None
+            row["since"] = session["received_at"] if suspect else started
+            row["current"] = session["transaction_id"] == current
+    elif session["time_suspect"]:
+        # a clock set while the session ran makes the charge point's difference wrong
+        ended = session["updated_at"] or session["received_at"]
+        row["duration"] = _duration(ended - session["received_at"])
+    elif started is not None and stopped is not None and stopped >= started:
+        row["duration"] = _duration(stopped - started)
+    return row
 
 
 def build(web: Web, tls: bool) -> ASGIApp:
@@ -206,6 +250,9 @@ def build(web: Web, tls: bool) -> ASGIApp:
         states = await web.run(web.reader.states, f"{prefix}.*")
         values = {s["id"][len(prefix) + 1 :]: s for s in states}
         sessions = await web.run(web.reader.sessions, identity, 0, _now_ms() + 1, 20)
+        last_id = values.get("transactions.last.id")
+        current = "" if last_id is None or last_id["val"] is None else str(last_id["val"])
+        sessions = [_session_row(s, point, current) for s in sessions]
         log_rows = await web.run(web.reader.connection_log, identity, None, 30)
         writable = [
             (name, s)
@@ -299,9 +346,10 @@ def build(web: Web, tls: bool) -> ASGIApp:
         since = _ms(query.get("since"), until - span)
         points = _int(query.get("points"), 500, "points")
         rows = await web.run(web.reader.series, identity, measurand, since, until, points)
+        ends = await web.run(web.reader.session_ends, identity, since, until)
         return JSONResponse(
             {"identity": identity, "measurand": measurand, "since": since, "until": until,
-             "points": rows}
+             "points": rows, "ends": ends}
         )  # fmt: skip
 
     async def connection_log(request: Request) -> Response:

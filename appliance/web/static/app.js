@@ -33,14 +33,46 @@ function ago(ms) {
   return Math.round(s / 86400) + " d ago";
 }
 
-function lasting(ms) {  // how long a session has run: as routes.py's `lasting` filter says it
-  if (!ms) return "";
-  const s = Math.floor(Math.max(0, Date.now() - ms) / 1000);
+const two = (n) => String(n).padStart(2, "0");
+
+function duration(ms) {  // as routes.py's `_duration` says it
+  const s = Math.floor(Math.max(0, ms) / 1000);
   const m = Math.floor(s / 60), h = Math.floor(m / 60), d = Math.floor(h / 24);
-  const two = (n) => String(n).padStart(2, "0");
   if (d) return `${d} d ${two(h % 24)} h`;
   if (h) return `${h} h ${two(m % 60)} min`;
   return m ? `${m} min` : `${s} s`;
+}
+
+function lasting(ms) {  // how long a session has run
+  return ms ? duration(Date.now() - ms) : "";
+}
+
+// ------------------------------------------------------------------------ times
+
+// The pages carry times as <time datetime="…Z"> with UTC text: only the browser knows
+// the viewer's time zone. Shown as 2025-03-08 23:30:00 (the date first, 24 h: the same
+// in every language); the title keeps the UTC.
+function localText(date) {
+  return `${date.getFullYear()}-${two(date.getMonth() + 1)}-${two(date.getDate())} ` +
+    `${two(date.getHours())}:${two(date.getMinutes())}:${two(date.getSeconds())}`;
+}
+
+function localTimes(root) {
+  for (const el of root.querySelectorAll("time[datetime]")) {
+    const date = new Date(el.getAttribute("datetime"));
+    if (isNaN(date)) continue;
+    if (!el.title) el.title = el.textContent;
+    el.textContent = localText(date);
+  }
+}
+
+function timeElement(ms) {
+  const el = document.createElement("time");
+  const date = new Date(ms);
+  el.dateTime = date.toISOString();
+  el.title = date.toISOString().replace("T", " ").slice(0, 19) + " UTC";
+  el.textContent = localText(date);
+  return el;
 }
 
 // ---------------------------------------------------------------- live values
@@ -94,6 +126,9 @@ function listen(onStatus) {
     for (const el of document.querySelectorAll('[data-field="tx_duration"]')) {
       if (el.dataset.ms) el.textContent = lasting(Number(el.dataset.ms));
     }
+    for (const el of document.querySelectorAll("[data-since]")) {
+      el.textContent = "running for " + lasting(Number(el.dataset.since));
+    }
   }, 5000);
   return source;
 }
@@ -102,11 +137,38 @@ function listen(onStatus) {
 
 const PHASE_COLORS = { total: "#0b6bcb", L1: "#c0392b", L2: "#27ae60", L3: "#8e44ad" };
 const RANGE_SEC = { hour: 3600, day: 86400, week: 604800 };
+// readings further apart than this many typical intervals (at least BREAK_MIN_SEC) are
+// not joined: nothing was reported in between, and a line would claim the old power
+const BREAK_INTERVALS = 3, BREAK_MIN_SEC = 300;
+
+function withEnds(points, ends) {  // a session's end: its power fell to 0 (README "Readings")
+  const out = new Map(points);
+  for (const t of ends) out.set(t, 0);
+  return out;
+}
+
+function withBreaks(points) {  // a null (uPlot: a gap) inside each long silence
+  const times = [...points.keys()].sort((a, b) => a - b);
+  const steps = times.slice(1).map((t, i) => t - times[i]).sort((a, b) => a - b);
+  if (!steps.length) return points;
+  const longest = Math.max(BREAK_INTERVALS * steps[Math.floor(steps.length / 2)], BREAK_MIN_SEC);
+  const out = new Map(points);
+  for (let i = 1; i < times.length; i++) {
+    if (times[i] - times[i - 1] > longest) out.set(Math.round((times[i - 1] + times[i]) / 2), null);
+  }
+  return out;
+}
+
+function powerRange(u, min, max) {  // from 0 W: 7.0 kW against 7.2 kW is not a swing
+  const top = max > 0 ? uPlot.rangeNum(0, max, 0.1, true)[1] : 1000;
+  return [min < 0 ? min : 0, top];
+}
 
 class PowerChart {
   constructor(el, identity) {
     this.el = el; this.identity = identity; this.range = "hour"; this.plot = null;
     this.series = {};  // phase -> Map(t -> value)
+    this.ends = [];  // when sessions ended (s)
   }
   async load(range) {
     this.range = range;
@@ -114,6 +176,7 @@ class PowerChart {
       `?measurand=Power.Active.Import&range=${range}&points=600`;
     const { data } = await api("GET", url);
     this.series = {};
+    this.ends = (data.ends || []).map((ms) => Math.floor(ms / 1000));
     for (const p of data.points || []) {
       const phase = p.phase || "total";
       (this.series[phase] = this.series[phase] || new Map()).set(Math.floor(p.t / 1000), p.value);
@@ -132,19 +195,30 @@ class PowerChart {
       (this.series[key] = this.series[key] || new Map()).set(t, value);
       added = true;
     }
+    // a page open for days keeps the hour it shows, not every point since it opened
+    for (const points of Object.values(this.series)) {
+      for (const old of points.keys()) if (old < t - RANGE_SEC.hour) points.delete(old);
+    }
     if (added) this.draw();
   }
   draw() {
     const phases = Object.keys(this.series).sort();
-    const times = [...new Set(phases.flatMap((p) => [...this.series[p].keys()]))].sort((a, b) => a - b);
-    const data = [times, ...phases.map((p) => times.map((t) => this.series[p].has(t) ? this.series[p].get(t) : null))];
+    const lines = phases.map((p) => withBreaks(withEnds(this.series[p], this.ends)));
+    const times = [...new Set(lines.flatMap((line) => [...line.keys()]))].sort((a, b) => a - b);
+    // undefined where a series has no point at another's time (uPlot joins across it),
+    // null where it breaks
+    const data = [times, ...lines.map((line) => times.map((t) => line.get(t)))];
     const width = Math.max(280, this.el.clientWidth);
-    // the axis spans the chosen range, however little of it has readings
+    // the axis spans the chosen range, however little of it has readings; uPlot's time
+    // axis is in the browser's time zone (no tzDate)
     const span = RANGE_SEC[this.range] || 3600;
     const opts = {
-      width, height: 260, spanGaps: true,
-      scales: { x: { time: true, range: () => { const now = Date.now() / 1000; return [now - span, now]; } } },
-      series: [{}, ...phases.map((p) => ({ label: p === "total" ? "Power W" : `${p} W`, stroke: PHASE_COLORS[p] || PHASE_COLORS[p.slice(0, 2)] || "#555", width: 2 }))],
+      width, height: 260,
+      scales: {
+        x: { time: true, range: () => { const now = Date.now() / 1000; return [now - span, now]; } },
+        y: { range: powerRange },
+      },
+      series: [{}, ...phases.map((p) => ({ label: p === "total" ? "Power W" : `${p} W`, stroke: PHASE_COLORS[p] || PHASE_COLORS[p.slice(0, 2)] || "#555", width: 2, spanGaps: false }))],
       axes: [{}, { size: 60 }],
     };
     if (this.plot && this.plot.series.length === phases.length + 1 && this.plotRange === this.range) {
@@ -156,8 +230,12 @@ class PowerChart {
     }
     // what a test (and a curious user in the inspector) reads: the newest value per series
     this.el.dataset.points = String(times.length);
-    const newest = {};
-    phases.forEach((p, i) => { newest[p] = times.length ? data[i + 1][times.length - 1] : null; });
+    const newest = {};  // a series' newest point (a session's end: 0)
+    phases.forEach((p, i) => {
+      let last = null;
+      for (const [t, value] of lines[i]) if (value !== null && (last === null || t > last)) last = t;
+      newest[p] = last === null ? null : lines[i].get(last);
+    });
     this.el.dataset.newest = JSON.stringify(newest);
     const last = newest.total === undefined ? null : newest.total;
     this.el.dataset.last = last === null ? "" : String(last);
@@ -219,7 +297,8 @@ async function loadFrames(identity) {
   table.replaceChildren();
   for (const f of data.frames) {
     const tr = table.insertRow();
-    for (const text of [new Date(f.ts).toISOString().slice(11, 19), f.direction, f.action || "", f.payload]) {
+    tr.insertCell().append(timeElement(f.ts));
+    for (const text of [f.direction, f.action || "", f.payload]) {
       tr.insertCell().textContent = text;
     }
   }
@@ -228,6 +307,9 @@ async function loadFrames(identity) {
 // ----------------------------------------------------------------------- pages
 
 document.addEventListener("DOMContentLoaded", () => {
+  localTimes(document);
+  const tz = document.getElementById("tz");
+  if (tz) tz.textContent = "times: " + (Intl.DateTimeFormat().resolvedOptions().timeZone || "local");
   const logout = document.getElementById("logout");
   if (logout) logout.addEventListener("click", async () => { await api("POST", "/api/logout"); location.href = "/"; });
 
@@ -246,6 +328,7 @@ document.addEventListener("DOMContentLoaded", () => {
   if (cp) {
     const identity = cp.dataset.identity;
     const chart = new PowerChart(document.getElementById("chart"), identity);
+    window.powerChart = chart;  // for tests and the console: powerChart.plot is the uPlot
     chart.load("hour");
     for (const b of document.querySelectorAll("#ranges button")) {
       b.addEventListener("click", () => {
@@ -253,7 +336,16 @@ document.addEventListener("DOMContentLoaded", () => {
         chart.load(b.dataset.range);
       });
     }
-    listen((row) => { if (row.identity === identity) chart.add(row); });
+    listen((row) => {
+      if (row.identity !== identity) return;
+      chart.add(row);
+      if (!row.tx_active) {  // the table's running session ended: its figures need a reload
+        for (const el of document.querySelectorAll("[data-since]")) {
+          delete el.dataset.since;
+          el.textContent = "ended (reload for the figures)";
+        }
+      }
+    });
     setupControls(identity);
     const select = document.getElementById("frame-action");
     if (select) { select.addEventListener("change", () => loadFrames(identity)); loadFrames(identity); }
