@@ -83,6 +83,12 @@ class Postgres:
     def start(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.folder / "log"), "-w", "start")
 
+    def require_password(self, user: str) -> None:
+        """`user` must give its password over TCP (everyone else stays trusted)."""
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(f"host all {user} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+        self._run("pg_ctl", "-D", str(self.data), "reload")
+
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
@@ -95,6 +101,13 @@ class Postgres:
         with psycopg.connect(self.url(database), autocommit=True) as connection:
             cursor = connection.execute(statement)  # type: ignore[arg-type]
             return cursor.fetchall() if cursor.description else []
+
+    def made(self, table: str, database: str, timeout: float = 15) -> None:
+        """Wait until the appliance has created `table` (its migration runs at connect)."""
+        import conftest
+
+        check = f"SELECT to_regclass('{table}') IS NOT NULL"
+        conftest.wait_for(lambda: self.sql(check, database)[0][0], timeout, f"the {table} table")
 
     def database(self) -> str:
         """A new, empty database; its name."""

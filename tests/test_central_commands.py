@@ -22,8 +22,7 @@ pytestmark = needs_postgres
 def command(server: Postgres, database: str, site: str, identity: str, control: str,
             value: str | None, age_s: int = 0) -> int:  # fmt: skip
     """Insert a command as a fleet tool does (once the appliance made the table); its id."""
-    made = "SELECT to_regclass('commands') IS NOT NULL"
-    conftest.wait_for(lambda: server.sql(made, database)[0][0], 15, "the commands table")
+    server.made("commands", database)
     [(number,)] = server.sql(
         "INSERT INTO commands (site, identity, control, value, requested_at) VALUES"
         f" ('{site}', '{identity}', '{control}', {'NULL' if value is None else repr(value)},"

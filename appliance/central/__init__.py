@@ -115,7 +115,7 @@ class Central:
                     if not busy:
                         await trio.sleep(POLL_SEC)
                 except (psycopg.Error, OSError, RuntimeError) as exc:
-                    self._report(f"PostgreSQL at {url}: {_reason(exc)}", ok=False)
+                    self._report(f"PostgreSQL at {url}: {_reason(exc)}", ok=False, kind=_kind(exc))
                     if postgres is not None:
                         await self._thread(_quietly_close, postgres)
                         postgres = None
@@ -175,12 +175,12 @@ class Central:
         self._busy = busy
         return busy
 
-    def _report(self, state: str, ok: bool) -> None:
+    def _report(self, state: str, ok: bool, kind: str = "down") -> None:
         """Log once per change of state; keep the state and the watermarks in the file."""
         now = time.monotonic()
-        # a state is up (and where to) or down: a retry that fails again, maybe for
-        # another reason, is no news (debug)
-        key = state if ok else "down"
+        # a state is up (and where to) or down for a kind of reason: a retry that fails
+        # the same way is no news (debug)
+        key = state if ok else kind
         changed = key != self._state
         if changed:
             (log.info if ok else log.warning)("central: %s", state)
@@ -196,6 +196,18 @@ class Central:
             self._status_at = now
             status = {"site": self.site, "ok": ok, "state": state, "at": ts, "rows": self.rows}
             self.store.put(MetaValue(STATUS_KEY, json.dumps(status)))
+
+
+#: SQLSTATE classes that are a state of their own, a wrong password or a full disk;
+#: anything else is "unreachable" (README "Many sites into one PostgreSQL": outages)
+_KINDS = {"28": "authentication", "53": "resources"}
+
+
+def _kind(exc: BaseException) -> str:
+    state = getattr(exc, "sqlstate", None)
+    if state is None and "authentication failed" in str(exc):
+        return "authentication"  # refused before a session exists: no SQLSTATE
+    return _KINDS.get((state or "")[:2], "unreachable")
 
 
 def _reason(exc: BaseException) -> str:
