@@ -29,6 +29,7 @@ from appliance.rpc import DIALECTS, SchemaSet
 from appliance.security.policy import Policy, config_warnings
 from appliance.station import Stations
 from appliance.store import (
+    HEALTHY,
     MetaValue,
     Opened,
     Retention,
@@ -103,6 +104,10 @@ def compile_schemas(config: Config) -> dict[str, SchemaSet]:
     return {name: SchemaSet(DIALECTS[name]) for name in config.subprotocols}
 
 
+#: the command line's changes to a config (`serve --port`, `--instance`)
+Overrides = Callable[[Config], Config]
+
+
 @dataclass(slots=True)
 class Running:
     server: Server
@@ -111,8 +116,9 @@ class Running:
     port: int
     #: set once the block has ended: everything queued is in the database
     flushed: bool = False
-    #: keys the command line set over the file's (`serve --port`); a SIGHUP keeps them
-    overrides: dict[str, Any] = field(default_factory=dict)
+    #: what the command line sets over the file's keys (`serve --port`, `--instance`);
+    #: a SIGHUP applies it to the file read again
+    overrides: Overrides = field(default=lambda config: config)
     #: the web dashboard and API ([web]), None when disabled
     dashboard: Any = None
     #: the MQTT bridge, when [mqtt] is configured
@@ -274,6 +280,17 @@ def ensure_descriptors(max_connections: int) -> None:
         )
 
 
+def unready(server: Server, store: Store) -> str | None:
+    """Why this process should get no new charge points now (`/healthz` answers 503 with
+    it: README "A big site on several processes"), or None. The writer's own state says
+    whether the database is written: it fails a commit after waiting out another
+    program's lock (BUSY_TIMEOUT_MS) and on a full disk, and clears at the next commit."""
+    why = server.turning_away()
+    if why is None and store.health != HEALTHY:
+        why = f"database writer {store.health}"
+    return why
+
+
 @contextlib.asynccontextmanager
 async def running(config: Config, policy: Policy | None = None) -> AsyncIterator[Running]:
     """The appliance, serving until the block ends; then every connection is closed with
@@ -310,7 +327,8 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
     try:
         schemas = compile_schemas(config)
         tree = Tree(store, opened)
-        stations = Stations(policy, store, tree, schemas, TransactionIds(opened, store.put))
+        transaction_ids = TransactionIds(opened, store.put)
+        stations = Stations(policy, store, tree, schemas, transaction_ids)
         server = Server(config, store, stations.serve, policy)
         controls = Controls(stations, store, tree)
         readings = Readings(stations, store, tree)
@@ -333,7 +351,9 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
             if web_socket is not None:
                 from appliance.web import Dashboard
 
-                running.dashboard = Dashboard(lambda: stations.config, stations, web_socket)
+                running.dashboard = Dashboard(
+                    lambda: stations.config, stations, web_socket, lambda: unready(server, store)
+                )
                 await nursery.start(running.dashboard.run)
                 log.info(
                     "web dashboard and API on %s://%s:%d/",
@@ -345,7 +365,7 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
             if config.central is not None:
                 from appliance.central import Central
 
-                running.central = Central(config, store, stations, running.port)
+                running.central = Central(config, store, stations, running.port, transaction_ids)
                 await nursery.start(running.central.run)
             yield running
             if running.dashboard is not None:
@@ -365,11 +385,12 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
 
 
 async def serve(
-    config: Config, policy: Policy | None = None, overrides: dict[str, Any] | None = None
+    config: Config, policy: Policy | None = None, overrides: Overrides | None = None
 ) -> None:
     with trio.open_signal_receiver(*SHUTDOWN_SIGNALS, RELOAD_SIGNAL) as signals:
         async with running(config, policy) as appliance:
-            appliance.overrides = dict(overrides or {})
+            if overrides is not None:
+                appliance.overrides = overrides
             server = appliance.server
             # What start-up built lives for the whole run: keep it out of every
             # collection. Each frame then allocates a few dozen short-lived containers;
@@ -378,8 +399,9 @@ async def serve(
             gc.freeze()
             gc.set_threshold(20_000, 20, 50)
             log.info(
-                "ocpp-appliance %s listening on %s://%s:%d/<identity> (%s), database %s%s",
+                "ocpp-appliance %s%s listening on %s://%s:%d/<identity> (%s), database %s%s",
                 __version__,
+                "" if config.instance is None else f" (instance {config.instance})",
                 server.policy.scheme,
                 config.host,
                 appliance.port,
@@ -413,7 +435,7 @@ async def reload(appliance: Running) -> None:
         return
     try:
         new = await trio.to_thread.run_sync(configuration.load, str(old.source))
-        new = configuration.replace(new, **appliance.overrides)
+        new = appliance.overrides(new)
         kept = [key for key in RESTART_KEYS if getattr(new, key) != getattr(old, key)]
         if (new.tls is None) != (old.tls is None):
             kept.append("tls")  # ws:// ↔ wss:// on the same port would surprise everyone

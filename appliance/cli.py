@@ -32,9 +32,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from appliance.security.policy import Policy
     from appliance.store import StoreError
 
-    config = configuration.load(args.config)
-    overrides = {} if args.port is None else {"port": args.port}
-    config = configuration.replace(config, **overrides)
+    def overrides(config: configuration.Config) -> configuration.Config:
+        """The command line over the file's keys, at start and at each SIGHUP: `--port`
+        replaces `port`, then `--instance` shifts the ports and names the database."""
+        if args.port is not None:
+            config = configuration.replace(config, port=args.port)
+        return configuration.instance(config, args.instance)
+
+    config = overrides(configuration.load(args.config))
     configuration.check_database(config)
     # the TLS files are read and checked here: a bad one is exit 2, before listening
     policy = Policy.build(config)
@@ -47,16 +52,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load(args: argparse.Namespace) -> configuration.Config:
+    """The config of `--config`, as process `--instance` of its site sees it."""
+    return configuration.instance(configuration.load(args.config), args.instance)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from appliance.security.policy import Policy, config_warnings
 
     path = configuration.find(args.config)
-    config = configuration.load(args.config)
+    config = _load(args)
     configuration.check_database(config)
     Policy.build(config)  # the TLS files: present, readable, matching
     for warning in config_warnings(config):
         print(f"ocpp-appliance: warning: {warning}", file=sys.stderr)
     origin = str(path) if path else "no config file found: built-in defaults"
+    if config.instance is not None:
+        origin += f"; instance {config.instance}"
     print(f"# effective config ({origin}; secrets shown as {configuration.MASK})")
     print(configuration.to_toml(config), end="")
     return EXIT_OK
@@ -102,7 +114,7 @@ def cmd_example_config(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from appliance import reader
 
-    config = configuration.load(args.config)
+    config = _load(args)
     rows = reader.charge_points(config.database_path)
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
@@ -138,7 +150,7 @@ def _central_line(config: configuration.Config) -> str:
 def cmd_get(args: argparse.Namespace) -> int:
     from appliance import reader
 
-    config = configuration.load(args.config)
+    config = _load(args)
     states = reader.states(config.database_path, args.pattern)
     if args.json:
         print(json.dumps(states, indent=2, ensure_ascii=False))
@@ -181,8 +193,14 @@ def _not_running(config: configuration.Config) -> str | None:
     return why
 
 
-def _down_message(config: configuration.Config, why: str, written: bool) -> str:
+def _where(config: configuration.Config) -> str:
+    """The options that name `config` on a command line: ` --config PATH --instance N`."""
     where = f" --config {config.source}" if config.source else ""
+    return where + (f" --instance {config.instance}" if config.instance is not None else "")
+
+
+def _down_message(config: configuration.Config, why: str, written: bool) -> str:
+    where = _where(config)
     done = (
         "the command stays queued and is not run when it starts"
         if written
@@ -249,7 +267,7 @@ def cmd_set(args: argparse.Namespace) -> int:
     from appliance import reader
     from appliance.controls import CommandError, prepare
 
-    config = configuration.load(args.config)
+    config = _load(args)
     prefix, _, path = args.id.partition(".")
     if not path:
         print(f"ocpp-appliance: {args.id!r} is not a full state id", file=sys.stderr)
@@ -267,10 +285,9 @@ def cmd_set(args: argparse.Namespace) -> int:
         found = reader.states(config.database_path, token)
         ran = bool(reader.outcome(config.database_path, base)[1])
         if ran and (not found or found[0]["val"] in (None, "")):
-            where = f" --config {config.source}" if config.source else ""
             print(
                 "ocpp-appliance: a remote start needs an idToken first:"
-                f" ocpp-appliance set {token} TAG0001{where}",
+                f" ocpp-appliance set {token} TAG0001{_where(config)}",
                 file=sys.stderr,
             )
     return status
@@ -283,7 +300,7 @@ START_TRIGGER = "requestStartTransaction.trigger"
 def cmd_call(args: argparse.Namespace) -> int:
     from appliance.tree.ids import escape
 
-    config = configuration.load(args.config)
+    config = _load(args)
     try:
         payload = json.loads(args.payload)
     except json.JSONDecodeError as exc:
@@ -332,11 +349,16 @@ def _port(text: str) -> int:
     return value
 
 
-def _count(text: str) -> int:
+def _whole(text: str) -> int:
+    """A whole number; its range is the caller's (`--instance`: `configuration.instance`)."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def _count(text: str) -> int:
+    value = _whole(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
     return value
@@ -348,7 +370,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if bool(args.cert) != bool(args.key):
         print("ocpp-appliance: --cert and --key go together", file=sys.stderr)
         return EXIT_USAGE
-    url = args.url or _url_of(configuration.load(args.config))
+    url = args.url or _url_of(_load(args))
     if not url.startswith(("ws://", "wss://")):
         print(f"ocpp-appliance: --url must start with ws:// or wss://: {url}", file=sys.stderr)
         return EXIT_USAGE
@@ -426,7 +448,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str]] = {
         cmd_serve,
         "run the central system",
         "example: ocpp-appliance serve --config /etc/ocpp-appliance/appliance.toml"
-        "   (another port: ocpp-appliance serve --port 9100)",
+        "   (another port: ocpp-appliance serve --port 9100)   (process 2 of a big site:"
+        " ocpp-appliance serve --instance 2, on port + 2 with appliance-2.db)",
     ),
     "check-config": (
         cmd_check_config,
@@ -483,6 +506,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str]] = {
 }
 
 
+#: the commands that use a config's ports or database take `--instance N`
+INSTANCE_COMMANDS = ("serve", "check-config", "status", "get", "set", "call", "simulate")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ocpp-appliance",
@@ -499,12 +526,21 @@ def _parser() -> argparse.ArgumentParser:
             help="config file (default: $OCPP_APPLIANCE_CONFIG, ./appliance.toml, "
             "/etc/ocpp-appliance/appliance.toml, else built-in defaults)",
         )
+        if name in INSTANCE_COMMANDS:
+            sub.add_argument(
+                "--instance",
+                type=_whole,
+                metavar="N",
+                help="process N (1-99) of a site sharing this config: the ports + N, the "
+                "database <name>-N.db (README: A big site on several processes)",
+            )
         if name == "serve":
             sub.add_argument(
                 "--port",
                 type=_port,
                 metavar="N",
-                help="listen on port N instead of the config's `port` (0: any free port)",
+                help="listen on port N instead of the config's `port` (0: any free port;"
+                " with --instance, the port it adds to)",
             )
         if name in ("status", "get"):
             sub.add_argument("--json", action="store_true", help="print JSON for scripts")

@@ -18,7 +18,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -254,6 +254,8 @@ class Config(_Table, frozen=True):
     charge_points: dict[str, ChargePoint] = msgspec.field(default_factory=dict)
     #: the file it came from (None: built-in defaults); not a config key
     source: str | None = None
+    #: `--instance N`: this is process N of the file's site (`instance`); not a config key
+    instance: int | None = None
 
     @property
     def database_path(self) -> Path:
@@ -286,7 +288,7 @@ class Config(_Table, frozen=True):
 
 
 #: fields of the structure that are not keys of the file
-NOT_KEYS = frozenset({"source"})
+NOT_KEYS = frozenset({"source", "instance"})
 
 
 #: a config table: the whole file or one of its tables
@@ -296,6 +298,39 @@ _Structure = TypeVar("_Structure", bound=msgspec.Struct)
 def replace(config: _Structure, **changes: Any) -> _Structure:
     """A copy with `changes` (SIGHUP keeps keys that take a restart; `serve --port`)."""
     return msgspec.structs.replace(config, **changes)
+
+
+#: `--instance N`: the processes of one site are numbered 1-99 (two digits of a port)
+INSTANCES = range(1, 100)
+
+
+def instance(config: Config, number: int | None) -> Config:
+    """Process `number` of the site that shares `config`: the OCPP port + N, the web
+    port + N, the database `<name>-N<suffix>` in the same folder; a port of 0 (any free
+    port) stays 0. None: `config` itself. Raises ConfigError for a number out of range
+    or a port beyond 65535 (README "A big site on several processes")."""
+    if number is None:
+        return config
+    where = str(config.source) if config.source else "config"
+    if number not in INSTANCES:
+        raise ConfigError(
+            f"--instance {number}: an instance is numbered {INSTANCES[0]}-{INSTANCES[-1]}"
+        )
+    for key, port in ((("port",), config.port), (("web", "port"), config.web.port)):
+        if port + number > 65535 and port != 0:
+            raise ConfigError(
+                f"{where}: bad value for '{key_name(key)}'{located(config, *key)}:"
+                f" {port} + instance {number} is beyond 65535: lower it"
+            )
+    database = PurePath(config.database)
+    shifted = database.with_name(f"{database.stem}-{number}{database.suffix}")
+    return replace(
+        config,
+        port=config.port + number if config.port else 0,
+        web=replace(config.web, port=config.web.port + number if config.web.port else 0),
+        database=str(shifted),
+        instance=number,
+    )
 
 
 # ------------------------------------------------------------------------ structuring
@@ -633,12 +668,12 @@ def _line_of(text: str, path: KeyPath) -> int | None:
     return fallback
 
 
-def located(config: Config, key: str) -> str:
-    """` (line N)` for a top-level key of the config's file, or ""."""
+def located(config: Config, *key: str) -> str:
+    """` (line N)` for a key of the config's file (`"port"`, `"web", "port"`), or ""."""
     if config.source is None:
         return ""
     try:
-        line = _line_of(Path(config.source).read_text("utf-8"), (key,))
+        line = _line_of(Path(config.source).read_text("utf-8"), key)
     except OSError:
         return ""
     return f" (line {line})" if line else ""
@@ -649,11 +684,11 @@ def located(config: Config, key: str) -> str:
 
 def check_database(config: Config) -> None:
     """The database's folder must exist (a typo would otherwise make a new, empty
-    database somewhere); only the packaged default's folder is made by systemd. Raises
-    ConfigError naming the key."""
+    database somewhere); only the packaged default's folder is made by systemd (for
+    its instances' files too: appliance-N.db). Raises ConfigError naming the key."""
     path = config.database_path
     folder = path.parent
-    if folder.is_dir() or path == PACKAGED_DATABASE:
+    if folder.is_dir() or folder == PACKAGED_DATABASE.parent:
         return
     where = str(config.source) if config.source else "config"
     key = f"'database'{located(config, 'database')}"
@@ -707,7 +742,8 @@ def to_toml(config: Config) -> str:
     (passwords, password hashes) are printed as `***`: this output lands in terminals,
     tickets and forum posts."""
     data = msgspec.to_builtins(config)
-    data.pop("source", None)
+    for name in NOT_KEYS:
+        data.pop(name, None)
     if data.get("mqtt") and data["mqtt"].get("password") is not None:
         data["mqtt"]["password"] = MASK
     if data.get("central"):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Package dist/ocpp-appliance as dist/ocpp-appliance_<version>_<arch>.deb with dpkg-deb:
-# the executable, the systemd unit, the default config (a conffile), the man page and
+# the executable, the systemd units, the default config (a conffile), the man page and
 # the maintainer scripts in packaging/debian/.
 #
 #   bash packaging/build-deb.sh          # builds dist/ocpp-appliance first if missing
@@ -37,10 +37,13 @@ doc=$pkg/usr/share/doc/ocpp-appliance
 install -D -m 0755 "$binary" "$pkg/usr/bin/ocpp-appliance"
 # /lib, not /usr/lib: where bookworm's systemd and debhelper put units
 install -D -m 0644 packaging/ocpp-appliance.service "$pkg/lib/systemd/system/ocpp-appliance.service"
+# the template of a big site's processes (ocpp-appliance@1, @2, …) and HAProxy's sample
+install -m 0644 packaging/ocpp-appliance@.service "$pkg/lib/systemd/system/ocpp-appliance@.service"
 install -D -m 0644 packaging/appliance.toml "$pkg/etc/ocpp-appliance/appliance.toml"
 install -d -m 0755 "$pkg/usr/share/man/man1" "$doc" "$pkg/usr/share/lintian/overrides"
 gzip -9n < packaging/ocpp-appliance.1 > "$pkg/usr/share/man/man1/ocpp-appliance.1.gz"
 install -m 0644 packaging/debian/copyright "$doc/copyright"
+install -D -m 0644 packaging/haproxy.cfg "$doc/examples/haproxy.cfg"
 install -m 0644 packaging/debian/lintian-overrides "$pkg/usr/share/lintian/overrides/ocpp-appliance"
 # the commit the executable was built from (the checkout may have moved on since)
 commit=$("$binary" --version 2>/dev/null | sed -n 's/.*(commit \(.*\))$/\1/p')

@@ -7,8 +7,10 @@ import contextlib
 import decimal
 import json
 import os
+import random
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -107,6 +109,7 @@ commit_interval_ms = 50
 """
 
 _LISTENING = re.compile(r"listening on (wss?)://[^:]+:(\d+)/")
+_WEB_LISTENING = re.compile(r"web dashboard and API on https?://[^:]+:(\d+)/")
 
 
 @dataclass
@@ -119,6 +122,8 @@ class Appliance:
     log_file: Path
     #: ws, or wss with [tls]
     scheme: str = "ws"
+    #: the database's file name in `folder` (`serve --instance N`: appliance-N.db)
+    database: str = "appliance.db"
 
     @property
     def url(self) -> str:
@@ -126,7 +131,14 @@ class Appliance:
 
     @property
     def db(self) -> Path:
-        return self.folder / "appliance.db"
+        return self.folder / self.database
+
+    @property
+    def web_port(self) -> int:
+        """The web listener's port, from the log (it starts before the OCPP one)."""
+        found = _WEB_LISTENING.search(self.log())
+        assert found, f"no web listener in the log:\n{self.log()}"
+        return int(found.group(1))
 
     def log(self) -> str:
         return self.log_file.read_text()
@@ -169,10 +181,20 @@ def start_appliance_process(
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "appliance.toml"
     config.write_text(test_config(extra_config))
-    log_file = folder / "server.log"
+    return launch(["--config", str(config)], folder / "server.log", preexec_fn)
+
+
+def launch(
+    options: list[str],
+    log_file: Path,
+    preexec_fn: Callable[[], object] | None = None,
+    database: str = "appliance.db",
+) -> Appliance:
+    """`ocpp-appliance serve OPTIONS` in the log file's folder, once it listens."""
+    folder = log_file.parent
     with log_file.open("w") as log:
         proc = subprocess.Popen(
-            [*appliance_command(), "serve", "--config", str(config)],
+            [*appliance_command(), "serve", *options],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=folder,
@@ -182,7 +204,8 @@ def start_appliance_process(
     while time.monotonic() < deadline:
         match = _LISTENING.search(log_file.read_text())
         if match:
-            return Appliance(proc, folder, int(match.group(2)), log_file, match.group(1))
+            port, scheme = int(match.group(2)), match.group(1)
+            return Appliance(proc, folder, port, log_file, scheme, database)
         if proc.poll() is not None:
             raise AssertionError(f"appliance exited {proc.returncode}:\n{log_file.read_text()}")
         time.sleep(0.05)
@@ -205,6 +228,80 @@ def start_appliance(tmp_path: Path) -> Iterator[Callable[..., Appliance]]:
         if appliance.proc.poll() is None:
             appliance.proc.kill()
             appliance.proc.wait()
+
+
+def end(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    """Stop a child process with `sig`; killed if it has not ended within `timeout`."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def free_run(count: int) -> int:
+    """A port whose next `count` ports are free now: instance N of a site listens on
+    the config's port + N."""
+    for _ in range(200):
+        base = random.randrange(20_000, 60_000)
+        if all(_free(base + n) for n in range(1, count + 1)):
+            return base
+    raise AssertionError(f"no {count} free ports in a row")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class Site:
+    """The processes of one big site: one config (`ocpp-appliance.toml` in `folder`)
+    whose `serve --instance N` listen on `port` + N and `web_port` + N with the database
+    appliance-N.db (README "A big site on several processes")."""
+
+    folder: Path
+    port: int
+    web_port: int
+    processes: dict[int, Appliance]
+
+    @property
+    def config(self) -> Path:
+        return self.folder / "appliance.toml"
+
+    def start(self, number: int) -> Appliance:
+        process = launch(
+            ["--config", str(self.config), "--instance", str(number)],
+            self.folder / f"instance-{number}.log",
+            database=f"appliance-{number}.db",
+        )
+        self.processes[number] = process
+        return process
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    """A site's shared config with room for three instances; `site.start(N)` starts
+    process N. Every process still running at the end is killed."""
+    port, web_port = free_run(3), free_run(3)
+    folder = tmp_path / "site"
+    folder.mkdir()
+    web = f'\n[web]\nhost = "127.0.0.1"\nport = {web_port}\n'
+    (folder / "appliance.toml").write_text(
+        test_config(web).replace("port = 0\n", f"port = {port}\n", 1)
+    )
+    found = Site(folder, port, web_port, {})
+    yield found
+    for process in found.processes.values():
+        if process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait()
 
 
 @pytest.fixture
@@ -252,6 +349,27 @@ async def in_process_server(folder: Path, extra_config: str = "") -> AsyncIterat
 
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+@pytest.fixture
+def haproxy() -> Iterator[Callable[..., Any]]:
+    """Start Debian's HAProxy on the sample packaging/haproxy.cfg in front of the given
+    processes (tests/haproxy.py): `haproxy([(port, web_port), …])`; stopped at the end."""
+    from haproxy import BIN, HAProxy
+
+    if BIN is None:
+        pytest.skip("needs Debian's haproxy (apt-get install haproxy)")
+    started: list[HAProxy] = []
+
+    def start(processes: list[tuple[int, int]]) -> HAProxy:
+        proxy = HAProxy(processes)
+        started.append(proxy)
+        proxy.start()
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.remove()
 
 
 @pytest.fixture

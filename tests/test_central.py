@@ -306,3 +306,39 @@ def test_a_changed_password_is_taken_from_the_password_file(start_appliance, pos
     assert log.count("central: PostgreSQL at") == 2, log[-2000:]
     assert log.count("central: replicating into") == 2
     assert "two" not in log and "'one'" not in log
+
+
+def test_a_postgresql_behind_a_firewall_times_out_and_a_sighup_moves_on(start_appliance, postgres):
+    """PostgreSQL's address answers nothing (a firewall that drops packets: a listener
+    whose queue is full): the connection attempt times out after 10 s, the charge points
+    are served on meanwhile, the log says so once; the url changed to a reachable server
+    and a SIGHUP: everything arrives (issue 22, points 1 and 3)."""
+    import signal
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(0)
+    address = silent.getsockname()
+    fillers = []  # the queue is full: the kernel drops the next SYNs, as a firewall does
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(address)
+        fillers.append(filler)
+    database = postgres.database()
+    unreachable = f"postgresql://fleet@127.0.0.1:{address[1]}/{database}"
+    appliance = start_appliance(f'\n[central]\npostgresql_url = "{unreachable}"\nsite = "walled"\n')
+    try:
+        load = simulate(appliance, "W", 16)
+        assert load.wait(60) == 0
+        conftest.wait_for(lambda: "timeout expired" in appliance.log(), 30, "the timeout")
+        assert appliance.log().count("central: PostgreSQL at") == 1
+        config = appliance.folder / "appliance.toml"
+        config.write_text(config.read_text().replace(unreachable, postgres.url(database)))
+        appliance.proc.send_signal(signal.SIGHUP)
+        postgres.made("charge_points", database, timeout=30)  # at once, not after a back-off
+        wait_replicated(postgres, database, "walled", appliance.db, timeout=60)
+    finally:
+        for s in [*fillers, silent]:
+            s.close()

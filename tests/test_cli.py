@@ -20,10 +20,13 @@ import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from appliance import __version__
-from conftest import appliance_command, run_cli, start_appliance_process, wait_for
+from conftest import Site, appliance_command, run_cli, start_appliance_process, wait_for
 
 #: the subcommands of README "Command line"
 SUBCOMMANDS = [
@@ -311,6 +314,10 @@ def test_the_packaged_database_folder_may_be_missing(tmp_path):
     config = _config(tmp_path, "/var/lib/ocpp-appliance/appliance.db")
     result = run_cli("check-config", "--config", str(config), env=clean_env())
     assert result.returncode == 0, result.stderr
+    # and for the processes of a big site (ocpp-appliance@N): appliance-N.db beside it
+    result = run_cli("check-config", "--config", str(config), "--instance", "3", env=clean_env())
+    assert result.returncode == 0, result.stderr
+    assert 'database = "/var/lib/ocpp-appliance/appliance-3.db"' in result.stdout
 
 
 def test_a_file_that_is_not_a_database(tmp_path):
@@ -530,6 +537,74 @@ def test_serve_port_stays_in_force_across_a_sighup(tmp_path):
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "config reloaded" in log.read_text(), 10, "the reload")
         assert "port changed" not in log.read_text()
+
+
+# ------------------------------------------------------ one config, N processes (#23)
+
+
+def _boot(url: str, identity: str) -> None:
+    with connect(f"{url}/{identity}", subprotocols=["ocpp1.6"]) as ws:
+        ws.send(json.dumps([2, "b", "BootNotification", {"chargePointVendor": "V",
+                                                         "chargePointModel": "M"}]))  # fmt: skip
+        assert json.loads(ws.recv())[0] == 3
+
+
+def _identities(site: Site, *options: str) -> list[str]:
+    result = run_cli("status", "--config", str(site.config), "--json", *options, env=clean_env())
+    assert result.returncode == 0, result.stderr
+    return [row["identity"] for row in json.loads(result.stdout)]
+
+
+def test_instances_of_one_config_serve_on_their_ports_with_their_databases(site):
+    """README "A big site on several processes": `serve --instance N` listens on the
+    config's port + N and web port + N and writes appliance-N.db beside the config's
+    database; `status --instance N` reads that process's file."""
+    one, two = site.start(1), site.start(2)
+    assert (one.port, two.port) == (site.port + 1, site.port + 2)
+    assert (one.web_port, two.web_port) == (site.web_port + 1, site.web_port + 2)
+    assert "(instance 2) listening on" in two.log()
+    _boot(one.url, "CP-ONE")
+    _boot(two.url, "CP-TWO")
+    one.wait_rows("SELECT 1 FROM messages WHERE action = 'BootNotification'")
+    two.wait_rows("SELECT 1 FROM messages WHERE action = 'BootNotification'")
+    assert one.db == site.folder / "appliance-1.db" and two.db == site.folder / "appliance-2.db"
+    assert not (site.folder / "appliance.db").exists()
+    assert _identities(site, "--instance", "1") == ["CP-ONE"]
+    assert _identities(site, "--instance", "2") == ["CP-TWO"]
+    got = run_cli("get", "CP-TWO.*", "--config", str(site.config), "--instance", "1")
+    assert got.returncode == 1  # not process 1's charge point
+    got = run_cli("get", "CP-TWO.*", "--config", str(site.config), "--instance", "2")
+    assert got.returncode == 0 and "CP-TWO.info.connected" in got.stdout
+    # the dashboard of each process shows its own charge points
+    api = httpx.get(f"http://127.0.0.1:{two.web_port}/api/charge-points", timeout=10).json()
+    assert [row["identity"] for row in api] == ["CP-TWO"]
+    # a process that is not running: its file, and the command that starts it
+    down = run_cli("status", "--config", str(site.config), "--instance", "3", env=clean_env())
+    assert down.returncode == 1 and str(site.folder / "appliance-3.db") in down.stderr
+    assert two.stop() == 0
+    stopped = run_cli("set", "CP-TWO.control.availability", "false",
+                      "--config", str(site.config), "--instance", "2")  # fmt: skip
+    assert stopped.returncode == 1
+    assert f"serve --config {site.config} --instance 2`" in stopped.stderr
+    assert one.stop() == 0
+
+
+def test_an_instance_reloads_the_shared_config_and_keeps_its_ports(site):
+    """A SIGHUP re-reads the one file and applies the instance rule again: what the
+    file changes is in force, the instance's ports and database are not "changed"."""
+    two = site.start(2)
+    with connect(f"{two.url}/CP-GONE", subprotocols=["ocpp1.6"]) as gone:
+        site.config.write_text('identity_allowlist = ["CP-KEPT"]\n' + site.config.read_text())
+        two.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "config reloaded" in two.log(), 10, "the reload")
+        # the new allowlist is in force: the charge point it no longer admits is closed
+        with pytest.raises(ConnectionClosed):
+            gone.recv(timeout=10)
+    assert "takes a restart" not in two.log()
+    _boot(two.url, "CP-KEPT")  # still on port + 2, writing appliance-2.db
+    two.wait_rows("SELECT 1 FROM messages WHERE identity = 'CP-KEPT'")
+    assert two.web_port == site.web_port + 2
+    assert two.stop() == 0
 
 
 def test_simulate_takes_its_url_from_the_config(start_appliance, tmp_path):

@@ -219,3 +219,64 @@ def test_the_readme_config_messages_are_what_check_config_says(tmp_path, message
     result = check(text, tmp_path)
     assert result.returncode == 2
     assert result.stderr == f"ocpp-appliance: {tmp_path / 'appliance.toml'}: {message}\n"
+
+
+# ---------------------------------------------------------- --instance N (issue 23)
+
+
+def test_an_instance_adds_its_number_to_the_ports_and_to_the_database_name(tmp_path):
+    """README "A big site on several processes": one file, process N on port + N, the
+    web port + N, the database <name>-N<suffix> in the same folder."""
+    (tmp_path / "data").mkdir()
+    path = tmp_path / "appliance.toml"
+    path.write_text('port = 9000\ndatabase = "data/site.db"\n[web]\nport = 9080\n')
+    result = run_cli("check-config", "--config", str(path), "--instance", "7", env=clean_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"# effective config ({path}; instance 7;")
+    effective = tomllib.loads(result.stdout)
+    assert (effective["port"], effective["web"]["port"]) == (9007, 9087)
+    assert effective["database"] == "data/site-7.db"
+    assert "instance" not in effective  # not a key of the file
+    # port 0 (any free port) stays 0
+    path.write_text("port = 0\n[web]\nport = 0\n")
+    result = run_cli("check-config", "--config", str(path), "--instance", "2", env=clean_env())
+    effective = tomllib.loads(result.stdout)
+    assert (effective["port"], effective["web"]["port"], effective["database"]) == (
+        0,
+        0,
+        "appliance-2.db",
+    )
+
+
+@pytest.mark.parametrize(
+    ("number", "said"),
+    [
+        ("0", "--instance 0: an instance is numbered 1-99"),
+        ("100", "--instance 100: an instance is numbered 1-99"),
+        ("-1", "--instance -1: an instance is numbered 1-99"),
+        ("two", "argument --instance: not a whole number: 'two'"),
+    ],
+)
+def test_a_bad_instance_number_exits_2(tmp_path, number, said):
+    path = tmp_path / "appliance.toml"
+    path.write_text("port = 9000\n")
+    for command in (["check-config"], ["serve"], ["status"]):
+        result = run_cli(*command, "--config", str(path), f"--instance={number}", env=clean_env())
+        assert result.returncode == 2, (command, result.stderr)
+        assert said in result.stderr
+        assert "listening" not in result.stderr
+
+
+def test_an_instance_beyond_the_last_port_exits_2_naming_the_key(tmp_path):
+    result = check("log_level = 'info'\nport = 65530\n", tmp_path)
+    assert result.returncode == 0
+    path = tmp_path / "appliance.toml"
+    result = run_cli("check-config", "--config", str(path), "--instance", "6", env=clean_env())
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"ocpp-appliance: {path}: bad value for 'port' (line 2): 65530 + instance 6 is"
+        " beyond 65535: lower it\n"
+    )
+    path.write_text("[web]\nport = 65535\n")
+    result = run_cli("check-config", "--config", str(path), "--instance", "1", env=clean_env())
+    assert result.returncode == 2 and "'web.port' (line 2): 65535 + instance 1" in result.stderr

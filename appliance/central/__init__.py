@@ -24,7 +24,7 @@ from appliance.central.commands import Commands
 from appliance.config import Central as CentralConfig
 from appliance.config import Config, redact_url
 from appliance.station import Stations
-from appliance.store import MetaValue, Store, now_ms
+from appliance.store import MetaValue, Store, TransactionIds, now_ms
 from appliance.store.replication import SOURCES, STATUS_KEY, ReplicationReader
 from appliance.store.rows import Replicated
 
@@ -36,6 +36,10 @@ POLL_SEC = 0.25
 BATCH_ROWS = 5000
 #: README "Many sites into one PostgreSQL": retries back off up to this
 MAX_BACKOFF_SEC = 30.0
+#: 1.6 transaction ids PostgreSQL grants a process at a time; it asks for the next block
+#: while it still has this many left (README "A big site on several processes": an outage
+#: of PostgreSQL is bridged by up to two blocks)
+GRANT_IDS = 10_000
 #: latest-value tables are sent whole this often (and at every (re)connection), so a
 #: write stamped by a clock that stepped back is not missed for long
 SWEEP_SEC = 600.0
@@ -56,10 +60,20 @@ def password_of(config: Config) -> str | None:
 
 
 class Central:
-    def __init__(self, config: Config, store: Store, stations: Stations, port: int) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        stations: Stations,
+        port: int,
+        transaction_ids: TransactionIds,
+    ) -> None:
         self.config = config
         self.store = store
         self.stations = stations
+        self.transaction_ids = transaction_ids
+        transaction_ids.coordinated = True
+        self.origin = ""
         assert config.central is not None
         self.site = site_of(config.central)
         #: README "Commands from the centre": this process among the site's
@@ -72,6 +86,7 @@ class Central:
         self._swept = 0.0
         self._busy = False
         self._reconnect = False
+        self._woken = trio.Event()
         self.rows = 0
 
     async def _thread(self, function: Any, *args: Any) -> Any:
@@ -90,6 +105,7 @@ class Central:
     async def _replicate(self, psycopg: Any, Postgres: Any) -> None:
         reader = ReplicationReader(self.store.path)
         self._stored = await self._thread(reader.watermarks)
+        self.origin = await self._thread(reader.origin)
         central = self.config.central
         assert central is not None
         url = redact_url(central.postgresql_url)
@@ -110,6 +126,7 @@ class Central:
                         self._marks = {**self._stored, **await self._thread(postgres.watermarks)}
                         self._swept = 0.0
                     busy = await self._thread(self._cycle, reader, postgres)
+                    await self._grant(reader, postgres)
                     self._report(f"replicating into {url} as site {self.site!r}", ok=True)
                     backoff = 1.0
                     if not busy:
@@ -119,7 +136,7 @@ class Central:
                     if postgres is not None:
                         await self._thread(_quietly_close, postgres)
                         postgres = None
-                    await trio.sleep(backoff)
+                    await self._pause(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_SEC)
                 except sqlite3.Error as exc:
                     self._report(f"cannot read the database: {exc}", ok=False)
@@ -131,6 +148,14 @@ class Central:
                     await self._thread(_quietly_close, postgres)
                 await self._thread(reader.close)
 
+    async def _pause(self, seconds: float) -> None:
+        """The back-off between two attempts; a SIGHUP (a new url, password) ends it."""
+        if self._reconnect:  # a SIGHUP came during the attempt
+            return
+        self._woken = trio.Event()
+        with trio.move_on_after(seconds):
+            await self._woken.wait()
+
     def connection_options(self) -> tuple[str, str, str | None, str | None]:
         """(url, site, password, CA file) as the config in force says now (worker
         thread: the password file is read at each connection)."""
@@ -140,13 +165,24 @@ class Central:
         return central.postgresql_url, self.site, password_of(self.config), ca
 
     def _connect(self, kind: Any) -> Any:
-        return kind(*self.connection_options())
+        return kind(*self.connection_options(), origin=self.origin)
+
+    async def _grant(self, reader: ReplicationReader, postgres: Any) -> None:
+        """Keep a block of 1.6 transaction ids ahead: one asked for while fewer than a
+        block are left, used once the file holds it (README "A big site on several
+        processes")."""
+        ids = self.transaction_ids
+        ids.confirm(await self._thread(reader.grants))
+        if ids.left() < GRANT_IDS:
+            first = await self._thread(postgres.grant, ids.floor, GRANT_IDS)
+            ids.offer(first, first + GRANT_IDS)
 
     def reload(self, config: Config) -> None:
         """SIGHUP: a changed url, password, CA or site applies at once (reconnects)."""
         if config.central is not None and config.central != self.config.central:
             self.site = site_of(config.central)
             self._reconnect = True
+            self._woken.set()
             log.info("central: settings changed; reconnecting")
         self.config = config
 

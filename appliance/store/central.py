@@ -84,6 +84,32 @@ MIGRATIONS: list[str] = [
         since timestamptz NOT NULL DEFAULT now(), seen_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (site, identity));
     """,
+    # 3: several SQLite files per site (README "A big site on several processes"): the
+    # ordered rows are keyed by the file they come from (`origin`); a session is one row
+    # by its transaction id, whichever process saw its start or its stop; the latest
+    # values say which file wrote them; 1.6 transaction ids are granted per site
+    "".join(
+        f"""
+    ALTER TABLE {table} ADD COLUMN origin text NOT NULL DEFAULT '';
+    ALTER TABLE {table} DROP CONSTRAINT {table}_pkey;
+    ALTER TABLE {table} ADD PRIMARY KEY (site, origin, {key});"""
+        for table, key in (
+            ("messages", "seq"),
+            ("connection_log", "seq"),
+            ("meter_values", "seq"),
+            ("transactions", "seq"),
+            ("replication", "name"),
+        )
+    )
+    + """
+    DROP INDEX transactions_by_id;
+    CREATE UNIQUE INDEX transactions_by_id ON transactions (site, identity, transaction_id)
+        WHERE transaction_id <> '-1';
+    ALTER TABLE control_outcomes ADD COLUMN origin text NOT NULL DEFAULT '';
+    ALTER TABLE states ADD COLUMN origin text NOT NULL DEFAULT '';
+    ALTER TABLE charge_points ADD COLUMN origin text NOT NULL DEFAULT '';
+    CREATE TABLE transaction_ids (site text PRIMARY KEY, next bigint NOT NULL);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 #: README "Commands from the centre": the channel an inserted command is announced on
@@ -92,36 +118,87 @@ CHANNEL = "ocpp_appliance_commands"
 _MIGRATION_LOCK = 7_406_221
 
 
-def _statement(source: Source) -> str:
-    columns = ("site", *source.columns)
-    names = ", ".join(columns)
-    marks = ", ".join(["%s"] * len(columns))
-    key = f"site, {source.key}"
-    if source.mark == "seq":  # only grows: a row sent twice is the same row
-        return (
-            f"INSERT INTO {source.name} ({names}) VALUES ({marks}) ON CONFLICT ({key}) DO NOTHING"
+def _insert(source: Source) -> str:
+    names = ", ".join(("site", "origin", *source.columns))
+    marks = ", ".join(["%s"] * (len(source.columns) + 2))
+    return f"INSERT INTO {source.name} ({names}) VALUES ({marks})"
+
+
+def _merged(column: str) -> str:
+    """A session's column when a second process's row for it arrives: what is known is
+    kept, as in the SQLite file (store.sql TRANSACTION_EVENT), whoever sent it first."""
+    special = {
+        "received_at": "least(t.received_at, excluded.received_at)",
+        "updated_at": "greatest(t.updated_at, excluded.updated_at)",
+        "seq_no": "greatest(t.seq_no, excluded.seq_no)",
+        "time_suspect": "greatest(t.time_suspect, excluded.time_suspect)",
+        "offline": "greatest(t.offline, excluded.offline)",
+        "energy_wh": "coalesce(t.meter_stop_wh, excluded.meter_stop_wh)"
+        " - coalesce(t.meter_start_wh, excluded.meter_start_wh)",
+    }
+    return f"{column} = {special.get(column, f'coalesce(t.{column}, excluded.{column})')}"
+
+
+def _statements(source: Source) -> tuple[str, ...]:
+    """The upserts of a table's rows (a row sent twice is the same row). Two for
+    `transactions`: a session is one row by `(site, identity, transaction_id)`, merged
+    when its start and its stop come from two processes (failover); a 1.6 "-1" session
+    is never unique and goes by its file and `seq`."""
+    insert = _insert(source)
+    if source.name == "transactions":
+        merge = ", ".join(
+            _merged(c) for c in source.columns if c not in ("seq", "identity", "transaction_id")
         )
-    updates = ", ".join(f"{c} = excluded.{c}" for c in source.columns if c != source.key)
-    return (
-        f"INSERT INTO {source.name} ({names}) VALUES ({marks})"
-        f" ON CONFLICT ({key}) DO UPDATE SET {updates}"
-    )
+        return (
+            insert.replace("INSERT INTO transactions", "INSERT INTO transactions AS t")
+            + " ON CONFLICT (site, identity, transaction_id) WHERE transaction_id <> '-1'"
+            f" DO UPDATE SET {merge}",
+            f"{insert} ON CONFLICT (site, origin, seq) DO NOTHING",
+        )
+    if source.mark == "seq":  # only grows: keyed by the file and its seq
+        return (f"{insert} ON CONFLICT (site, origin, seq) DO NOTHING",)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in ("origin", *source.columns))
+    if source.name == "charge_points":
+        return (
+            f"{insert} ON CONFLICT (site, identity) DO UPDATE SET prefix = excluded.prefix,"
+            " first_seen = least(charge_points.first_seen, excluded.first_seen)",
+        )
+    # a latest value: the newest write wins, whichever process made it, except that a
+    # process does not say a charge point is disconnected that another one holds now
+    # (after a failover the first process, restarted, marks what it held as gone)
+    guard = f"coalesce({source.name}.ts, 0) <= coalesce(excluded.ts, 0)"
+    if source.name == "states":
+        guard += (
+            " AND NOT (excluded.id LIKE '%%.info.connected' AND excluded.val = '0'"
+            " AND states.val <> '0' AND states.origin <> excluded.origin)"
+        )
+    return (f"{insert} ON CONFLICT (site, {source.key}) DO UPDATE SET {updates} WHERE {guard}",)
 
 
-STATEMENTS = {source.name: _statement(source) for source in SOURCES}
+STATEMENTS = {source.name: _statements(source) for source in SOURCES}
 #: columns whose SQLite values have no fixed type: sent as text
 _UNTYPED = {"states": {"val"}, "control_outcomes": {"value", "in_force"}}
 SET_WATERMARK = (
-    "INSERT INTO replication (site, name, watermark) VALUES (%s, %s, %s)"
-    " ON CONFLICT (site, name) DO UPDATE SET watermark = excluded.watermark,"
+    "INSERT INTO replication (site, origin, name, watermark) VALUES (%s, %s, %s, %s)"
+    " ON CONFLICT (site, origin, name) DO UPDATE SET watermark = excluded.watermark,"
     " updated_at = now()"
+)
+#: a block of 1.6 transaction ids for one process of a site; never below `floor` (the
+#: ids its file handed out already)
+GRANT_IDS = (
+    "INSERT INTO transaction_ids (site, next) VALUES (%(site)s, %(floor)s + 1 + %(size)s)"
+    " ON CONFLICT (site) DO UPDATE SET"
+    " next = greatest(transaction_ids.next, %(floor)s + 1) + %(size)s"
+    " RETURNING next - %(size)s"
 )
 
 
 class Postgres:
     """One connection to the fleet's database, for one site."""
 
-    def __init__(self, url: str, site: str, password: str | None, ca: str | None) -> None:
+    def __init__(
+        self, url: str, site: str, password: str | None, ca: str | None, origin: str = ""
+    ) -> None:
         options: dict[str, Any] = {
             "connect_timeout": 10,
             "application_name": f"ocpp-appliance {site}",
@@ -131,6 +208,8 @@ class Postgres:
         if ca is not None:
             options["sslrootcert"] = ca
         self.site = site
+        #: the SQLite file this process replicates (its meta `origin`)
+        self.origin = origin
         self.connection = psycopg.connect(url, **options)
 
     def close(self) -> None:
@@ -159,12 +238,29 @@ class Postgres:
                 self.connection.execute("UPDATE central_schema SET version = %s", (SCHEMA_VERSION,))
 
     def watermarks(self) -> dict[str, int]:
-        """This site's watermarks as PostgreSQL has them (what it holds)."""
+        """This file's watermarks as PostgreSQL has them (what it holds). Those a site
+        kept before schema 3 (one file per site, `origin` '') become this file's."""
         with self.connection.transaction():
+            adopt = (
+                "UPDATE replication SET origin = %s WHERE site = %s AND origin = ''"
+                " AND NOT EXISTS (SELECT 1 FROM replication WHERE site = %s AND origin = %s)"
+            )
+            self.connection.execute(adopt, (self.origin, self.site, self.site, self.origin))
             rows = self.connection.execute(
-                "SELECT name, watermark FROM replication WHERE site = %s", (self.site,)
+                "SELECT name, watermark FROM replication WHERE site = %s AND origin = %s",
+                (self.site, self.origin),
             ).fetchall()
         return {name: mark for name, mark in rows}
+
+    def grant(self, floor: int, size: int) -> int:
+        """The first of `size` 1.6 transaction ids no other process of the site has or
+        will get, none at or below `floor`."""
+        with self.connection.transaction():
+            row = self.connection.execute(
+                GRANT_IDS, {"site": self.site, "floor": floor, "size": size}
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
 
     def write(self, batch: Batch) -> int:
         """The batch and its watermark, in one transaction; returns the rows written.
@@ -182,30 +278,46 @@ class Postgres:
             for row in rows:
                 try:
                     with self.connection.transaction():  # a savepoint per row
-                        self.connection.cursor().execute(STATEMENTS[batch.source.name], row)
+                        self.connection.execute(self._statement(batch.source, row), row)
                     written += 1
                 except psycopg.DataError as exc:
                     log.error(
                         "central: %s row %r refused by PostgreSQL, skipped: %s",
                         batch.source.name,
-                        row[1],
+                        row[2],
                         exc,
                     )
             self._mark(batch)
         return written
 
     def _write(self, batch: Batch, rows: list[tuple[Any, ...]]) -> None:
-        if rows:
-            with self.connection.cursor() as cursor:
-                cursor.executemany(STATEMENTS[batch.source.name], rows)
+        statements = STATEMENTS[batch.source.name]
+        groups: dict[str, list[tuple[Any, ...]]] = {}
+        for row in rows:
+            groups.setdefault(self._statement(batch.source, row, statements), []).append(row)
+        with self.connection.cursor() as cursor:
+            for statement, group in groups.items():
+                cursor.executemany(statement, group)
         self._mark(batch)
 
+    @staticmethod
+    def _statement(
+        source: Source, row: tuple[Any, ...], statements: tuple[str, ...] | None = None
+    ) -> str:
+        """A row's upsert: a 1.6 session "-1" has its own (`_statements`)."""
+        statements = statements or STATEMENTS[source.name]
+        if len(statements) > 1 and row[4] == "-1":  # site, origin, seq, identity, id
+            return statements[1]
+        return statements[0]
+
     def _mark(self, batch: Batch) -> None:
-        self.connection.execute(SET_WATERMARK, (self.site, batch.source.name, batch.watermark))
+        self.connection.execute(
+            SET_WATERMARK, (self.site, self.origin, batch.source.name, batch.watermark)
+        )
 
     def _row(self, source: Source, row: tuple[Any, ...]) -> tuple[Any, ...]:
         untyped = _UNTYPED.get(source.name, ())
-        values: list[Any] = [self.site]
+        values: list[Any] = [self.site, self.origin]
         for column, value in zip(source.columns, row, strict=True):
             if value is not None and column in untyped:
                 value = value.hex() if isinstance(value, bytes) else str(value)
@@ -221,7 +333,7 @@ class Fleet(Postgres):
     def __init__(
         self, url: str, site: str, password: str | None, ca: str | None, process: str
     ) -> None:
-        super().__init__(url, site, password, ca)
+        super().__init__(url, site, password, ca)  # it writes no replicated rows
         self.process = process
         self.connection.autocommit = True
 

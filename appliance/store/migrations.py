@@ -359,6 +359,13 @@ MIGRATIONS.append(
     ) WITHOUT ROWID;
     """
 )
+MIGRATIONS.append(
+    # 8: several files of one site in one PostgreSQL (issue 23): each file's own random
+    # id, the `origin` of what it replicates (README "A big site on several processes")
+    """
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('origin', lower(hex(randomblob(8))));
+    """
+)
 
 SCHEMA_VERSION = len(MIGRATIONS)
 

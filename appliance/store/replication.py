@@ -103,6 +103,18 @@ class ReplicationReader:
     def close(self) -> None:
         self.connection.close()
 
+    def origin(self) -> str:
+        """The file's own id (schema 8): the `origin` of its rows in PostgreSQL."""
+        row = self.connection.execute("SELECT value FROM meta WHERE key = 'origin'").fetchone()
+        return str(row[0]) if row else ""
+
+    def grants(self) -> list[list[int]]:
+        """The blocks of 1.6 transaction ids the file holds (store.TransactionIds)."""
+        row = self.connection.execute(
+            "SELECT value FROM meta WHERE key = 'transaction_id_grants'"
+        ).fetchone()
+        return json.loads(row[0]) if row else []
+
     def watermarks(self) -> dict[str, int]:
         """The watermarks kept in the SQLite file (`replication`)."""
         return dict(self.connection.execute("SELECT name, watermark FROM replication"))

@@ -3,14 +3,18 @@ store before its answer: a 1.6 transaction id."""
 
 from __future__ import annotations
 
+import json
+import logging
 import sqlite3
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from appliance.domain import start_key
 from appliance.domain.meter import DEFAULT_MEASURAND, INSTANTANEOUS_UNITS
 from appliance.store.rows import MetaValue
+
+log = logging.getLogger("appliance.store")
 
 #: ids reserved ahead; renewed half-way, so the renewal has hundreds of starts to commit
 TRANSACTION_ID_BLOCK = 1000
@@ -57,6 +61,9 @@ class Opened:
     #: 1.6 transaction ids above this and up to `transaction_id_reserved` are free
     transaction_id_floor: int
     transaction_id_reserved: int
+    #: blocks of ids PostgreSQL granted this file, [first, end), ascending, those
+    #: beyond the floor (README "A big site on several processes")
+    transaction_id_grants: list[tuple[int, int]]
     recent_starts: dict[Hashable, int]
     #: sessions still running and recently stopped, oldest first
     sessions: list[SessionFacts]
@@ -76,12 +83,17 @@ def read_start_state(connection: sqlite3.Connection) -> Opened:
         "SELECT value FROM meta WHERE key = 'transaction_id_reserved'"
     ).fetchone()
     floor = int(row[0]) if row else 0
+    row = connection.execute(
+        "SELECT value FROM meta WHERE key = 'transaction_id_grants'"
+    ).fetchone()
+    grants = [(a, b) for a, b in json.loads(row[0]) if b > floor + 1] if row else []
+    reserved = ahead(floor, TRANSACTION_ID_BLOCK, grants)
     # Reserve the next block durably before any id of it is handed out: ids answered
     # but lost in a crash can then never be handed out again.
     with connection:
         connection.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('transaction_id_reserved', ?)",
-            (floor + TRANSACTION_ID_BLOCK,),
+            (reserved,),
         )
     starts = connection.execute(
         "SELECT identity, evse_id, id_token, meter_start_wh, started_at, transaction_id"
@@ -145,9 +157,7 @@ def read_start_state(connection: sqlite3.Connection) -> Opened:
             "  OR o.id > cp.prefix || '.evse.' AND o.id < cp.prefix || '.evse/'))",
             (now,),
         )
-    return Opened(
-        floor, floor + TRANSACTION_ID_BLOCK, recent, restored, statuses, charging_states, booted
-    )
+    return Opened(floor, reserved, grants, recent, restored, statuses, charging_states, booted)
 
 
 def _last_register(
@@ -203,6 +213,30 @@ def _connectors(
     return statuses, charging, frozenset(booted)
 
 
+def following(after: int, grants: Sequence[tuple[int, int]]) -> int:
+    """The id handed out after `after`: the next one of a granted block; without blocks,
+    or past the last one, the next number."""
+    for first, end in grants:
+        if after + 1 < end:
+            return max(after + 1, first)
+    return after + 1
+
+
+def ahead(after: int, count: int, grants: Sequence[tuple[int, int]]) -> int:
+    """The id `count` ids after `after`."""
+    for _ in range(count):
+        after = following(after, grants)
+    return after
+
+
+def between(after: int, upto: int, grants: Sequence[tuple[int, int]]) -> int:
+    """How many ids are handed out after `after` up to `upto`."""
+    if not grants:
+        return max(0, upto - after)
+    spans = [*grants, (grants[-1][1], upto + 1)]
+    return sum(max(0, min(end, upto + 1) - max(first, after + 1)) for first, end in spans)
+
+
 class TransactionIds:
     """OCPP 1.6 transactionId: unique per appliance, monotonic, and it survives restarts
     (a restart skips the rest of the reserved block). A StartTransaction repeated after a
@@ -210,13 +244,22 @@ class TransactionIds:
 
     The one exception to "handlers write nothing" (README "On the wire"): the id must be
     durable before the answer. Ids are reserved in blocks at start and renewed half-way
-    through a block, so handing one out writes nothing on the hot path."""
+    through a block, so handing one out writes nothing on the hot path.
+
+    With [central], PostgreSQL grants the processes of a site disjoint blocks: a block
+    is used once the file holds it (`confirm`), so a restart never hands out an id of a
+    block twice (README "A big site on several processes")."""
 
     def __init__(self, opened: Opened, reserve: Callable[[MetaValue], None]) -> None:
         self._reserve = reserve
-        self._next = opened.transaction_id_floor + 1
+        self._grants = list(opened.transaction_id_grants)
+        self._pending: list[tuple[int, int]] = []
+        self._next = following(opened.transaction_id_floor, self._grants)
         self._reserved = opened.transaction_id_reserved
         self._recent: dict[Hashable, int] = dict(opened.recent_starts)
+        self._warned = False
+        #: with [central]: ids come from blocks PostgreSQL grants (`offer`)
+        self.coordinated = False
 
     def start(self, key: Hashable) -> tuple[int, bool]:
         """The id for a start identified by `key` (see `start_key`), and whether it is new."""
@@ -224,11 +267,57 @@ class TransactionIds:
         if known is not None:
             return known, False
         transaction_id = self._next
-        self._next += 1
-        if self._reserved - transaction_id < TRANSACTION_ID_BLOCK // 2:
-            self._reserved += TRANSACTION_ID_BLOCK
+        self._next = following(transaction_id, self._grants)
+        if len(self._grants) > 1 and self._grants[0][1] <= self._next:
+            del self._grants[0]  # used up (the last block stays: ids count on past it)
+        if between(transaction_id, self._reserved, self._grants) < TRANSACTION_ID_BLOCK // 2:
+            self._reserved = ahead(transaction_id, TRANSACTION_ID_BLOCK, self._grants)
             self._reserve(MetaValue("transaction_id_reserved", self._reserved))
+        outside = not self._grants or transaction_id >= self._grants[-1][1]
+        if self.coordinated and outside and not self._warned:
+            self._warned = True
+            log.warning(
+                "1.6 transaction ids: no block granted by PostgreSQL left; counting on"
+                " from %d until it grants one (another process of the site may hand out"
+                " the same ids meanwhile)",
+                transaction_id,
+            )
         self._recent[key] = transaction_id
         if len(self._recent) > RECENT_STARTS:
             del self._recent[next(iter(self._recent))]
         return transaction_id, True
+
+    @property
+    def floor(self) -> int:
+        """No id at or below this is handed out again by this file."""
+        return max(self._reserved, *(end - 1 for _, end in self._pending), 0)
+
+    def left(self) -> int:
+        """Ids left in the granted blocks, those waiting for `confirm` included."""
+        blocks = [*self._grants, *self._pending]
+        return sum(max(0, end - max(first, self._next)) for first, end in blocks)
+
+    def offer(self, first: int, end: int) -> None:
+        """A block PostgreSQL granted: written into the file; used once `confirm` sees it
+        there. Without a block in use, the reservation moves into it in the same write."""
+        self._pending.append((first, end))
+        self._reserve(MetaValue("transaction_id_grants", self._held()))
+        if not self._grants or self._next >= self._grants[-1][1]:
+            self._reserved = max(self._reserved, first + TRANSACTION_ID_BLOCK - 1)
+            self._reserve(MetaValue("transaction_id_reserved", self._reserved))
+
+    def confirm(self, committed: Sequence[Sequence[int]]) -> None:
+        """The blocks the file holds now (meta `transaction_id_grants`): those offered
+        are used from now on."""
+        held = {(int(a), int(b)) for a, b in committed}
+        for block in [b for b in self._pending if b in held]:
+            self._pending.remove(block)
+            log.info("1.6 transaction ids: from PostgreSQL's block %d–%d", block[0], block[1] - 1)
+            self._grants.append(block)
+            self._grants.sort()
+            self._warned = False
+            self._next = following(self._next - 1, self._grants)
+
+    def _held(self) -> str:
+        blocks = sorted(b for b in [*self._grants, *self._pending] if b[1] > self._next)
+        return json.dumps(blocks)

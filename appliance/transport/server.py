@@ -101,6 +101,8 @@ class Server:
         self.links: dict[str, Link] = {}
         self.streams = 0
         self._listening = trio.CancelScope()
+        #: between `run` starting to accept and `shutdown` (or the listeners failing)
+        self.accepting = False
         self.throttle = Throttle()
         self.verifier = Verifier()
         self.reporter = Reporter()
@@ -141,10 +143,27 @@ class Server:
         async with trio.open_nursery() as nursery:
             with self._listening:
                 task_status.started()
-                await trio.serve_listeners(self._handle, list(listeners), handler_nursery=nursery)
+                self.accepting = True
+                try:
+                    await trio.serve_listeners(
+                        self._handle, list(listeners), handler_nursery=nursery
+                    )
+                finally:
+                    self.accepting = False
+
+    def turning_away(self) -> str | None:
+        """Why a new charge point would not be served now (not listening, the
+        connection limit reached), or None."""
+        if not self.accepting:
+            return "the OCPP listener is not accepting connections"
+        limit = self.config.limits.max_connections
+        if self.streams >= limit:
+            return f"connection limit reached ({self.streams} of max_connections = {limit})"
+        return None
 
     async def shutdown(self) -> None:
         """Stop accepting, close every connection with 1001, wait for them to end."""
+        self.accepting = False
         self._listening.cancel()
         for link in list(self.links.values()):
             await link.close(CloseCode.GOING_AWAY, "server shutting down")

@@ -22,7 +22,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -46,6 +46,10 @@ RANGES_MS = {"hour": 3_600_000, "day": 86_400_000, "week": 7 * 86_400_000}
 WRITABLE = re.compile(r"^(control|config|dm)\.[^*?\[\]]+$")
 #: SSE keep-alive: a comment line now and then keeps proxies and phones from closing
 KEEPALIVE_SEC = 15.0
+#: the load balancer's health check (README "A big site on several processes")
+HEALTHZ = "/healthz"
+#: a 503 of /healthz says when to ask again: HAProxy's own interval in the sample
+HEALTHZ_RETRY_SEC = 2
 SESSION_COOKIE = "oa_session"
 CSRF_COOKIE = "oa_csrf"
 CSRF_HEADER = "x-csrftoken"
@@ -61,8 +65,11 @@ class Web:
         live: Live,
         access: Access,
         limiter: trio.CapacityLimiter,
+        unready: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.config = config
+        #: why this process should get no new charge points now, or None (`/healthz`)
+        self.unready = unready
         self.reader = reader
         self.live = live
         self.access = access
@@ -525,7 +532,31 @@ def build(web: Web, tls: bool) -> ASGIApp:
         same_site="strict",
         https_only=tls,
     )
-    return _SecurityHeaders(sessions_app)
+    return _SecurityHeaders(_Healthz(sessions_app, web.unready))
+
+
+class _Healthz:
+    """`/healthz`: 200 `ok`, or 503 with the reason in one line. Answered before the
+    session and CSRF layers, from what the process knows in memory: a check every 2 s
+    from each load balancer costs no cookie, no signature and no database read. Open to
+    all, like the other reads: it names a state, never a secret."""
+
+    def __init__(self, app: ASGIApp, unready: Callable[[], str | None]) -> None:
+        self.app = app
+        self.unready = unready
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != HEALTHZ:
+            await self.app(scope, receive, send)
+            return
+        why = self.unready()
+        headers = {"Cache-Control": "no-store"}
+        if why is None:
+            response = PlainTextResponse("ok", headers=headers)
+        else:
+            headers["Retry-After"] = str(HEALTHZ_RETRY_SEC)
+            response = PlainTextResponse(" ".join(why.split()), 503, headers)
+        await response(scope, receive, send)
 
 
 class _CsrfUnlessBearer:

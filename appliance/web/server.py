@@ -72,9 +72,15 @@ def secret_path(config: Config) -> Path:
 
 class Dashboard:
     def __init__(
-        self, config: Callable[[], Config], stations: Stations | None, sock: socket.socket
+        self,
+        config: Callable[[], Config],
+        stations: Stations | None,
+        sock: socket.socket,
+        unready: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.config = config
+        #: why the process should get no new charge points, or None (`/healthz`)
+        self.unready = unready
         self.sock = sock
         self.port: int = sock.getsockname()[1]
         self.stopping = trio.Event()
@@ -93,7 +99,8 @@ class Dashboard:
         from appliance.web.routes import Web, build
 
         reader = WebReader(self.config().database_path)
-        self.app = build(Web(self.config, reader, self.live, self.access, self.limiter), self.tls)
+        web = Web(self.config, reader, self.live, self.access, self.limiter, self.unready)
+        self.app = build(web, self.tls)
 
     @property
     def scheme(self) -> str:
