@@ -42,6 +42,7 @@ from appliance.store.migrations import NewerSchema
 from appliance.store.queries import ALIVE_KEY, HEARTBEAT_SEC, STOPPED_KEY, explain
 from appliance.transport import Server
 from appliance.tree import Tree
+from appliance.upstream import Upstreams
 
 if TYPE_CHECKING:
     # imported by `running` only when [mqtt] is configured (paho-mqtt: 1.4 MB of RSS)
@@ -125,6 +126,8 @@ class Running:
     mqtt: Bridge | None = None
     #: replication into the fleet's PostgreSQL, when [central] is configured
     central: Central | None = None
+    #: the second backends ([[upstream]]; README "A second backend")
+    upstreams: Upstreams | None = None
 
 
 class CannotListen(Exception):
@@ -362,6 +365,9 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
                     running.dashboard.port,
                 )
             running.mqtt = bridge
+            # always running, so that a SIGHUP can add an [[upstream]]
+            running.upstreams = Upstreams(stations, store, config)
+            await nursery.start(running.upstreams.run)
             if config.central is not None:
                 from appliance.central import Central
 
@@ -469,4 +475,6 @@ async def reload(appliance: Running) -> None:
         appliance.mqtt.reload(new)
     if appliance.central is not None:
         appliance.central.reload(new)
+    if appliance.upstreams is not None:
+        appliance.upstreams.reload(new)
     log.info("SIGHUP: config reloaded from %s", old.source)

@@ -219,6 +219,60 @@ class Central(_Table, frozen=True):
         )
 
 
+#: README "A second backend": what an upstream may ask of the charge point by default
+DEFAULT_ALLOW_CALLS = (
+    "RemoteStartTransaction",
+    "RemoteStopTransaction",
+    "RequestStartTransaction",
+    "RequestStopTransaction",
+    "TriggerMessage",
+    "GetConfiguration",
+    "GetVariables",
+    "DataTransfer",
+    "UnlockConnector",
+)
+
+
+class Upstream(_Table, frozen=True):
+    """A second backend for some charge points (README "A second backend"; one
+    `[[upstream]]` table each). The password is a secret: never printed or logged."""
+
+    #: ws:// or wss://; the charge point's identity is appended as the last path segment
+    url: NotEmpty
+    #: how the upstream is named in `messages.peer`, the status and the log; default: the
+    #: url's host (and port)
+    name: NotEmpty | None = None
+    #: globs of the identities it serves
+    identities: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    #: the identity the upstream knows a charge point by, where it differs
+    identity_map: dict[str, NotEmpty] = msgspec.field(default_factory=dict)
+    #: HTTP Basic (profiles 1–2): the password, or its file (first line)
+    password: NotEmpty | None = None
+    password_file: str | None = None
+    #: profile 3: the client certificate and its key (PEM); the CA of the upstream's
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+    #: the actions the upstream may send to the charge point; the others are refused
+    allow_calls: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_ALLOW_CALLS))
+
+    @property
+    def label(self) -> str:
+        if self.name is not None:
+            return self.name
+        from urllib.parse import urlsplit
+
+        return urlsplit(self.url).netloc.rpartition("@")[2] or self.url
+
+    def serves(self, identity: str) -> bool:
+        import fnmatch
+
+        return any(fnmatch.fnmatchcase(identity, pattern) for pattern in self.identities)
+
+    def __repr__(self) -> str:
+        return f"Upstream(url={self.url!r}, name={self.label!r}, ...)"
+
+
 def redact_url(url: str) -> str:
     """A libpq URL with its password as ***."""
     return re.sub(r"(://[^/@:]*:)[^/]*@", rf"\g<1>{MASK}@", url)
@@ -249,6 +303,7 @@ class Config(_Table, frozen=True):
     tls: Tls | None = None
     mqtt: Mqtt | None = None
     central: Central | None = None
+    upstream: list[Upstream] = msgspec.field(default_factory=list)
     authorization: Authorization = msgspec.field(default_factory=Authorization)
     web: Web = msgspec.field(default_factory=Web)
     charge_points: dict[str, ChargePoint] = msgspec.field(default_factory=dict)
@@ -271,6 +326,14 @@ class Config(_Table, frozen=True):
     def subprotocols(self) -> list[str]:
         """Enabled subprotocols, newest first (the order of preference)."""
         return [name for name, dialect in DIALECTS.items() if getattr(self, dialect.config_key)]
+
+    def upstream_password(self, upstream: Upstream) -> str | None:
+        """An upstream's password: its own, or its file's first line (read at each
+        connection, so a new one applies at the next)."""
+        if upstream.password_file is None:
+            return upstream.password
+        lines = self.path(upstream.password_file).read_text().splitlines()
+        return lines[0] if lines else ""
 
     def validation_for(self, identity: str) -> ValidationMode:
         override = self.charge_points.get(identity)
@@ -577,11 +640,37 @@ def _cross_checks(config: Config) -> Iterator[_Problem]:
             yield _Problem(at, "", "sets password and password_hash: keep one")
     if config.mqtt is not None:
         yield from _mqtt_checks(config.mqtt)
+    yield from _upstream_checks(config.upstream)
     if config.central is not None:
         url = config.central.postgresql_url
         if not url.startswith(("postgresql://", "postgres://")):
             detail = f"expected postgresql://user@host/database, not {_shown(redact_url(url))}"
             yield _Problem(("central", "postgresql_url"), "bad", detail)
+
+
+def _upstream_checks(upstreams: list[Upstream]) -> Iterator[_Problem]:
+    from appliance.versions.tables import FROM_CSMS
+
+    actions = frozenset().union(*FROM_CSMS.values())
+    names: set[str] = set()
+    for number, upstream in enumerate(upstreams):
+        at: KeyPath = ("upstream", number)
+        if not upstream.url.startswith(("ws://", "wss://")):
+            detail = f"expected ws://host[:port]/path or wss://…, not {_shown(upstream.url)}"
+            yield _Problem((*at, "url"), "bad", detail)
+        if upstream.password is not None and upstream.password_file is not None:
+            yield _Problem(at, "", "sets password and password_file: keep one")
+        if (upstream.cert is None) != (upstream.key is None):
+            yield _Problem(at, "", "a client certificate needs both cert and key")
+        if upstream.label in names:
+            yield _Problem((*at, "name"), "bad", f"{_shown(upstream.label)} names two upstreams")
+        names.add(upstream.label)
+        for index, action in enumerate(upstream.allow_calls):
+            if action not in actions:
+                close = difflib.get_close_matches(action, sorted(actions), n=1, cutoff=0.6)
+                hint = f": did you mean {_shown(close[0])}?" if close else ""
+                detail = f"not an action a central system sends: {_shown(action)}{hint}"
+                yield _Problem((*at, "allow_calls", index), "bad", detail)
 
 
 def _measurand_checks(measurands: list[str], at: KeyPath) -> Iterator[_Problem]:
@@ -748,6 +837,9 @@ def to_toml(config: Config) -> str:
         data["mqtt"]["password"] = MASK
     if data.get("central"):
         data["central"]["postgresql_url"] = redact_url(data["central"]["postgresql_url"])
+    for upstream in data.get("upstream", []):
+        if upstream.get("password") is not None:
+            upstream["password"] = MASK
     for name in SECRETS & data["web"].keys():
         if data["web"][name]:
             data["web"][name] = MASK if name == "password_hash" else [MASK] * len(data["web"][name])
@@ -759,12 +851,17 @@ def to_toml(config: Config) -> str:
 
 
 def _without_none(data: dict[str, Any]) -> dict[str, Any]:
-    """TOML has no null: a key left unset is left out (and so is an empty table)."""
-    return {
-        key: _without_none(value) if isinstance(value, dict) else value
-        for key, value in data.items()
-        if value is not None and value != {}
-    }
+    """TOML has no null: a key left unset is left out (and so is an empty table); also
+    in an array of tables ([[upstream]])."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return _without_none(value)
+        if isinstance(value, list):
+            return [clean(item) for item in value]
+        return value
+
+    return {key: clean(value) for key, value in data.items() if value is not None and value != {}}
 
 
 EXAMPLE = """\
@@ -850,6 +947,13 @@ port = 9080
 # password_file = "fleet.password"  # or the password in the url (check-config shows ***)
 # ca = "fleet-ca.crt"           # the CA of the server's certificate (verify-full)
 # site = "berlin-office"        # this box's name in the fleet; default: the host name
+
+# A second backend (README "A second backend"): the charge points' messages go on to it
+# as theirs, and it may start and stop sessions; one table per backend. Uncomment
+# [[upstream]]
+# url = "wss://billing.example.com/ocpp"   # the charge point's identity is appended
+# identities = ["*"]            # globs of the charge points it serves
+# password_file = "billing.password"  # or password = "..." (check-config shows ***)
 
 # Per charge point settings, by identity:
 # [charge_points."CP-GARAGE"]

@@ -26,7 +26,7 @@ pytestmark = needs_postgres
 TABLES = {
     "charge_points": ("identity", "prefix", "first_seen"),
     "messages": ("seq", "ts", "identity", "protocol", "direction", "message_type",
-                 "message_id", "action", "payload", "violation", "redacted"),
+                 "message_id", "action", "payload", "violation", "redacted", "peer"),
     "connection_log": ("seq", "ts", "identity", "remote_addr", "protocol", "event", "reason"),
     "transactions": ("seq", "identity", "transaction_id", "evse_id", "connector_id",
                      "id_token", "started_at", "stopped_at", "meter_start_wh",

@@ -25,19 +25,17 @@ from websockets.protocol import State
 from appliance.rpc import (
     DIALECTS,
     CallReceived,
-    ErrorReceived,
     Fault,
     LocalProtocolError,
     ProtocolViolation,
-    ResultReceived,
     SchemaSet,
     Session,
 )
-from appliance.simulator.connect import ConnectError, open_websocket
 from appliance.simulator.minimal import minimal_response
 from appliance.simulator.options import Options, Stats
 from appliance.simulator.physics import Meter, Reading, Vehicle
 from appliance.station.calls import CallFailed, Calls
+from appliance.transport.client import ConnectError, open_websocket
 from appliance.transport.websocket import WebSocket
 from appliance.versions.tables import FROM_CSMS
 
@@ -282,11 +280,8 @@ class ChargePoint:
         event = received.event
         if isinstance(event, CallReceived):
             self._answer(event)
-        elif isinstance(event, ResultReceived):
-            self.calls.resolve(event.call.message_id, payload=event.payload)
-        elif isinstance(event, ErrorReceived):
-            error = f"CALLERROR {event.code}: {event.description}".rstrip(": ")
-            self.calls.resolve(event.call.message_id, error=error)
+        elif self.calls.settle(event):
+            pass
         elif isinstance(event, ProtocolViolation):
             self.fleet.stats.error("protocol violation by the central system")
             log.warning("%s: %s", self.identity, event.reason)

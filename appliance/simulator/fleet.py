@@ -17,10 +17,10 @@ import trio
 from appliance.rpc import DIALECTS, SchemaSet
 from appliance.rpc.dialects import OCPP16, OCPP21, OCPP201
 from appliance.simulator.chargepoint import ChargePoint
-from appliance.simulator.connect import ConnectError, ssl_context
 from appliance.simulator.ocpp2x import Ocpp2xChargePoint, Ocpp21ChargePoint
 from appliance.simulator.ocpp16 import Ocpp16ChargePoint
 from appliance.simulator.options import Options, Stats
+from appliance.transport.client import ConnectError, ssl_context
 
 KINDS: dict[str, type[ChargePoint]] = {
     OCPP16.subprotocol: Ocpp16ChargePoint,

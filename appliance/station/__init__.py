@@ -11,6 +11,7 @@ from appliance.station.station import (
     Job,
     Reported,
     Station,
+    masked,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "Reported",
     "Station",
     "Stations",
+    "masked",
 ]

@@ -12,7 +12,13 @@ from typing import Any
 
 import trio
 
-from appliance.rpc import CallTimedOut, LocalProtocolError, Session
+from appliance.rpc import (
+    CallTimedOut,
+    ErrorReceived,
+    LocalProtocolError,
+    ResultReceived,
+    Session,
+)
 
 log = logging.getLogger("appliance")
 
@@ -73,6 +79,18 @@ class Calls:
         if waiter is not None:
             waiter.payload, waiter.error = payload, error
             waiter.done.set()
+
+    def settle(self, event: object) -> bool:
+        """An answer to one of our calls (a CALLRESULT or a CALLERROR event of the
+        session) ends its wait; whether `event` was one."""
+        if isinstance(event, ResultReceived):
+            self.resolve(event.call.message_id, payload=event.payload)
+        elif isinstance(event, ErrorReceived):
+            error = f"CALLERROR {event.code}: {event.description}".rstrip(": ")
+            self.resolve(event.call.message_id, error=error)
+        else:
+            return False
+        return True
 
     def fail_pending(self, reason: str) -> None:
         """The session ended: every call still waiting fails with `reason`."""

@@ -4,6 +4,7 @@ station shares (config in force, tree, store, schemas, 1.6 transaction ids)."""
 from __future__ import annotations
 
 import logging
+from typing import Any, Protocol
 
 import trio
 
@@ -25,6 +26,14 @@ SUBSCRIBER_BUFFER = 1000
 REMEMBERED_CALLS = 256
 
 
+class Relay(Protocol):
+    """Where the charge points' answered calls go on (README "A second backend")."""
+
+    def forward(
+        self, identity: str, subprotocol: str, action: str, payload: Any, answer: Any
+    ) -> None: ...
+
+
 class Stations:
     def __init__(
         self,
@@ -43,6 +52,8 @@ class Stations:
         #: the current station of each identity
         self.stations: dict[str, Station] = {}
         self._subscribers: list[trio.MemorySendChannel[Event]] = []
+        #: README "A second backend": where answered calls go on (upstream.Upstreams)
+        self.relay: Relay | None = None
         self._logged_violations: set[tuple[str, str | None, str]] = set()
         self._request_ids = 0
         #: per identity, the hashes of (action, text) of retried calls applied lately, the
@@ -104,6 +115,13 @@ class Stations:
                 log.warning("events: a subscriber fell behind; %s not delivered", event)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._subscribers.remove(channel)
+
+    def forward(
+        self, identity: str, subprotocol: str, action: str, payload: Any, answer: Any
+    ) -> None:
+        """A call the charge point made, answered: to the upstreams, if any."""
+        if self.relay is not None:
+            self.relay.forward(identity, subprotocol, action, payload, answer)
 
     # --------------------------------------------------------------------- shared
 

@@ -119,6 +119,9 @@ class Hub(Protocol):
     def attach(self, station: Station) -> None: ...
     def detach(self, station: Station) -> None: ...
     def publish(self, event: Event) -> None: ...
+    def forward(
+        self, identity: str, subprotocol: str, action: str, payload: Any, answer: Any
+    ) -> None: ...
     def request_id(self) -> int: ...
     def repeated(self, identity: str, action: str, payload_text: str) -> bool: ...
     def log_violation_once(
@@ -232,7 +235,7 @@ class Station:
         received = session.receive(text, trio.current_time())
         redacted = secrets.may_hold(text)
         if redacted:
-            received, redacted = _redacted(received)
+            received, redacted = masked(received)
         self._record(received.frame, redacted)
         self.tree.seen(self.identity)
         event = received.event
@@ -285,6 +288,10 @@ class Station:
                     self._report.add(update)
             for reason in answer.unusable:
                 self._note_violation(call.action, "Unusable", reason)
+            # README "A second backend": on to the upstreams, once answered here
+            self.hub.forward(
+                self.identity, self.subprotocol, call.action, call.payload, answer.payload
+            )
         self.tree.capture(
             self.identity, self.subprotocol, "in", call.action, call.payload, answer.payload
         )
@@ -323,7 +330,7 @@ class Station:
         for frame in frames:
             if secrets.may_hold(frame.text):
                 # the wire carries the secret the user wrote; the database never does
-                stored, redacted = _redacted(Received(frame, None))
+                stored, redacted = masked(Received(frame, None))
                 self._record(stored.frame, redacted)
             else:
                 self._record(frame)
@@ -387,7 +394,7 @@ def _payload_text(text: str, message_id: str) -> str:
     return text.replace(message_id, "", 1)
 
 
-def _redacted(received: Received) -> tuple[Received, bool]:
+def masked(received: Received) -> tuple[Received, bool]:
     """`received` with every secret masked in its frame text and its payload (README
     "Security"); whether there was one."""
     frame, event = received.frame, received.event

@@ -110,6 +110,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE charge_points ADD COLUMN origin text NOT NULL DEFAULT '';
     CREATE TABLE transaction_ids (site text PRIMARY KEY, next bigint NOT NULL);
     """,
+    # 4: the frames to and from an upstream (README "A second backend"): `peer`
+    """
+    ALTER TABLE messages ADD COLUMN peer text;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 #: README "Commands from the centre": the channel an inserted command is announced on

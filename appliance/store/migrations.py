@@ -366,6 +366,32 @@ MIGRATIONS.append(
     INSERT OR IGNORE INTO meta (key, value) VALUES ('origin', lower(hex(randomblob(8))));
     """
 )
+MIGRATIONS.append(
+    # 9: a second backend (issue 24, README "A second backend"): the frames to and from
+    # an upstream are in `messages` with its name as `peer`; what waits for it, durably;
+    # the 1.6 transaction ids it gave
+    """
+    ALTER TABLE messages ADD COLUMN peer TEXT;
+    CREATE TABLE upstream_queue (
+        seq       INTEGER PRIMARY KEY,
+        upstream  TEXT NOT NULL,
+        identity  TEXT NOT NULL,
+        key       TEXT NOT NULL,
+        action    TEXT NOT NULL,
+        payload   TEXT NOT NULL,
+        queued_at INTEGER NOT NULL,
+        local_id  TEXT,
+        UNIQUE (upstream, identity, key)
+    );
+    CREATE TABLE upstream_transactions (
+        upstream  TEXT NOT NULL,
+        identity  TEXT NOT NULL,
+        local_id  TEXT NOT NULL,
+        remote_id INTEGER NOT NULL,
+        PRIMARY KEY (upstream, identity, local_id)
+    ) WITHOUT ROWID;
+    """
+)
 
 SCHEMA_VERSION = len(MIGRATIONS)
 

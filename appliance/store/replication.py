@@ -46,7 +46,7 @@ SOURCES: tuple[Source, ...] = (
     Source(
         "messages",
         ("seq", "ts", "identity", "protocol", "direction", "message_type", "message_id",
-         "action", "payload", "violation", "redacted"),
+         "action", "payload", "violation", "redacted", "peer"),
         "seq",
         "seq",
     ),

@@ -46,6 +46,9 @@ class FrameRow(NamedTuple):
     violation: str | None
     #: 1: a secret in it was replaced by "***" (README "Security")
     redacted: int = 0
+    #: None: the charge point; else the upstream it went to or came from
+    #: (README "A second backend")
+    peer: str | None = None
 
 
 class ConnectionRow(NamedTuple):
@@ -153,6 +156,37 @@ class Replicated(NamedTuple):
     ts: int
 
 
+class UpstreamQueued(NamedTuple):
+    """A transaction message waiting for an upstream (`upstream_queue`; README "A second
+    backend"): until it is delivered, across restarts."""
+
+    upstream: str
+    identity: str
+    key: str
+    action: str
+    payload: str
+    queued_at: int
+    #: StartTransaction: the appliance's transactionId (the upstream gives its own)
+    local_id: str | None = None
+
+
+class UpstreamDelivered(NamedTuple):
+    """The upstream answered it: off `upstream_queue`."""
+
+    upstream: str
+    identity: str
+    key: str
+
+
+class UpstreamTransaction(NamedTuple):
+    """A 1.6 transaction id as the upstream numbered it (`upstream_transactions`)."""
+
+    upstream: str
+    identity: str
+    local_id: str
+    remote_id: int
+
+
 class CommandDone(NamedTuple):
     """A control command carried out: acknowledged with `value` unless a newer command
     for the same id waits, and taken off `control_queue`."""
@@ -202,6 +236,9 @@ Row = (
     | ControlOutcome
     | InForce
     | Replicated
+    | UpstreamQueued
+    | UpstreamDelivered
+    | UpstreamTransaction
 )
 #: everything the store's queue carries
 Item = Row | list[Row] | MeterValueRows | CommandDone | States | DefaultStates | LazyStates

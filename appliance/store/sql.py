@@ -13,11 +13,24 @@ from appliance.store.rows import (
     MeterValueRow,
     Replicated,
     TransactionRow,
+    UpstreamDelivered,
+    UpstreamQueued,
+    UpstreamTransaction,
 )
 
 INSERT_MESSAGE = (
     "INSERT INTO messages (ts, identity, protocol, direction, message_type, message_id,"
-    " action, payload, violation, redacted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " action, payload, violation, redacted, peer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# README "A second backend": what waits for an upstream, and its 1.6 transaction ids
+QUEUE_UPSTREAM = (
+    "INSERT OR IGNORE INTO upstream_queue (upstream, identity, key, action, payload,"
+    " queued_at, local_id) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+UPSTREAM_DELIVERED = "DELETE FROM upstream_queue WHERE upstream = ? AND identity = ? AND key = ?"
+UPSTREAM_TRANSACTION = (
+    "INSERT OR REPLACE INTO upstream_transactions (upstream, identity, local_id, remote_id)"
+    " VALUES (?, ?, ?, ?)"
 )
 INSERT_CONNECTION = (
     "INSERT INTO connection_log (ts, identity, remote_addr, protocol, event, reason)"
@@ -107,6 +120,9 @@ STATEMENT: dict[type, str] = {
     ControlOutcome: SET_OUTCOME,
     InForce: SET_IN_FORCE,
     Replicated: SET_REPLICATED,
+    UpstreamQueued: QUEUE_UPSTREAM,
+    UpstreamDelivered: UPSTREAM_DELIVERED,
+    UpstreamTransaction: UPSTREAM_TRANSACTION,
 }
 
 #: the tables that only grow, written in arrival order apart from the other rows

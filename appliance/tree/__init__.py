@@ -50,6 +50,11 @@ def _meta(kind: str, role: str, name: str, unit: str | None = None) -> Meta:
 
 
 # One place for what each fixed state is (type, role, unit, name).
+UPSTREAM: dict[str, Meta] = {
+    "connected": _meta("boolean", "indicator.connected", "upstream connected"),
+    "reason": _meta("string", "text", "why the upstream is not connected"),
+    "waiting": _meta("number", "value", "messages waiting for the upstream"),
+}
 INFO: dict[str, Meta] = {
     "connected": _meta("boolean", "indicator.connected", "connected"),
     "protocol": _meta("string", "info.protocol", "OCPP subprotocol"),
@@ -335,6 +340,21 @@ class Tree:
         self._set(identity, [("info.connected", False, INFO["connected"])])
         self._instantaneous(station, list(station.readings), None, Stamp(None, time.time()))
         self._states(identity, station)
+
+    def upstream(
+        self, identity: str, name: str, connected: bool, reason: str, waiting: int
+    ) -> None:
+        """README "A second backend": each upstream's state for this charge point
+        (`<id>.upstream.<name>.*`: connected, why not, since when, messages waiting)."""
+        base = f"upstream.{escape(name)}"
+        self._set(
+            identity,
+            [
+                (f"{base}.connected", connected, UPSTREAM["connected"]),
+                (f"{base}.reason", reason or None, UPSTREAM["reason"]),
+                (f"{base}.waiting", waiting, UPSTREAM["waiting"]),
+            ],
+        )
 
     def seen(self, identity: str) -> None:
         self._set(identity, [("info.lastSeen", now_ms(), INFO["lastSeen"])])

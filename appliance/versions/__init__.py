@@ -47,6 +47,10 @@ class Version:
     #: settings; the status word of the answer to a "setting" control
     settings: Callable[[list[Any]], list[Setting]]
     setting_status: Callable[[Payload], str | None]
+    #: README "A second backend": what waits durably for an upstream; what carries the
+    #: transaction id the central system gave
+    offline_queued: frozenset[str]
+    given_transaction_id: frozenset[str]
     #: runs on every call before its handler (2.x: customData may carry a VIN)
     inspect: Callable[[Context, Payload], None] | None = None
 
@@ -81,6 +85,8 @@ def _version(
         tables.MEASURAND_NAMES[name],
         module.settings,
         module.setting_status,
+        tables.OFFLINE_QUEUED[name],
+        tables.GIVEN_TRANSACTION_ID[name],
         inspect,
     )
 

@@ -498,3 +498,21 @@ MINIMAL_RESPONSES: dict[str, dict[str, dict[str, Any]]] = {
     OCPP21: _V21_RESPONSES,
 }
 """Schema-valid default CALLRESULT payload per charge-point-initiated action."""
+
+
+#: README "A second backend": the charge point's messages that wait durably while an
+#: upstream is away — the transaction messages a charge point queues itself when
+#: offline (1.6: Start/StopTransaction and the MeterValues of a transaction; 2.x
+#: TransactionEvent, Part 2 E04)
+OFFLINE_QUEUED: dict[str, frozenset[str]] = {
+    OCPP16: frozenset({"StartTransaction", "StopTransaction", "MeterValues"}),
+    OCPP201: frozenset({"TransactionEvent"}),
+    OCPP21: frozenset({"TransactionEvent"}),
+}
+#: the messages whose transactionId is the one the central system gave at the start
+#: (1.6), so an upstream gets its own number in them
+GIVEN_TRANSACTION_ID: dict[str, frozenset[str]] = {
+    OCPP16: frozenset({"MeterValues", "StopTransaction"}),
+    OCPP201: frozenset(),
+    OCPP21: frozenset(),
+}

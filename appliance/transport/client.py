@@ -1,5 +1,6 @@
-"""Opening a client WebSocket with `websockets`' sans-I/O ClientProtocol on trio, and
-turning every way that can fail into one sentence for the user."""
+"""Opening a client WebSocket with `websockets`' sans-I/O ClientProtocol on trio (the
+simulator's charge points; the upstream links of README "A second backend"), and turning
+every way that can fail into one sentence for the user."""
 
 from __future__ import annotations
 
