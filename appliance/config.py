@@ -253,6 +253,9 @@ class Upstream(_Table, frozen=True):
     cert: str | None = None
     key: str | None = None
     ca: str | None = None
+    #: who decides an idToken: the appliance's own rules, or the upstream (its answer,
+    #: waited for at most a few seconds while it is connected)
+    authorize: Literal["local", "upstream"] = "local"
     #: the actions the upstream may send to the charge point; the others are refused
     allow_calls: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_ALLOW_CALLS))
 
@@ -954,6 +957,7 @@ port = 9080
 # url = "wss://billing.example.com/ocpp"   # the charge point's identity is appended
 # identities = ["*"]            # globs of the charge points it serves
 # password_file = "billing.password"  # or password = "..." (check-config shows ***)
+# authorize = "local"           # or "upstream": its answer decides an idToken
 
 # Per charge point settings, by identity:
 # [charge_points."CP-GARAGE"]

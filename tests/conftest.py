@@ -82,12 +82,23 @@ def query(db: Path, sql: str, *params: Any) -> list[tuple]:
         return c.execute(sql, params).fetchall()
 
 
+def _not_yet() -> tuple[type[Exception], ...]:
+    """What a check may raise before the thing it waits for exists: a table the
+    appliance has not created yet, in SQLite or in the fleet's PostgreSQL."""
+    try:
+        from psycopg.errors import UndefinedTable
+    except ImportError:
+        return (sqlite3.OperationalError,)
+    return (sqlite3.OperationalError, UndefinedTable)
+
+
 def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
+    not_yet = _not_yet()
     while True:
         try:
             result = check()
-        except sqlite3.OperationalError:
+        except not_yet:
             result = None
         if result:
             return result

@@ -98,6 +98,7 @@ def differences(server: Postgres, database: str, site: str, db: Path) -> dict[st
 def wait_replicated(server: Postgres, database: str, site: str, db: Path, timeout: float = 30):
     """Until PostgreSQL holds exactly what the SQLite file holds (the charge points
     stopped); else the differences."""
+    server.made("states", database, timeout)
     deadline = time.monotonic() + timeout
     while True:
         found = differences(server, database, site, db)

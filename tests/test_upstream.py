@@ -418,3 +418,45 @@ def test_check_config_hides_the_upstream_password_and_names_a_bad_action(tmp_pat
     bad = conftest.run_cli("check-config", "--config", str(config))
     assert bad.returncode == 2
     assert 'did you mean "RemoteStartTransaction"?' in bad.stderr
+
+
+def test_with_authorize_upstream_the_upstreams_verdict_on_a_token_holds(start_appliance):
+    """authorize = "upstream": a token the local rules accept but the upstream blocks is
+    Blocked for the charge point, one the local rules do not know but the upstream
+    accepts is Accepted — in Authorize and in StartTransaction (which keeps the
+    appliance's own transaction id); the upstream's state says who decided. With the
+    upstream away, the local rules decide at once."""
+    upstream = Upstream("ocpp1.6").start()
+    extra = upstream_config(upstream, 'authorize = "upstream"\n')
+    appliance = start_appliance(f'{extra}\n[authorization]\nid_tokens = ["BAD1", "BAD2"]\n')
+
+    async def scenario(cp: Any) -> dict[str, Any]:
+        await cp.call(call16.BootNotification(charge_point_model="Up", charge_point_vendor="T"))
+        await asyncio.to_thread(wait_calls, upstream, "UP-5", 1)
+        found = {}
+        for tag in ("BAD1", "GOOD1"):
+            found[tag] = (await cp.call(call16.Authorize(id_tag=tag))).id_tag_info["status"]
+        started = await cp.call(
+            call16.StartTransaction(connector_id=1, id_tag="BAD2", meter_start=0, timestamp=now())
+        )
+        found["start"] = (started.transaction_id, started.id_tag_info["status"])
+        return found
+
+    found = asyncio.run(session16(appliance.url, "UP-5", scenario))
+    assert found["BAD1"] == "Blocked" and found["GOOD1"] == "Accepted"
+    local_id, status = found["start"]
+    assert status == "Blocked" and local_id < 5001  # the appliance's own number
+    said = appliance.wait_rows(
+        "SELECT val FROM states WHERE id = 'UP-5.upstream.billing.authorization'"
+    )
+    assert said == [("StartTransaction: the upstream's verdict, Blocked",)]
+    upstream.stop()
+
+    async def alone(cp: Any) -> tuple[str, float]:
+        await cp.call(call16.BootNotification(charge_point_model="Up", charge_point_vendor="T"))
+        started = time.perf_counter()
+        info = (await cp.call(call16.Authorize(id_tag="GOOD2"))).id_tag_info
+        return info["status"], time.perf_counter() - started
+
+    status, took = asyncio.run(session16(appliance.url, "UP-5", alone))
+    assert status == "Invalid" and took < 2  # the local rules, without waiting

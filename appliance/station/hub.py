@@ -11,7 +11,7 @@ import trio
 from appliance.config import Config
 from appliance.rpc import SchemaSet
 from appliance.security.policy import Policy
-from appliance.station.station import Connected, Disconnected, Event, Station
+from appliance.station.station import Connected, Decision, Disconnected, Event, Station
 from appliance.store import Store
 from appliance.transport import Link
 from appliance.tree import Tree
@@ -31,7 +31,11 @@ class Relay(Protocol):
 
     def forward(
         self, identity: str, subprotocol: str, action: str, payload: Any, answer: Any
-    ) -> None: ...
+    ) -> object: ...
+    def decides(self, identity: str) -> bool: ...
+    def ask(
+        self, identity: str, subprotocol: str, action: str, payload: Any, answer: Any
+    ) -> Decision: ...
 
 
 class Stations:
@@ -122,6 +126,17 @@ class Stations:
         """A call the charge point made, answered: to the upstreams, if any."""
         if self.relay is not None:
             self.relay.forward(identity, subprotocol, action, payload, answer)
+
+    def upstream_decides(self, identity: str) -> bool:
+        """Whether an upstream connected now decides this charge point's tokens."""
+        return self.relay is not None and self.relay.decides(identity)
+
+    def ask_upstream(
+        self, identity: str, subprotocol: str, action: str, payload: Any, answer: Any
+    ) -> Decision:
+        """The call goes upstream now; the returned wait gives the upstream's answer."""
+        assert self.relay is not None
+        return self.relay.ask(identity, subprotocol, action, payload, answer)
 
     # --------------------------------------------------------------------- shared
 

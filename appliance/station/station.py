@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,7 +47,7 @@ from appliance.station.calls import CallFailed, Calls
 from appliance.store import FrameRow, Store, now_ms
 from appliance.transport import Link
 from appliance.tree import Tree
-from appliance.versions import Context, TransactionIdSource, Unprocessable, Version
+from appliance.versions import Answer, Context, TransactionIdSource, Unprocessable, Version
 from appliance.versions.tables import RETRIED
 
 log = logging.getLogger("appliance")
@@ -102,6 +103,11 @@ class Disconnected:
 Event = Connected | Booted | Reported | Disconnected
 
 
+#: README "A second backend": waits for the upstream's answer to a call (at most a few
+#: seconds); None if none came
+Decision = Callable[[], Awaitable[dict[str, Any] | None]]
+
+
 class Hub(Protocol):
     """What a station uses of the appliance around it (`hub.Stations`)."""
 
@@ -122,6 +128,10 @@ class Hub(Protocol):
     def forward(
         self, identity: str, subprotocol: str, action: str, payload: Any, answer: Any
     ) -> None: ...
+    def upstream_decides(self, identity: str) -> bool: ...
+    def ask_upstream(
+        self, identity: str, subprotocol: str, action: str, payload: Any, answer: Any
+    ) -> Decision: ...
     def request_id(self) -> int: ...
     def repeated(self, identity: str, action: str, payload_text: str) -> bool: ...
     def log_violation_once(
@@ -271,15 +281,55 @@ class Station:
             log.exception("%s: %s: handler failed", self.identity, call.action)
             self.session.fail(call, Fault.INTERNAL, "the central system failed to process it")
             return
+        verdict = self.version.token_verdict.get(call.action)
+        if verdict in answer.payload and self.hub.upstream_decides(self.identity):
+            # README "A second backend", authorize = "upstream": its verdict on the token,
+            # asked for now (the call goes upstream first), waited for a few seconds
+            if not self._repeated(call, frame) and self._nursery is not None:
+                decision = self.hub.ask_upstream(
+                    self.identity, self.subprotocol, call.action, call.payload, answer.payload
+                )
+                self._nursery.start_soon(self._answer_decided, call, frame, answer, decision)
+                return
+            self._complete(call, frame, answer, repeated=True)
+            return
+        self._complete(call, frame, answer)
+
+    async def _answer_decided(
+        self, call: CallReceived, frame: Frame, answer: Answer, decision: Decision
+    ) -> None:
+        """The upstream's idTagInfo / idTokenInfo in place of the local one, if it came in
+        time; else the local rules' (the upstream's state says which decided)."""
+        verdict = self.version.token_verdict[call.action]
+        theirs = await decision()
+        if isinstance(theirs, dict) and isinstance(theirs.get(verdict), dict):
+            answer = answer._replace(payload={**answer.payload, verdict: theirs[verdict]})
+        self._complete(call, frame, answer, repeated=False, forwarded=True)
+        await self._send_outgoing()
+
+    def _repeated(self, call: CallReceived, frame: Frame) -> bool:
+        """A retry of a call applied already (answered again, applied once)."""
+        return call.action in RETRIED and self.hub.repeated(
+            self.identity, call.action, _payload_text(frame.text, call.message_id)
+        )
+
+    def _complete(
+        self,
+        call: CallReceived,
+        frame: Frame,
+        answer: Answer,
+        repeated: bool | None = None,
+        forwarded: bool = False,
+    ) -> None:
+        """Answer, then apply what the answer implies (once), capture, forward."""
         try:
             self.session.answer(call, answer.payload)
         except LocalProtocolError as exc:
             # the peer got a CALLERROR instead: nothing of the request is applied
             log.error("%s: %s", self.identity, exc)
             return
-        repeated = call.action in RETRIED and self.hub.repeated(
-            self.identity, call.action, _payload_text(frame.text, call.message_id)
-        )
+        if repeated is None:
+            repeated = self._repeated(call, frame)
         if not repeated:  # a retry is answered again and applied once
             apply = self.tree.apply
             for update in answer.updates:
@@ -288,10 +338,10 @@ class Station:
                     self._report.add(update)
             for reason in answer.unusable:
                 self._note_violation(call.action, "Unusable", reason)
-            # README "A second backend": on to the upstreams, once answered here
-            self.hub.forward(
-                self.identity, self.subprotocol, call.action, call.payload, answer.payload
-            )
+            if not forwarded:  # README "A second backend": on to the upstreams
+                self.hub.forward(
+                    self.identity, self.subprotocol, call.action, call.payload, answer.payload
+                )
         self.tree.capture(
             self.identity, self.subprotocol, "in", call.action, call.payload, answer.payload
         )

@@ -54,6 +54,7 @@ UPSTREAM: dict[str, Meta] = {
     "connected": _meta("boolean", "indicator.connected", "upstream connected"),
     "reason": _meta("string", "text", "why the upstream is not connected"),
     "waiting": _meta("number", "value", "messages waiting for the upstream"),
+    "authorization": _meta("string", "text", "who decided the last idToken"),
 }
 INFO: dict[str, Meta] = {
     "connected": _meta("boolean", "indicator.connected", "connected"),
@@ -355,6 +356,11 @@ class Tree:
                 (f"{base}.waiting", waiting, UPSTREAM["waiting"]),
             ],
         )
+
+    def upstream_authorization(self, identity: str, name: str, said: str) -> None:
+        """Who decided the last token of a charge point an upstream authorizes for."""
+        base = f"upstream.{escape(name)}"
+        self._set(identity, [(f"{base}.authorization", said, UPSTREAM["authorization"])])
 
     def seen(self, identity: str) -> None:
         self._set(identity, [("info.lastSeen", now_ms(), INFO["lastSeen"])])

@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,8 @@ log = logging.getLogger("appliance.upstream")
 RECONNECT_SEC = (1.0, 60.0)
 #: after the charge point left, how long what waits may still take to go out
 LINGER_SEC = 10.0
+#: README "A second backend": authorize = "upstream" waits this long for its verdict
+AUTHORIZE_WAIT_SEC = 5.0
 #: how long the upstream has to answer one forwarded call
 CALL_TIMEOUT_SEC = 30.0
 #: messages waiting for an upstream beyond this are logged (and shown); none is dropped
@@ -83,6 +86,9 @@ class Message:
     durable: bool
     #: StartTransaction (1.6): the transactionId the appliance answered
     local_id: str | None = None
+    #: set once the upstream answered (or the call failed): `result` is its answer
+    answered: trio.Event = field(default_factory=trio.Event)
+    result: dict[str, Any] | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -189,11 +195,42 @@ class Upstreams:
 
     # ------------------------------------------------------- from the stations
 
+    def decides(self, identity: str) -> bool:
+        """Whether an upstream with authorize = "upstream" is connected for it now."""
+        return self._decider(identity) is not None
+
+    def _decider(self, identity: str) -> Link | None:
+        for link in self._links.get(identity, []):
+            if link.settings.authorize == "upstream" and link.connected:
+                return link
+        return None
+
+    def ask(
+        self, identity: str, subprotocol: str, action: str, payload: Any, answer: Any
+    ) -> Callable[[], Awaitable[dict[str, Any] | None]]:
+        """Forward now; the wait for the deciding upstream's answer (README: at most
+        AUTHORIZE_WAIT_SEC, then the local rules decide and its state says so)."""
+        link = self._decider(identity)
+        messages = self.forward(identity, subprotocol, action, payload, answer)
+        mine = next((m for name, m in messages if link and name == link.name), None)
+
+        async def decision() -> dict[str, Any] | None:
+            if link is None or mine is None:
+                return None
+            with trio.move_on_after(AUTHORIZE_WAIT_SEC):
+                await mine.answered.wait()
+            link.decided(action, mine.result)
+            return mine.result
+
+        return decision
+
     def forward(
         self, identity: str, subprotocol: str, action: str, payload: Any, answer: Any
-    ) -> None:
+    ) -> list[tuple[str, Message]]:
         """A CALL the charge point made and the appliance answered: on to its upstreams;
-        transaction messages are written to `upstream_queue` first."""
+        transaction messages are written to `upstream_queue` first. Returns them, per
+        upstream."""
+        sent: list[tuple[str, Message]] = []
         for settings in self.config.upstream:
             if not settings.serves(identity):
                 continue
@@ -219,6 +256,8 @@ class Upstreams:
                     )
                 )
             backlog.add(message)
+            sent.append((settings.label, message))
+        return sent
 
 
 def _connector(payload: dict[str, Any]) -> tuple[Any, ...]:
@@ -246,8 +285,26 @@ class Link:
         self._state = ""
         self.ws: Any = None
 
+    @property
+    def connected(self) -> bool:
+        return self.ws is not None and not self.ws.done
+
     def stop(self) -> None:
         self._scope.cancel()
+
+    def decided(self, action: str, result: dict[str, Any] | None) -> None:
+        """README: which verdict on a token held, in the upstream's states (and the log
+        when it was not the upstream's)."""
+        verdict = self.station.version.token_verdict[action]
+        info = (result or {}).get(verdict)
+        if isinstance(info, dict) and "status" in info:
+            said = f"{action}: the upstream's verdict, {info['status']}"
+        else:
+            said = f"{action}: no answer from the upstream within {AUTHORIZE_WAIT_SEC:g} s;"
+            said += " the local rules decided"
+            log.warning("%s → upstream %s: %s", self.station.identity, self.name, said)
+        with contextlib.suppress(KeyError):
+            self.station.tree.upstream_authorization(self.station.identity, self.name, said)
 
     def finish(self) -> None:
         """The charge point left: what waits goes out first if the upstream is connected
@@ -435,7 +492,15 @@ class Link:
             if self.ws is None or self.ws.done:
                 return False
             log.warning("%s → %s: %s: %s", self.station.identity, self.name, message.action, exc)
+            if message.durable and "CALLERROR" not in str(exc):
+                # no answer at all: it is sent again over a new connection, never dropped
+                message.answered.set()
+                self._nursery.cancel_scope.cancel()
+                return False
+            message.answered.set()
             return True
+        message.result = result
+        message.answered.set()
         remote = result.get("transactionId")
         if message.action == "StartTransaction" and message.local_id and isinstance(remote, int):
             backlog = self.backlog

@@ -51,6 +51,8 @@ class Version:
     #: transaction id the central system gave
     offline_queued: frozenset[str]
     given_transaction_id: frozenset[str]
+    #: action → the answer's field with the verdict on a token
+    token_verdict: dict[str, str]
     #: runs on every call before its handler (2.x: customData may carry a VIN)
     inspect: Callable[[Context, Payload], None] | None = None
 
@@ -87,6 +89,7 @@ def _version(
         module.setting_status,
         tables.OFFLINE_QUEUED[name],
         tables.GIVEN_TRANSACTION_ID[name],
+        tables.TOKEN_VERDICT[name],
         inspect,
     )
 

@@ -516,3 +516,10 @@ GIVEN_TRANSACTION_ID: dict[str, frozenset[str]] = {
     OCPP201: frozenset(),
     OCPP21: frozenset(),
 }
+#: where an answer carries the verdict on a token (README "A second backend": with
+#: authorize = "upstream" the upstream's takes its place)
+TOKEN_VERDICT: dict[str, dict[str, str]] = {
+    OCPP16: {"Authorize": "idTagInfo", "StartTransaction": "idTagInfo"},
+    OCPP201: {"Authorize": "idTokenInfo", "TransactionEvent": "idTokenInfo"},
+    OCPP21: {"Authorize": "idTokenInfo", "TransactionEvent": "idTokenInfo"},
+}
