@@ -234,6 +234,9 @@ def phase(
     caught_up = time.monotonic() - ended
     time.sleep(0.5)  # the last poll
     lag.stop()
+    unparsed = [s for s in summaries if "unparsed" in s]
+    if unparsed:
+        print(json.dumps({"simulators_without_a_summary": unparsed}), flush=True)
     return {
         "calls_per_s": round(sum(s.get("calls", 0) for s in summaries) / seconds, 1),
         "ocpp_p99_ms": p99_of(summaries),

@@ -135,10 +135,14 @@ def summaries_of(simulators: list[subprocess.Popen], timeout: float) -> list[dic
         except subprocess.TimeoutExpired:
             simulator.kill()
             out, _ = simulator.communicate()
+        lines = out.strip().splitlines()
         try:
-            found.append(json.loads(out.strip().splitlines()[-1]))
+            found.append(json.loads(lines[-1]))
         except (ValueError, IndexError):
-            found.append({})
+            # no summary: say what it printed last instead
+            found.append(
+                {"unparsed": lines[-1][:300] if lines else "", "exit": simulator.returncode}
+            )
     return found
 
 
