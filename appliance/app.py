@@ -165,7 +165,7 @@ def listen_web(config: Config) -> Any:
     try:
         return bind(config)
     except OSError as exc:
-        where = f"{config.web.host}:{config.web.port}"
+        where = f"{config.web_host}:{config.web.port}"
         hint = ""
         if exc.errno == errno.EADDRINUSE:
             hint = ": another program uses it; pick another ([web] port) or [web] enabled = false"
@@ -361,7 +361,7 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
                 log.info(
                     "web dashboard and API on %s://%s:%d/",
                     running.dashboard.scheme,
-                    config.web.host,
+                    config.web_host,
                     running.dashboard.port,
                 )
             running.mqtt = bridge

@@ -145,7 +145,9 @@ class Web(_Table, frozen=True):
     listener in the same process; https with the [tls] files when they are set."""
 
     enabled: bool = True
-    host: str = "0.0.0.0"
+    #: default: where the OCPP port listens (`host`): a box that keeps its charge points
+    #: on 127.0.0.1 keeps its dashboard there too (`Config.web_host`)
+    host: str | None = None
     #: 9000 for charge points, 9080 for people
     port: Port = 9080
     #: the dashboard's login (`ocpp-appliance hash-password`); without it the dashboard
@@ -329,6 +331,11 @@ class Config(_Table, frozen=True):
     def subprotocols(self) -> list[str]:
         """Enabled subprotocols, newest first (the order of preference)."""
         return [name for name, dialect in DIALECTS.items() if getattr(self, dialect.config_key)]
+
+    @property
+    def web_host(self) -> str:
+        """Where the dashboard listens: `[web] host`, else the OCPP `host`."""
+        return self.web.host if self.web.host is not None else self.host
 
     def upstream_password(self, upstream: Upstream) -> str | None:
         """An upstream's password: its own, or its file's first line (read at each
@@ -922,7 +929,8 @@ id_tokens = []                  # e.g. ["04A2B3C4D5E6F7"]: only these RFID/idTok
 # The web dashboard and HTTP API: http://<box>:9080/ (https:// with [tls])
 [web]
 enabled = true
-host = "0.0.0.0"                # listen address; keep it on the LAN (or behind TLS)
+# host = "0.0.0.0"              # default: where the OCPP port listens (`host` above);
+#                               # keep it on the LAN (or behind TLS)
 port = 9080
 # password_hash = "scrypt$ln=15,r=8,p=1$..."   # the dashboard's login (`ocpp-appliance
 #                                              # hash-password`); without it: read-only

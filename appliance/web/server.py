@@ -49,7 +49,7 @@ STALLED_MS = 3_000
 
 def bind(config: Config) -> socket.socket:
     """The web port, bound and listening (OSError if it cannot be had)."""
-    host = config.web.host or "0.0.0.0"
+    host = config.web_host
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
