@@ -46,6 +46,8 @@ class Fleet(Protocol):
     options: Options
     stats: Stats
     stopping: bool
+    #: some charge point of the fleet got in (fleet.Fleet)
+    reached: bool
     ssl_context: ssl.SSLContext | None
     schemas: dict[str, SchemaSet]
 
@@ -150,7 +152,9 @@ class ChargePoint:
 
     async def run(self) -> None:
         """Connect, live, reconnect: until the fleet stops. A first connection that
-        fails is fatal (a wrong URL or password should stop the run at once)."""
+        fails before any charge point of the fleet got in is fatal (a wrong URL or
+        password should stop the run at once); after that it is retried (a storm of
+        a thousand at once may see a timeout or a 503)."""
         delay = RECONNECT_SEC[0]
         first = True
         with self._run_scope:
@@ -164,7 +168,7 @@ class ChargePoint:
                         context=self.fleet.ssl_context,
                     )
                 except ConnectError as exc:
-                    if first:
+                    if first and not self.fleet.reached:
                         self.fleet.fatal(str(exc))
                         return
                     self.fleet.stats.error("reconnect failed")
@@ -173,6 +177,7 @@ class ChargePoint:
                     await trio.sleep(wait)
                     delay = min(delay * 2, RECONNECT_SEC[1])
                     continue
+                self.fleet.reached = True
                 if not first:
                     self.fleet.stats.reconnects += 1
                 again = "reconnected" if not first else "connected"

@@ -43,6 +43,9 @@ class Fleet:
         self.stats = Stats()
         self.stopping = False
         self.error: str | None = None
+        #: a charge point got in: a later first connection that fails is a storm's
+        #: casualty (retried), not a wrong URL or password (fatal)
+        self.reached = False
         versions = _versions(options.protocol, options.count)
         self.schemas = {v: SchemaSet(DIALECTS[v]) for v in set(versions)}
         self.ssl_context: ssl.SSLContext | None = None
