@@ -120,6 +120,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
     else:
         print(reader.status_table(rows), end="")
+        print(reader.upstream_lines(rows), end="")
         if config.central is not None:
             print(_central_line(config))
         why = _down_now(config)

@@ -72,6 +72,26 @@ def status_table(rows: list[dict[str, Any]]) -> str:
     return _table(header, body)
 
 
+def upstream_lines(rows: list[dict[str, Any]], now: float | None = None) -> str:
+    """README "A second backend": a line per charge point and upstream."""
+    lines = []
+    for row in rows:
+        for name, link in sorted((row.get("upstreams") or {}).items()):
+            since = age(link.get("since"), now)
+            if link.get("connected"):
+                said = f"connected for {since}"
+            else:
+                said = f"not connected for {since}"
+                if link.get("reason"):
+                    said += f" ({link['reason']})"
+            waiting = link.get("waiting") or 0
+            lines.append(
+                f"upstream {name} of {row['identity']}: {said};"
+                f" {waiting} transaction message{'' if waiting == 1 else 's'} waiting\n"
+            )
+    return "".join(lines)
+
+
 def states_table(states: list[dict[str, Any]]) -> str:
     body = [
         [
@@ -100,6 +120,7 @@ __all__ = [
     "states",
     "states_table",
     "status_table",
+    "upstream_lines",
     "wait_done",
     "write_controls",
 ]

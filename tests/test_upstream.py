@@ -446,8 +446,10 @@ def test_with_authorize_upstream_the_upstreams_verdict_on_a_token_holds(start_ap
     assert found["BAD1"] == "Blocked" and found["GOOD1"] == "Accepted"
     local_id, status = found["start"]
     assert status == "Blocked" and local_id < 5001  # the appliance's own number
+    # the start's verdict is written after the Authorize ones (maybe a commit later)
     said = appliance.wait_rows(
         "SELECT val FROM states WHERE id = 'UP-5.upstream.billing.authorization'"
+        " AND val LIKE 'StartTransaction%'"
     )
     assert said == [("StartTransaction: the upstream's verdict, Blocked",)]
     upstream.stop()

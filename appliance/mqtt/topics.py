@@ -207,6 +207,16 @@ _SENSORS: list[tuple[str, str, dict[str, Any]]] = [
          "payload_off": "0", "entity_category": "diagnostic"},
     ),
     (
+        # README "A second backend": on while every upstream of the charge point is
+        # connected; each one's state (connected, since, waiting, reason) as attributes
+        "binary_sensor",
+        "upstreams",
+        {"name": "Upstream connected", "device_class": "connectivity",
+         "entity_category": "diagnostic", "json_attributes_topic": "upstreams",
+         "value_template": "{{ None if not value else ('ON' if (value | from_json).values()"
+         " | rejectattr('connected') | list | length == 0 else 'OFF') }}"},
+    ),
+    (
         "binary_sensor",
         "charging",
         {"name": "Charging", "device_class": "battery_charging", "state_topic": "state",
@@ -285,8 +295,9 @@ def discovery(
     for platform, object_id, template in [*_SENSORS, _limit(extra)]:
         config = dict(template)
         config["state_topic"] = f"{here}/{config.get('state_topic', object_id)}"
-        if "command_topic" in config:
-            config["command_topic"] = f"{here}/{config['command_topic']}"
+        for topic in ("command_topic", "json_attributes_topic"):
+            if topic in config:
+                config[topic] = f"{here}/{config[topic]}"
         if platform == "sensor" and "value_template" not in config:
             config["value_template"] = _EMPTY_IS_UNKNOWN
         if platform == "button":

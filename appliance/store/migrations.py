@@ -4,6 +4,7 @@ opened: WAL, synchronous=FULL, a busy timeout."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -393,7 +394,41 @@ MIGRATIONS.append(
     """
 )
 
+_UPSTREAMS_AFTER = """(SELECT val FROM states WHERE id = cp.prefix || '.control.chargeLimitType')
+            AS charge_limit_unit"""
+assert MIGRATIONS[5].count(_UPSTREAMS_AFTER) == 1
+MIGRATIONS.append(
+    # 10: each upstream's state in charge_point_status (issue 24, README "A second
+    # backend"): {name: {connected, since, waiting, reason}} as JSON, NULL without one;
+    # `since` is when `connected` last changed
+    MIGRATIONS[5].replace(
+        _UPSTREAMS_AFTER,
+        _UPSTREAMS_AFTER
+        + """,
+        (SELECT CASE WHEN count(*) > 0 THEN json_group_object(
+            substr(u.id, length(cp.prefix) + 11, length(u.id) - length(cp.prefix) - 20),
+            json_object(
+                'connected', json(CASE WHEN u.val THEN 'true' ELSE 'false' END),
+                'since', u.lc,
+                'waiting', (SELECT val FROM states
+                    WHERE id = substr(u.id, 1, length(u.id) - 10) || '.waiting'),
+                'reason', (SELECT val FROM states
+                    WHERE id = substr(u.id, 1, length(u.id) - 10) || '.reason'))) END
+            FROM states AS u
+            WHERE u.id > cp.prefix || '.upstream.' AND u.id < cp.prefix || '.upstream/'
+                AND u.id GLOB '*.connected') AS upstreams""",
+    )
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def status_row(row: sqlite3.Row) -> dict[str, object]:
+    """A charge_point_status row as readers hand it out: `upstreams` decoded from JSON."""
+    found = dict(row)
+    if isinstance(found.get("upstreams"), str):
+        found["upstreams"] = json.loads(found["upstreams"])
+    return found
 
 
 class NewerSchema(sqlite3.DatabaseError):

@@ -18,6 +18,7 @@ from typing import Any
 
 from appliance.errors import DatabaseUnavailable, ReaderError
 from appliance.store.commands import write_controls as _write
+from appliance.store.migrations import status_row
 
 _NO_DATABASE = "no database at {} (has `ocpp-appliance serve` run with this config?)"
 
@@ -165,7 +166,7 @@ def _read(path: Path) -> Iterator[sqlite3.Connection]:
 def charge_points(path: Path) -> list[dict[str, Any]]:
     with _read(path) as db:
         rows = db.execute("SELECT * FROM charge_point_status ORDER BY identity").fetchall()
-    return [dict(row) for row in rows]
+    return [status_row(row) for row in rows]
 
 
 def states(path: Path, pattern: str) -> list[dict[str, Any]]:

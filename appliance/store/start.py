@@ -137,7 +137,8 @@ def read_start_state(connection: sqlite3.Connection) -> Opened:
     with connection:
         connection.execute(
             "UPDATE states SET val = 0, ack = 1, ts = ?1,"
-            " lc = CASE WHEN val IS 0 THEN lc ELSE ?1 END WHERE id LIKE '%.info.connected'",
+            " lc = CASE WHEN val IS 0 THEN lc ELSE ?1 END WHERE id LIKE '%.info.connected'"
+            " OR id GLOB '*.upstream.*.connected'",
             (now,),
         )
         connection.execute(

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from appliance.store.migrations import BUSY_TIMEOUT_MS
+from appliance.store.migrations import BUSY_TIMEOUT_MS, status_row
 
 #: at most this many points per series in one answer: a phone draws 500 points as fast as
 #: 50, and a week of 10 s samples (60 480) would be a 2 MB answer
@@ -80,11 +80,14 @@ class WebReader:
 
     def charge_points(self) -> list[dict[str, Any]]:
         """_CHARGE_POINTS, by identity."""
-        return self._rows(f"{_CHARGE_POINTS} ORDER BY s.identity")
+        return self._statuses(f"{_CHARGE_POINTS} ORDER BY s.identity")
 
     def charge_point(self, identity: str) -> dict[str, Any] | None:
-        rows = self._rows(f"{_CHARGE_POINTS} WHERE s.identity = ?", identity)
+        rows = self._statuses(f"{_CHARGE_POINTS} WHERE s.identity = ?", identity)
         return rows[0] if rows else None
+
+    def _statuses(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        return [status_row(row) for row in self._db().execute(sql, params).fetchall()]
 
     def states(self, pattern: str) -> list[dict[str, Any]]:
         return self._rows(

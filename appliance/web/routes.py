@@ -78,6 +78,7 @@ class Web:
         self.templates.env.filters["ago"] = _ago
         self.templates.env.filters["localtime"] = _localtime
         self.templates.env.filters["lasting"] = _lasting
+        self.templates.env.filters["upstreams"] = _upstreams
         # a secret's value is shown as this (README "What is protected"): its field starts
         # empty, so that "Set" never sends the mask to the charge point
         self.templates.env.globals["MASK"] = MASK
@@ -169,6 +170,20 @@ def _duration(ms: int | float) -> str:
 def _lasting(ms: Any) -> str:
     """How long since `ms`, for a running session."""
     return _duration(_now_ms() - ms) if isinstance(ms, int | float) else ""
+
+
+def _upstreams(upstreams: Any) -> str:
+    """README "A second backend": each upstream's state in a line (app.js `upstreams`
+    writes the same text live)."""
+    said = []
+    for name, link in sorted((upstreams or {}).items()):
+        text = f"{name}: connected" if link.get("connected") else f"{name}: not connected"
+        if not link.get("connected") and link.get("reason"):
+            text += f" ({link['reason']})"
+        if link.get("waiting"):
+            text += f", {link['waiting']} waiting"
+        said.append(text)
+    return " · ".join(said)
 
 
 def _ago(ms: Any) -> str:

@@ -24,6 +24,17 @@ function fmt(value, digits) {
   return digits === 0 ? String(Math.round(value)) : Number(value).toFixed(digits);
 }
 
+// the same text as the templates' `upstreams` filter (routes.py)
+function upstreams(links) {
+  return Object.keys(links || {}).sort().map((name) => {
+    const link = links[name];
+    let text = name + (link.connected ? ": connected" : ": not connected");
+    if (!link.connected && link.reason) text += ` (${link.reason})`;
+    if (link.waiting) text += `, ${link.waiting} waiting`;
+    return text;
+  }).join(" · ");
+}
+
 function ago(ms) {
   if (!ms) return "-";
   const s = Math.max(0, (Date.now() - ms) / 1000);
@@ -90,6 +101,7 @@ function applyStatus(root, row) {
   set("tx_energy_kwh", fmt(row.tx_energy_kwh, 3));
   set("tx_active", row.tx_active ? "· running for" : "");
   set("connected", row.connected ? "yes" : "no");
+  set("upstreams", upstreams(row.upstreams));
   set("charge_limit", row.charge_limit === null ? "none" : `${row.charge_limit} ${row.charge_limit_unit || ""}`.trim());
   for (const el of root.querySelectorAll('[data-field="last_seen"]')) {
     el.dataset.ms = row.last_seen || "";
