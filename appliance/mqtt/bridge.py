@@ -53,6 +53,9 @@ class Bridge:
         self._outcomes_since = _now_ms()
         self._outcomes_seen: set[tuple[str, int]] = set()
         self._states_since: int | None = None
+        #: counts the connections to the broker (README "Home Assistant and MQTT":
+        #: everything again on each)
+        self._connection = 0
         self._broker: Broker | None = None
         #: the last failure logged: one line per outage, not one per retry
         self._reported: str | None = None
@@ -129,6 +132,7 @@ class Bridge:
                 log.info("MQTT: connected to %s", broker.where)
                 self._reported = None
                 self._published.clear()  # the broker may have lost everything: all again
+                self._connection += 1  # a look already under way is from before: dropped
                 if self.settings.publish_all:
                     self._states_since = 0  # every state, not only those changed since
                 self._force = True
@@ -193,6 +197,7 @@ class Bridge:
         while True:
             if broker.up:
                 force, self._force = self._force, False
+                connection = self._connection
                 snapshot = await trio.to_thread.run_sync(
                     reader.look,
                     force,
@@ -200,7 +205,13 @@ class Bridge:
                     self._states_since,
                     limiter=self.limiter,
                 )
-                self._publish(broker, snapshot)
+                if connection == self._connection:
+                    self._publish(broker, snapshot)
+                else:
+                    # the broker reconnected meanwhile: this look must not move
+                    # `_states_since` past what the new connection has yet to get
+                    self._force = True
+                    continue
             with trio.move_on_after(self.settings.min_interval_sec):
                 await self._wake.wait()
             self._wake = trio.Event()
