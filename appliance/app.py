@@ -24,6 +24,7 @@ from appliance import __version__
 from appliance import config as configuration
 from appliance.config import Config, ConfigError
 from appliance.controls import Controls
+from appliance.domain import clock
 from appliance.readings import Readings
 from appliance.rpc import DIALECTS, SchemaSet
 from appliance.security.policy import Policy, config_warnings
@@ -33,6 +34,7 @@ from appliance.store import (
     MetaValue,
     Opened,
     Retention,
+    SessionsShifted,
     Store,
     StoreError,
     TransactionIds,
@@ -40,6 +42,8 @@ from appliance.store import (
 )
 from appliance.store.migrations import NewerSchema
 from appliance.store.queries import ALIVE_KEY, HEARTBEAT_SEC, STOPPED_KEY, explain
+from appliance.store.queries import heartbeat as last_heartbeat
+from appliance.store.start import OPEN_SESSION_MAX_AGE_MS
 from appliance.transport import Server
 from appliance.tree import Tree
 from appliance.upstream import Upstreams
@@ -202,6 +206,65 @@ async def heartbeat(
         store.put(MetaValue(ALIVE_KEY, now_ms()))
 
 
+#: how often the clock is looked at while nothing else reads it (seconds)
+CLOCK_CHECK_SEC = 1.0
+
+
+async def watch_clock(
+    store: Store, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """The appliance's clock (`domain.clock`): the previous run's last sign of life is
+    the first time it knows (while the system's clock is not synchronised, `currentTime`
+    is never earlier); a step of the clock moves the running sessions onto the new clock;
+    a step is noticed within CLOCK_CHECK_SEC even while no charge point talks, and the
+    log says when the clock becomes synchronised or stops being so."""
+    try:
+        alive, stopped = await trio.to_thread.run_sync(last_heartbeat, store.path)
+    except Exception:  # an older file without them, or one that cannot be read now
+        alive = stopped = None
+    last = max(alive or 0, stopped or 0)
+    if last:
+        clock.CLOCK.learn(last / 1000, own=True)
+
+    def shift(step: clock.Step) -> None:
+        since = int(step.before * 1000) - OPEN_SESSION_MAX_AGE_MS
+        store.put(SessionsShifted(round(step.by * 1000), since))
+
+    unsubscribe = clock.CLOCK.subscribe(shift)
+    try:
+        if clock.CLOCK.seam is not None:
+            log.warning(
+                "clock: $%s is set: this process's clock follows %s (for tests)",
+                clock.SEAM_ENV,
+                clock.CLOCK.seam,
+            )
+        synchronised = clock.synchronised()
+        if not synchronised:
+            log.info(
+                "clock: the system says its clock is not synchronised: BootNotification"
+                " and Heartbeat answer the newest time the appliance knows (%s)",
+                clock.current_time(),
+            )
+        task_status.started()
+        while True:
+            await trio.sleep(CLOCK_CHECK_SEC)
+            clock.CLOCK.check()
+            now = clock.synchronised()
+            if now != synchronised:
+                synchronised = now
+                if now:
+                    log.info("clock: the system's clock is synchronised now: %s", clock.iso_now())
+                else:
+                    log.info(
+                        "clock: the system's clock is not synchronised any more:"
+                        " BootNotification and Heartbeat answer the newest time the"
+                        " appliance knows (%s)",
+                        clock.current_time(),
+                    )
+    finally:
+        unsubscribe()
+
+
 #: how often the appliance looks whether memory can go back to the system (seconds)
 TRIM_SEC = 20
 #: RSS growth since the last trim that makes a peak (bytes)
@@ -294,6 +357,19 @@ def unready(server: Server, store: Store) -> str | None:
     return why
 
 
+def status(server: Server, store: Store) -> dict[str, Any]:
+    """`GET /api/status`: what `/healthz` says (`ok`, or why not), the database writer's
+    health and the disk guard's state (README "Storage design"). `notice`: one line while
+    the disk guard is on (a 200 of `/healthz` carries it), else None."""
+    why = unready(server, store)
+    return {
+        "healthz": why or "ok",
+        "database": store.health,
+        "disk": store.disk.as_dict(),
+        "notice": store.disk.notice,
+    }
+
+
 @contextlib.asynccontextmanager
 async def running(config: Config, policy: Policy | None = None) -> AsyncIterator[Running]:
     """The appliance, serving until the block ends; then every connection is closed with
@@ -317,6 +393,7 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
             config.storage.meter_values_keep_days,
             replicated=config.central is not None,
         ),
+        config.storage.min_free_disk_mb,
     )
     try:
         opened = await trio.to_thread.run_sync(open_store, store)
@@ -339,6 +416,7 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
             # stale commands are swept before the first charge point can connect
             await nursery.start(controls.run)
             await nursery.start(readings.run)
+            await nursery.start(watch_clock, store)
             await nursery.start(heartbeat, store)
             trim = malloc_trim()
             if trim is not None:
@@ -355,7 +433,11 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
                 from appliance.web import Dashboard
 
                 running.dashboard = Dashboard(
-                    lambda: stations.config, stations, web_socket, lambda: unready(server, store)
+                    lambda: stations.config,
+                    stations,
+                    web_socket,
+                    lambda: unready(server, store),
+                    lambda: status(server, store),
                 )
                 await nursery.start(running.dashboard.run)
                 log.info(

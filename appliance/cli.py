@@ -123,6 +123,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(reader.upstream_lines(rows), end="")
         if config.central is not None:
             print(_central_line(config))
+        print(reader.disk_line(config.database_path, config.storage.min_free_disk_mb), end="")
         why = _down_now(config)
         if why is not None:
             print(

@@ -37,6 +37,7 @@ ValidationMode = Literal["lenient", "strict"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 Positive = Annotated[int, msgspec.Meta(gt=0)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 NotEmpty = Annotated[str, msgspec.Meta(min_length=1)]
@@ -54,6 +55,11 @@ class Storage(_Table, frozen=True):
     commit_interval_ms: Positive = 1000
     messages_keep_days: PositiveSeconds = 30
     meter_values_keep_days: PositiveSeconds = 365
+    #: the disk guard (README "Storage design"): below this much free space on the
+    #: database's file system, the frames of MeterValues, Heartbeat and StatusNotification
+    #: are not stored, below half of it the payload states neither; 0: no guard. 100 MB
+    #: leaves an SD card room for the system's own writes (journal, updates)
+    min_free_disk_mb: NonNegative = 100
 
 
 class Limits(_Table, frozen=True):
@@ -62,6 +68,15 @@ class Limits(_Table, frozen=True):
     max_frame_bytes: Positive = 1_048_576
     handshake_timeout_sec: PositiveSeconds = 10
     max_connections: Positive = 1000
+    #: TLS and WebSocket handshakes in progress at once: a storm of reconnects waits in
+    #: the kernel's listen backlog (not accepted, no memory of ours), and the connections
+    #: already up keep their share of the event loop (README "Bad peers")
+    max_handshakes: Positive = 32
+    #: open OCPP connections from one source address; 0: no cap of its own (charge points
+    #: behind one router, or HAProxy, share an address: README "Bad peers")
+    max_connections_per_address: NonNegative = 0
+    #: handshakes in progress from one source address; 0: no cap of its own
+    max_handshakes_per_address: NonNegative = 0
     # OCPP payloads nest about 8 levels deep (2.x NotifyReport, charging profiles); 64
     # leaves room for vendor data and keeps the JSON parser's recursion far from its limit.
     max_json_depth: Positive = 64
@@ -156,6 +171,11 @@ class Web(_Table, frozen=True):
     #: hashes of API tokens for scripts (`ocpp-appliance web-token` prints a token and
     #: its hash): `Authorization: Bearer <token>`. Secret: never printed.
     api_token_hashes: list[str] = msgspec.field(default_factory=list)
+    #: open connections from one source address; more are refused at once (http: 503,
+    #: https: reset); 0: no cap. A browser opens up to 6 and each open page holds one
+    #: event stream (at most 100 in all): room for a household or an office behind one
+    #: router, or a reverse proxy, and far from the descriptors a flood would take
+    max_connections_per_address: NonNegative = 128
 
     def __repr__(self) -> str:
         return f"Web(enabled={self.enabled!r}, host={self.host!r}, port={self.port!r}, ...)"
@@ -896,11 +916,16 @@ validation = "lenient"          # lenient: record nearly-compliant messages and 
 commit_interval_ms = 1000       # group commit: at most this much is lost on power loss
 messages_keep_days = 30
 meter_values_keep_days = 365
+min_free_disk_mb = 100          # disk guard: below it, high-rate frames are not stored
 
 [limits]
 max_frame_bytes = 1048576       # larger frames close the connection (1009)
 handshake_timeout_sec = 10      # a peer that has not upgraded by then is dropped
-max_connections = 1000          # more are refused with HTTP 503
+max_connections = 1000          # more are refused with HTTP 503 (Retry-After: 30)
+max_handshakes = 32             # TLS/WebSocket handshakes at once; more wait, not accepted
+max_connections_per_address = 0 # per source address; 0: no cap of its own (charge
+                                # points behind one router or HAProxy share an address)
+max_handshakes_per_address = 0  # per source address; 0: no cap of its own
 max_json_depth = 64             # deeper payloads are refused as malformed
 
 [device_model]
@@ -936,6 +961,7 @@ port = 9080
 #                                              # hash-password`); without it: read-only
 # api_token_hashes = ["sha256$..."]            # `ocpp-appliance web-token` prints a token
 #                                              # for scripts and the hash to put here
+max_connections_per_address = 128 # per source address; more: 503 (https: reset); 0: off
 
 # MQTT with Home Assistant discovery (README "Home Assistant and MQTT"): uncomment
 # [mqtt]

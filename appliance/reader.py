@@ -5,11 +5,14 @@ appliance may be running; this opens connections of its own."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
+from appliance.store.disk import MB, Level, describe, free_bytes, level_for
 from appliance.store.queries import (
     carry_out,
     charge_points,
+    disk_guard,
     explain,
     heartbeat,
     is_down,
@@ -92,6 +95,43 @@ def upstream_lines(rows: list[dict[str, Any]], now: float | None = None) -> str:
     return "".join(lines)
 
 
+#: less free space than this is a full disk (SQLite needs a few pages per commit)
+FULL = MB
+
+
+def disk_line(database: Path, floor_mb: int, now: float | None = None) -> str:
+    """README "Storage design": a line while the disk guard is on (as the appliance last
+    said, with the free space now), or while the free space is below the floor whatever
+    the appliance said (it may be stopped, or unable to write even that); else nothing."""
+    folder = database.absolute().parent
+    free = free_bytes(folder)
+    guard = disk_guard(database) or {}
+    level = guard.get("guard")
+    if free is not None and free < FULL:
+        return (
+            f"disk full: {free // MB} MB free in {folder}: the appliance cannot write its"
+            " database; it answers charge points on and keeps their rows in memory until"
+            " there is space\n"
+        )
+    if level in ("frames", "leaves"):
+        since = age(guard.get("since"), now)
+        said = Level[level.upper()]
+        # the free space now: the level the appliance's next check comes to
+        level = said if free is None else level_for(free, floor_mb * MB, said)
+        if level is Level.OFF:
+            return (
+                f"disk guard on since {since} ago; {free // MB if free else 0} MB free in"
+                f" {folder} now: a running appliance lifts it within seconds\n"
+            )
+        return f"disk guard {describe(level, free, floor_mb, folder)} (since {since} ago)\n"
+    if floor_mb and free is not None and free < floor_mb * MB:
+        return (
+            f"disk: {free // MB} MB free in {folder}, below [storage] min_free_disk_mb ="
+            f" {floor_mb}: the disk guard is on while the appliance runs\n"
+        )
+    return ""
+
+
 def states_table(states: list[dict[str, Any]]) -> str:
     body = [
         [
@@ -110,6 +150,8 @@ __all__ = [
     "age",
     "carry_out",
     "charge_points",
+    "disk_guard",
+    "disk_line",
     "explain",
     "heartbeat",
     "is_down",

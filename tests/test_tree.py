@@ -433,7 +433,7 @@ VIEW_COLUMNS = [
     "energy_kwh", "voltage_l1", "voltage_l2", "voltage_l3", "current_l1", "current_l2",
     "current_l3", "power_l1", "power_l2", "power_l3", "tx_active", "tx_energy_kwh",
     "charge_limit", "number_phases", "last_seen", "state", "last_reading", "reading_age_s",
-    "charge_limit_unit",
+    "charge_limit_unit", "upstreams",
 ]  # fmt: skip
 
 

@@ -110,6 +110,9 @@ class Upstream:
     """A central system on a `websockets` server in a thread of its own: one `ocpp`
     ChargePoint (CSMS side) per connection; every frame it receives is kept, parsed."""
 
+    #: the CSMS side's handlers per subprotocol (tests/test_upstream_more.py adds 2.1)
+    handlers: ClassVar[dict[str, type]] = {"ocpp1.6": Csms16, "ocpp2.0.1": Csms201}
+
     def __init__(self, version: str, port: int | None = None) -> None:
         self.version = version
         self.port = port or free_port()
@@ -155,7 +158,7 @@ class Upstream:
             async def send(self, text: str) -> None:
                 await ws.send(text)
 
-        kind = Csms16 if self.version == "ocpp1.6" else Csms201
+        kind = self.handlers[self.version]
         peer = kind(identity, Recording(), response_timeout=10)
         self.peers[identity] = peer
         with contextlib.suppress(websockets.ConnectionClosed):

@@ -159,6 +159,7 @@ class ChargePoint:
         first = True
         with self._run_scope:
             while not self.fleet.stopping:
+                connecting = time.perf_counter()
                 try:
                     ws = await open_websocket(
                         self.options.url,
@@ -179,7 +180,7 @@ class ChargePoint:
                     continue
                 self.fleet.reached = True
                 if not first:
-                    self.fleet.stats.reconnects += 1
+                    self.fleet.stats.reconnected(time.perf_counter() - connecting)
                 again = "reconnected" if not first else "connected"
                 self.fleet.notice(f"{self.identity} {again} to {self.options.url} ({self.version})")
                 first, delay = False, RECONNECT_SEC[0]

@@ -38,6 +38,8 @@ class Stats:
     reconnects: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
+    #: seconds from the TCP connect to the 101 of each reconnection (a storm's cost)
+    reconnect_handshakes: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
     def call_done(self, seconds: float) -> None:
@@ -45,14 +47,20 @@ class Stats:
         if len(self.latencies) < MAX_LATENCY_SAMPLES:
             self.latencies.append(seconds)
 
+    def reconnected(self, handshake_seconds: float) -> None:
+        self.reconnects += 1
+        if len(self.reconnect_handshakes) < MAX_LATENCY_SAMPLES:
+            self.reconnect_handshakes.append(handshake_seconds)
+
     def error(self, kind: str) -> None:
         self.errors[kind] += 1
 
     def summary(self, options: Options, protocols: dict[str, int]) -> dict[str, Any]:
         elapsed = time.perf_counter() - self.started
         ordered = sorted(self.latencies)
+        handshakes = sorted(self.reconnect_handshakes)
 
-        def ms(q: float) -> float | None:
+        def ms(q: float, ordered: list[float] = ordered) -> float | None:
             if not ordered:
                 return None
             return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
@@ -71,5 +79,8 @@ class Stats:
             "sessions": self.sessions,
             "answered_csms_calls": self.answered,
             "reconnects": self.reconnects,
+            "reconnect_handshake_p50_ms": ms(0.5, handshakes),
+            "reconnect_handshake_p99_ms": ms(0.99, handshakes),
+            "reconnect_handshake_max_ms": ms(1.0, handshakes),
             "errors": dict(self.errors),
         }

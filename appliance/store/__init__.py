@@ -16,6 +16,7 @@ from appliance.store.rows import (
     MetaValue,
     MeterValueRow,
     MeterValueRows,
+    SessionsShifted,
     StateWrite,
     TransactionRow,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "MeterValueRows",
     "Opened",
     "Retention",
+    "SessionsShifted",
     "StateWrite",
     "Store",
     "StoreError",

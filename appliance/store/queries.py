@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import sqlite3
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 from appliance.errors import DatabaseUnavailable, ReaderError
 from appliance.store.commands import write_controls as _write
+from appliance.store.disk import META_KEY as DISK_META_KEY
 from appliance.store.migrations import status_row
 
 _NO_DATABASE = "no database at {} (has `ocpp-appliance serve` run with this config?)"
@@ -243,6 +245,20 @@ def _heartbeat(db: sqlite3.Connection) -> tuple[int | None, int | None]:
         int(alive) if isinstance(alive, int | float) else None,
         int(stopped) if isinstance(stopped, int | float) else None,
     )
+
+
+def disk_guard(path: Path) -> dict[str, Any] | None:
+    """The disk guard as the running appliance last changed it (README "Storage
+    design"); None where the database has none (an appliance older than the guard)."""
+    with _read(path) as db:
+        found = db.execute("SELECT value FROM meta WHERE key = ?", (DISK_META_KEY,)).fetchone()
+    if found is None or not isinstance(found[0], str):
+        return None
+    try:
+        guard = json.loads(found[0])
+    except ValueError:
+        return None
+    return guard if isinstance(guard, dict) else None
 
 
 def heartbeat(path: Path) -> tuple[int | None, int | None]:

@@ -140,6 +140,15 @@ class InForce(NamedTuple):
     id: str
 
 
+class SessionsShifted(NamedTuple):
+    """The appliance's clock stepped by `by_ms`: the sessions running then (updated
+    since `since_ms`, on the old clock) move onto the new one (`received_at`,
+    `updated_at`), so that `updated_at − received_at` stays how long they ran."""
+
+    by_ms: int
+    since_ms: int
+
+
 class MetaValue(NamedTuple):
     """A key of the appliance's own bookkeeping (`meta`)."""
 
@@ -233,6 +242,7 @@ Row = (
     | MeterValueRow
     | TransactionRow
     | MetaValue
+    | SessionsShifted
     | ControlOutcome
     | InForce
     | Replicated

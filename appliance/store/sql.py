@@ -12,6 +12,7 @@ from appliance.store.rows import (
     MetaValue,
     MeterValueRow,
     Replicated,
+    SessionsShifted,
     TransactionRow,
     UpstreamDelivered,
     UpstreamQueued,
@@ -68,6 +69,12 @@ TRANSACTION_EVENT = (
     " offline = offline OR excluded.offline,"
     " updated_at = excluded.updated_at"
 )
+# README "Storage design": a step of the appliance's clock moves the running sessions
+# onto the new clock
+SHIFT_SESSIONS = (
+    "UPDATE transactions SET received_at = received_at + ?1, updated_at = updated_at + ?1"
+    " WHERE stopped_at IS NULL AND updated_at >= ?2"
+)
 SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 SET_OUTCOME = (
     "INSERT OR REPLACE INTO control_outcomes (id, ts, value, ok, response, error, in_force,"
@@ -117,6 +124,7 @@ STATEMENT: dict[type, str] = {
     MeterValueRow: INSERT_METER_VALUE,
     TransactionRow: TRANSACTION_EVENT,
     MetaValue: SET_META,
+    SessionsShifted: SHIFT_SESSIONS,
     ControlOutcome: SET_OUTCOME,
     InForce: SET_IN_FORCE,
     Replicated: SET_REPLICATED,

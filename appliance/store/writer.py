@@ -28,12 +28,23 @@ from typing import Any
 
 import trio
 
-from appliance.domain import jsontext
+from appliance.domain import clock, jsontext
+from appliance.store.disk import (
+    HIGH_RATE_ACTIONS,
+    PAYLOAD_STATE,
+    DiskGuard,
+    Level,
+    describe,
+    free_bytes,
+    mb,
+)
+from appliance.store.disk import META_KEY as DISK_META_KEY
 from appliance.store.migrations import NewerSchema, connect, create_private, migrate
 from appliance.store.retention import Retention, prune
 from appliance.store.rows import (
     CommandDone,
     DefaultStates,
+    FrameRow,
     Item,
     LazyStates,
     Meta,
@@ -46,9 +57,11 @@ from appliance.store.sql import (
     APPENDED,
     CHUNK_SIZES,
     COMMAND_DONE,
+    INSERT_MESSAGE,
     INSERT_METER_VALUE,
     INSERT_STATE_DEFAULT,
     MULTI_ROW,
+    SET_META,
     SHED_ORDER,
     STATEMENT,
     UPSERT_OBJECT,
@@ -63,8 +76,8 @@ class StoreError(Exception):
     """The database cannot be used (newer schema, not a database, unwritable)."""
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+#: the appliance's clock in ms (`domain.clock`: the one seam for the wall clock)
+now_ms = clock.wall_ms
 
 
 #: rows per write transaction when a backlog is written: a few tenths of a second of
@@ -96,6 +109,8 @@ LEAVES_REMEMBERED = 100_000
 
 #: a statement and its parameters, as the batch keeps them
 _Pending = tuple[str, tuple[Any, ...]]
+#: where a FrameRow has its action (also on results: the action answered)
+_ACTION = FrameRow._fields.index("action")
 
 
 class _Batch:
@@ -183,6 +198,15 @@ class _Batch:
         latest.update(self._states)
         return latest
 
+    def drop_frames(self, actions: frozenset[str]) -> int:
+        """The disk guard: forget the frames of `actions` gathered so far; how many."""
+        frames = self.appended[INSERT_MESSAGE]
+        kept = [row for row in frames if row[_ACTION] not in actions]
+        dropped = len(frames) - len(kept)
+        if dropped:
+            frames[:] = kept
+        return dropped
+
     def shed(self, limit: int) -> str:
         """Drop the oldest frame copies, then meter values, until `limit` rows remain."""
         excess = self.size - len(self._states) - len(self._lazy) - limit
@@ -201,9 +225,15 @@ class _Batch:
 
 class Store:
     def __init__(
-        self, path: Path, commit_interval_ms: int = 1000, retention: Retention | None = None
+        self,
+        path: Path,
+        commit_interval_ms: int = 1000,
+        retention: Retention | None = None,
+        min_free_disk_mb: int = 0,
     ) -> None:
         self.path = path
+        #: README "Storage design": what is not stored while the disk is nearly full
+        self.disk = DiskGuard(path.absolute().parent, min_free_disk_mb)
         self.commit_interval = commit_interval_ms / 1000
         self.retention = retention or Retention()
         self._next_prune = time.monotonic() + PRUNE_EVERY_SEC
@@ -409,8 +439,54 @@ class Store:
                 MAX_PENDING_ROWS,
             )
 
+    def _guard(self, batch: _Batch, force: bool = False) -> None:
+        """The disk guard (README "Storage design"): read the free space (at once while
+        commits fail: a full disk), say a change once in the log and in `meta`, and
+        forget the frames the guard holds back."""
+        guard = self.disk
+        before = guard.level
+        level = guard.check(force=force or self._failing is not None)
+        if level is not None:
+            batch.rows.append((SET_META, (DISK_META_KEY, guard.meta_value())))
+            if level != before:
+                self._log_guard(before, level)
+        if guard.level >= Level.FRAMES:
+            guard.frames_dropped += batch.drop_frames(HIGH_RATE_ACTIONS)
+
+    def _log_guard(self, before: Level, level: Level) -> None:
+        guard = self.disk
+        if level > before:
+            log.warning(
+                "database: disk guard %s; transactions, meter values, the other states and"
+                " controls are stored; it lifts by itself at %d MB free",
+                describe(level, guard.free, guard.floor_mb, guard.folder),
+                guard.lifts_at_mb,
+            )
+        elif level is Level.OFF:
+            log.warning(
+                "database: disk guard off: %s MB free in %s, storing everything again (not"
+                " stored while it was on: %d frames, %d payload states)",
+                mb(guard.free),
+                guard.folder,
+                guard.frames_dropped,
+                guard.states_dropped,
+            )
+        else:
+            log.warning(
+                "database: disk guard eased: %s MB free in %s; payload states are stored"
+                " again, the frames of %s still not",
+                mb(guard.free),
+                guard.folder,
+                ", ".join(sorted(HIGH_RATE_ACTIONS)),
+            )
+
     def _write(self, connection: sqlite3.Connection, batch: _Batch) -> bool:
+        self._guard(batch)
         latest = batch.states()
+        held_back = 0
+        if self.disk.level >= Level.LEAVES:
+            kept = {i: v for i, v in latest.items() if not PAYLOAD_STATE.search(i)}
+            held_back, latest = len(latest) - len(kept), kept
         leaves = self._leaves
         state_rows = []
         written: list[tuple[str, tuple[type, Any]]] = []
@@ -452,15 +528,21 @@ class Store:
         except sqlite3.OperationalError as exc:
             # Locked by another process, disk full: keep everything, retry next interval.
             if self._failing is None:
+                detail, outlook = self._full(exc)
                 log.error(
-                    "database: cannot write (%s); answering charge points on, keeping"
-                    " %d rows in memory and retrying every %g s",
+                    "database: cannot write (%s%s); answering charge points on, keeping"
+                    " %d rows in memory and retrying every %g s%s",
                     exc,
+                    detail,
                     batch.size,
                     self.commit_interval,
+                    outlook,
                 )
+                if outlook:  # a full disk: the guard holds back what it can at once
+                    self._guard(batch, force=True)
             self._failing = str(exc)
             return False
+        self.disk.states_dropped += held_back
         for state_id, *meta in new_objects:
             self._described[state_id] = tuple(meta)
         leaves.update(written)
@@ -476,12 +558,24 @@ class Store:
         self.commits += 1
         return True
 
+    def _full(self, exc: sqlite3.OperationalError) -> tuple[str, str]:
+        """What the log adds when the disk is full: how full, and what becomes of the rows."""
+        if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+            return "", ""
+        return (
+            f": {mb(free_bytes(self.disk.folder))} MB free in {self.disk.folder}",
+            f"; they are written once there is space again (nothing is lost up to"
+            f" {MAX_PENDING_ROWS} rows; beyond, the oldest frame copies go first)",
+        )
+
     def _flush(self, connection: sqlite3.Connection, batch: _Batch) -> bool:
         """Write the gathered history ahead of the commit, without an fsync of its own:
         the commit at the end of the interval (synchronous = FULL) makes it durable
         with everything else, so at most one interval is lost, as before (README
         "Storage design"). A failure leaves the rows in the batch for the commit (and
         False: no more flushes this interval)."""
+        if self.disk.level >= Level.FRAMES:
+            self.disk.frames_dropped += batch.drop_frames(HIGH_RATE_ACTIONS)
         try:
             connection.execute("PRAGMA synchronous = NORMAL")
             try:

@@ -2,6 +2,15 @@
 nursery per charge point, keep-alive, replacement of a duplicate identity, the live
 config swap (SIGHUP) and the orderly close on shutdown.
 
+What a connection may cost before it is a charge point is bounded (README "Bad peers"):
+at most `[limits] max_handshakes` handshakes (TLS, then the HTTP upgrade) are in progress
+at once. The listener accepts a connection only when one of those places is free, so a
+reconnect storm waits in the kernel's listen backlog (the TCP handshake done by the
+kernel, nothing of ours allocated) and the connections already up keep their share of
+the event loop. Per source address, `max_handshakes_per_address` handshakes (more: the
+connection is reset at once, nothing read) and `max_connections_per_address` open
+connections (more: 503 with Retry-After, like `max_connections`).
+
 What a connection carries is not this module's business: each accepted `Link` (text
 messages in and out) is handed to `serve_link`, which the app sets to the station layer.
 This is also every connection's error boundary (README "Bad peers"): whatever escapes
@@ -10,8 +19,13 @@ from it is logged once with the identity and a traceback, the connection is clos
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import socket
 import ssl
+import struct
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -41,6 +55,15 @@ CHALLENGE = (("WWW-Authenticate", 'Basic realm="ocpp", charset="UTF-8"'),)
 #: (once per address and reason), not one per connection (RFC 6455 §7.4.1: protocol
 #: error, unsupported data, invalid UTF-8, message too big)
 ABUSE_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009})
+
+#: a 503 (a connection limit) asks the charge point to come back after this many seconds
+RETRY_AFTER_SEC = 30
+RETRY_AFTER = (("Retry-After", str(RETRY_AFTER_SEC)),)
+
+#: accept(2) errors that say the process or the system is out of something (descriptors,
+#: memory): the listener waits this long and tries again, the connections up carry on
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY_SEC = 0.1
 
 #: the KDF runs in worker threads, at most this many at once: a storm of guesses from
 #: many addresses then costs the appliance one core, not all of them
@@ -99,7 +122,13 @@ class Server:
         self.serve_link = serve_link
         #: the open connection of each identity
         self.links: dict[str, Link] = {}
+        #: TCP connections held: in the handshake or up
         self.streams = 0
+        #: per source address: handshakes in progress, and connections up
+        self.handshaking: Counter[str] = Counter()
+        self.connected: Counter[str] = Counter()
+        #: the places for handshakes in progress ([limits] max_handshakes)
+        self.handshakes = trio.CapacityLimiter(self.config.limits.max_handshakes)
         self._listening = trio.CancelScope()
         #: between `run` starting to accept and `shutdown` (or the listeners failing)
         self.accepting = False
@@ -116,6 +145,7 @@ class Server:
         """Put `policy` in force: new handshakes are judged by it at once, and connected
         charge points it no longer admits are closed (1008, policy violation)."""
         self.policy = policy
+        self.handshakes.total_tokens = policy.config.limits.max_handshakes
         for link in list(self.links.values()):
             reason = self.revoked(link)
             if reason is not None:
@@ -145,11 +175,48 @@ class Server:
                 task_status.started()
                 self.accepting = True
                 try:
-                    await trio.serve_listeners(
-                        self._handle, list(listeners), handler_nursery=nursery
-                    )
+                    async with trio.open_nursery() as acceptors:
+                        for listener in listeners:
+                            acceptors.start_soon(self._accept, listener, nursery)
                 finally:
                     self.accepting = False
+
+    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        """Accept a connection only when a handshake place is free: until then the
+        kernel keeps the others in the listen backlog."""
+        async with listener:
+            while True:
+                place = object()
+                await self.handshakes.acquire_on_behalf_of(place)
+                try:
+                    tcp = await listener.accept()
+                except OSError as exc:
+                    self.handshakes.release_on_behalf_of(place)
+                    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    self._cannot_accept(exc)
+                    await trio.sleep(ACCEPT_RETRY_SEC)
+                    continue
+                except BaseException:
+                    self.handshakes.release_on_behalf_of(place)
+                    raise
+                host, remote = _peer(tcp)
+                cap = self.config.limits.max_handshakes_per_address
+                if cap and self.handshaking[host] >= cap:
+                    # the handshake is what the cap bounds: not a byte is read or sent
+                    self.handshakes.release_on_behalf_of(place)
+                    reason = f"handshakes from this address at max_handshakes_per_address = {cap}"
+                    self._refused(None, host, remote, None, reason)
+                    _reset(tcp)
+                    continue
+                self.handshaking[host] += 1
+                nursery.start_soon(self._handle, tcp, host, remote, place)
+
+    def _cannot_accept(self, exc: OSError) -> None:
+        """Out of descriptors or memory: one line per 10 minutes, not one per attempt."""
+        report = self.reporter.refusal("-", f"accept: {exc.strerror}", trio.current_time())
+        if report.log:
+            log.error("cannot accept connections: %s; retrying%s", exc.strerror, report.log_note)
 
     def turning_away(self) -> str | None:
         """Why a new charge point would not be served now (not listening, the
@@ -170,12 +237,20 @@ class Server:
 
     # ------------------------------------------------------------------ handshake
 
-    async def _handle(self, tcp: trio.SocketStream) -> None:
+    async def _handle(self, tcp: trio.SocketStream, host: str, remote: str, place: object) -> None:
         self.streams += 1
+        handshaking = True
+
+        def handshake_over() -> None:
+            nonlocal handshaking
+            if handshaking:
+                handshaking = False
+                self.handshakes.release_on_behalf_of(place)
+                _discount(self.handshaking, host)
+
         try:
             # one policy judges the whole handshake, whatever a SIGHUP swaps meanwhile
             policy = self.policy
-            host, remote = _peer(tcp)
             limits = policy.config.limits
             handshake = ServerProtocol(
                 select_subprotocol=self._subprotocol_selector,
@@ -198,6 +273,9 @@ class Server:
                         tls_failure = f"TLS handshake failed: {_tls_failure(exc)}"
                 if tls_failure is None:
                     request = await _read_request(ws)
+            # the part the peer sets the pace of is over: the next one may start (what
+            # follows has bounds of its own: the address's Throttle, the KDF's thread)
+            handshake_over()
             if request is None:
                 reason = tls_failure or (
                     f"handshake not completed within {limits.handshake_timeout_sec:g} s"
@@ -216,7 +294,11 @@ class Server:
             else:
                 await ws.aclose()
         finally:
+            handshake_over()
             self.streams -= 1
+            # whatever way it ended, the socket is closed (a no-op when it was already)
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(tcp)
 
     @property
     def _subprotocol_selector(self) -> Any:
@@ -253,14 +335,14 @@ class Server:
             chosen = self._chosen_subprotocol(
                 request, response.headers.get("Sec-WebSocket-Protocol")
             )
-            self._admit(policy, identity, chosen, peer_certificate)
+            self._admit(policy, identity, chosen, peer_certificate, host)
             credential = policy.credentials.get(identity)
             if credential is not None:
                 await self._authenticate(credential, request, identity, host, chosen)
                 if self.policy is not policy:
                     # a SIGHUP came while the password was checked: the new rules decide
                     policy = self.policy
-                    self._admit(policy, identity, chosen, peer_certificate)
+                    self._admit(policy, identity, chosen, peer_certificate, host)
                     if policy.credentials.get(identity) != credential:
                         raise Refusal(401, "password changed during the handshake", chosen)
         except Refusal as refusal:
@@ -321,6 +403,7 @@ class Server:
         identity: str,
         subprotocol: str,
         peer_certificate: dict[str, Any] | None,
+        host: str,
     ) -> None:
         if not identity:
             raise Refusal(404, "no charge point identity in the URL path", subprotocol)
@@ -335,9 +418,19 @@ class Server:
                 raise Refusal(
                     403, f"client certificate CN ({shown}) is not the identity", subprotocol
                 )
-        limit = policy.config.limits.max_connections
-        if self.streams > limit:
-            raise Refusal(503, f"connection limit reached (max_connections = {limit})", subprotocol)
+        limits = policy.config.limits
+        if self.streams > limits.max_connections:
+            reason = f"connection limit reached (max_connections = {limits.max_connections})"
+            raise Refusal(503, reason, subprotocol, RETRY_AFTER)
+        cap = limits.max_connections_per_address
+        if cap:
+            # a charge point that reconnects replaces its old connection: that one does
+            # not count against it (it may be a half-dead one the router forgot)
+            old = self.links.get(identity)
+            replaced = 1 if old is not None and old.host == host else 0
+            if self.connected[host] - replaced >= cap:
+                reason = f"connections from this address at max_connections_per_address = {cap}"
+                raise Refusal(503, reason, subprotocol, RETRY_AFTER)
 
     def _refused(
         self, identity: str | None, host: str, remote: str, subprotocol: str | None, reason: str
@@ -362,6 +455,7 @@ class Server:
         identity = link.identity
         old = self.links.get(identity)
         self.links[identity] = link
+        self.connected[link.host] += 1
         self._log_connection("connect", link, None)
         log.info("%s: connected from %s (%s)", identity, link.remote, link.subprotocol)
         try:
@@ -392,6 +486,7 @@ class Server:
             current = self.links.get(identity) is link
             if current:
                 del self.links[identity]
+            _discount(self.connected, link.host)
             with trio.CancelScope(shield=True):
                 await link.ws.aclose()
             self._disconnected(link, current)
@@ -446,6 +541,22 @@ def _peer(stream: trio.SocketStream) -> tuple[str, str]:
     except (OSError, ValueError):
         return "?", "?"
     return host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _discount(counts: Counter[str], host: str) -> None:
+    """One less for `host`; an address with none left is forgotten (the counters stay
+    as small as the connections held)."""
+    counts[host] -= 1
+    if counts[host] <= 0:
+        del counts[host]
+
+
+def _reset(tcp: trio.SocketStream) -> None:
+    """Close at once with a TCP reset (SO_LINGER 0): nothing read, nothing sent, no
+    TIME_WAIT on our side."""
+    with contextlib.suppress(OSError):
+        tcp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    tcp.socket.close()
 
 
 def _tls_failure(exc: BaseException) -> str:

@@ -7,7 +7,6 @@ per commit for the latest message of its kind.
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -15,7 +14,7 @@ from functools import partial
 from typing import Any, ClassVar
 
 from appliance import domain
-from appliance.domain.clock import Stamp, iso_now, newer, stamp, time_suspect
+from appliance.domain.clock import Stamp, check, iso_now, newer, stamp, time_suspect, wall
 from appliance.domain.meter import CONTEXT_RANK, INSTANTANEOUS_UNITS
 from appliance.domain.status import state_of
 from appliance.store import (
@@ -339,7 +338,7 @@ class Tree:
         station = self._station(identity)
         station.connected = False
         self._set(identity, [("info.connected", False, INFO["connected"])])
-        self._instantaneous(station, list(station.readings), None, Stamp(None, time.time()))
+        self._instantaneous(station, list(station.readings), None, Stamp(None, wall()))
         self._states(identity, station)
 
     def upstream(
@@ -461,7 +460,7 @@ class Tree:
             # nothing plugged in: nothing flows (README "Readings")
             evse = station.evses.setdefault(update.evse_id, _Evse())
             evse.ended = False
-            when = stamp(update.timestamp, time.time())
+            when = stamp(update.timestamp, wall())
             bases = [base, f"evse.{update.evse_id}"]
             if not station.sessions.active:
                 bases.append("meterValues")
@@ -634,7 +633,8 @@ class Tree:
 
     def _transaction(self, identity: str, update: domain.TransactionEvent) -> None:
         station = self._station(identity)
-        received = now_ms()
+        # a step of the clock first moves the running sessions onto the new clock
+        received = int(check() * 1000)
         suspect = time_suspect(update.timestamp)
         session = station.sessions.known.get(update.transaction_id)
         if update.event == "Ended" and update.meter_stop_wh is None:
@@ -713,7 +713,7 @@ class Tree:
             bases = [_connector_base(evse_id, connector), f"evse.{evse_id}"]
             if not station.sessions.active:
                 bases.append("meterValues")
-            self._instantaneous(station, bases, 0.0, stamp(update.timestamp, time.time()))
+            self._instantaneous(station, bases, 0.0, stamp(update.timestamp, wall()))
         elif session is None or not session.stopped:
             evse.running, evse.ended = True, False
         self._states(identity, station)

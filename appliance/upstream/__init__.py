@@ -256,6 +256,10 @@ class Upstreams:
                     )
                 )
             backlog.add(message)
+            if durable:  # `.waiting` counts it while the upstream is away
+                for link in self._links.get(identity, []):
+                    if link.name == settings.label and not link.connected:
+                        link.refresh()
             sent.append((settings.label, message))
         return sent
 
@@ -283,6 +287,8 @@ class Link:
         self._scope = trio.CancelScope()
         self._closing = False
         self._state = ""
+        #: what the states show now: (connected, reason, waiting)
+        self._shown: tuple[bool, str, int] | None = None
         self.ws: Any = None
 
     @property
@@ -465,6 +471,7 @@ class Link:
                     self.upstreams.store.put(
                         UpstreamDelivered(backlog.upstream, backlog.identity, message.key)
                     )
+                    self.refresh()
             if self._closing:
                 await self._close()
                 return
@@ -594,12 +601,15 @@ class Link:
             )
         self._show(connected, "" if connected else state)
 
+    def refresh(self) -> None:
+        """`.waiting` after a transaction message was queued or delivered."""
+        if self._shown is not None:
+            self._show(self._shown[0], self._shown[1])
+
     def _show(self, connected: bool, reason: str) -> None:
+        shown = (connected, reason, sum(1 for m in self.backlog.waiting if m.durable))
+        if shown == self._shown:
+            return
+        self._shown = shown
         with contextlib.suppress(KeyError):
-            self.station.tree.upstream(
-                self.station.identity,
-                self.name,
-                connected,
-                reason,
-                sum(1 for m in self.backlog.waiting if m.durable),
-            )
+            self.station.tree.upstream(self.station.identity, self.name, *shown)

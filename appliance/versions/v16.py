@@ -7,7 +7,7 @@ from typing import Any
 
 from appliance import domain
 from appliance.domain import start_key
-from appliance.domain.clock import iso_now
+from appliance.domain.clock import current_time, iso_now
 from appliance.domain.meter import Reading
 from appliance.tree.ids import escape
 from appliance.versions.common import (
@@ -43,12 +43,12 @@ def boot_notification(ctx: Context, payload: Payload) -> Payload:
             meter_serial_number=text(payload.get("meterSerialNumber")),
         )
     )
-    return {"status": "Accepted", "currentTime": iso_now(), "interval": ctx.heartbeat_interval}
+    return {"status": "Accepted", "currentTime": current_time(), "interval": ctx.heartbeat_interval}
 
 
 def heartbeat(ctx: Context, payload: Payload) -> Payload:
     ctx.emit(domain.HeartbeatReceived())
-    return {"currentTime": iso_now()}
+    return {"currentTime": current_time()}
 
 
 def authorize(ctx: Context, payload: Payload) -> Payload:

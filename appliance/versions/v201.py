@@ -7,7 +7,7 @@ from functools import partial
 from typing import Any
 
 from appliance import domain
-from appliance.domain.clock import iso_now
+from appliance.domain.clock import current_time
 from appliance.domain.meter import Reading
 from appliance.rpc import Fault
 from appliance.tree.ids import component_segment, variable_segment
@@ -45,12 +45,12 @@ def boot_notification(ctx: Context, payload: Payload) -> Payload:
             boot_reason=text(payload.get("reason")),
         )
     )
-    return {"status": "Accepted", "currentTime": iso_now(), "interval": ctx.heartbeat_interval}
+    return {"status": "Accepted", "currentTime": current_time(), "interval": ctx.heartbeat_interval}
 
 
 def heartbeat(ctx: Context, payload: Payload) -> Payload:
     ctx.emit(domain.HeartbeatReceived())
-    return {"currentTime": iso_now()}
+    return {"currentTime": current_time()}
 
 
 def authorize(ctx: Context, payload: Payload) -> Payload:

@@ -9,7 +9,6 @@ import io
 import logging
 import re
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette_csrf import CSRFMiddleware
 
 from appliance.config import Config
+from appliance.domain import clock
 from appliance.domain.secrets import MASK
 from appliance.errors import DatabaseUnavailable, ReaderError
 from appliance.store.queries import explain, write_controls
@@ -66,10 +66,13 @@ class Web:
         access: Access,
         limiter: trio.CapacityLimiter,
         unready: Callable[[], str | None] = lambda: None,
+        status: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.config = config
         #: why this process should get no new charge points now, or None (`/healthz`)
         self.unready = unready
+        #: the process's own state (`/api/status`; its `notice` rides on a 200 of /healthz)
+        self.status = status
         self.reader = reader
         self.live = live
         self.access = access
@@ -151,7 +154,11 @@ def _int(text: str | None, default: int, name: str) -> int:
 
 
 def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return clock.wall_ms()
+
+
+#: "until" left open: also what arrived after what the clock says now (it stepped back)
+NO_END_MS = 2**62
 
 
 def _duration(ms: int | float) -> str:
@@ -271,7 +278,9 @@ def build(web: Web, tls: bool) -> ASGIApp:
         prefix = point["prefix"]
         states = await web.run(web.reader.states, f"{prefix}.*")
         values = {s["id"][len(prefix) + 1 :]: s for s in states}
-        sessions = await web.run(web.reader.sessions, identity, 0, _now_ms() + 1, 20)
+        # the newest, whatever the clock says now: after it stepped back, the latest
+        # sessions arrived "later" than now
+        sessions = await web.run(web.reader.sessions, identity, 0, NO_END_MS, 20)
         last_id = values.get("transactions.last.id")
         current = "" if last_id is None or last_id["val"] is None else str(last_id["val"])
         sessions = [_session_row(s, point, current) for s in sessions]
@@ -325,6 +334,11 @@ def build(web: Web, tls: bool) -> ASGIApp:
     async def charge_points(request: Request) -> Response:
         return JSONResponse(await web.run(web.reader.charge_points))
 
+    async def status(request: Request) -> Response:
+        """The process's own state from memory (no database read): what /healthz says,
+        the writer's health, the disk guard (README "Storage design")."""
+        return JSONResponse(web.status(), headers={"Cache-Control": "no-store"})
+
     async def charge_point(request: Request) -> Response:
         return JSONResponse(await charge_point_or_404(request.path_params["identity"]))
 
@@ -338,7 +352,7 @@ def build(web: Web, tls: bool) -> ASGIApp:
         identity = request.path_params.get("identity") or request.query_params.get("identity")
         now = _now_ms()
         since = _ms(request.query_params.get("since"), now - 31 * RANGES_MS["day"])
-        until = _ms(request.query_params.get("until"), now + 1)
+        until = _ms(request.query_params.get("until"), NO_END_MS)
         limit = _int(request.query_params.get("limit"), 1000, "limit")
         rows = await web.run(web.reader.sessions, identity, since, until, limit)
         if request.query_params.get("format") == "csv" or request.url.path.endswith(".csv"):
@@ -511,6 +525,7 @@ def build(web: Web, tls: bool) -> ASGIApp:
         Route("/api/me", me),
         Route("/api/login", login, methods=["POST"]),
         Route("/api/logout", logout, methods=["POST"]),
+        Route("/api/status", status),
         Route("/api/charge-points", charge_points),
         Route(cp, charge_point),
         Route(f"{cp}/states", states),
@@ -547,18 +562,28 @@ def build(web: Web, tls: bool) -> ASGIApp:
         same_site="strict",
         https_only=tls,
     )
-    return _SecurityHeaders(_Healthz(sessions_app, web.unready))
+    return _SecurityHeaders(_Healthz(sessions_app, web.unready, lambda: web.status().get("notice")))
 
 
 class _Healthz:
     """`/healthz`: 200 `ok`, or 503 with the reason in one line. Answered before the
     session and CSRF layers, from what the process knows in memory: a check every 2 s
     from each load balancer costs no cookie, no signature and no database read. Open to
-    all, like the other reads: it names a state, never a secret."""
+    all, like the other reads: it names a state, never a secret.
 
-    def __init__(self, app: ASGIApp, unready: Callable[[], str | None]) -> None:
+    The disk guard is not a 503 (README "Storage design"): the process stores what
+    matters, and the processes of a site share one disk, so a 503 would take them all
+    out at once. A 200 then says `ok; disk guard on: …` on its one line."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        unready: Callable[[], str | None],
+        notice: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self.app = app
         self.unready = unready
+        self.notice = notice
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != HEALTHZ:
@@ -567,7 +592,9 @@ class _Healthz:
         why = self.unready()
         headers = {"Cache-Control": "no-store"}
         if why is None:
-            response = PlainTextResponse("ok", headers=headers)
+            notice = self.notice()
+            text = "ok" if notice is None else f"ok; {' '.join(notice.split())}"
+            response = PlainTextResponse(text, headers=headers)
         else:
             headers["Retry-After"] = str(HEALTHZ_RETRY_SEC)
             response = PlainTextResponse(" ".join(why.split()), 503, headers)

@@ -11,20 +11,34 @@ cannot be loaded stops `serve` at once. The OCPP side never waits on anything he
 side reads the database through its own connections in worker threads (at most
 READ_THREADS at a time), writes controls the way `ocpp-appliance set` does, and hears
 of connections through the hub's never-blocking events.
+
+The listener is ours, Hypercorn serves what it accepts: `_accept` counts the open
+connections of each source address and refuses one beyond `[web]
+max_connections_per_address` at once, before TLS and before a byte of HTTP is read, so
+that no address can hold more than its share of descriptors and memory (plain http: a
+503 with Retry-After, then closed; https: closed, a TLS handshake would cost what the cap
+saves). Each accepted connection runs Hypercorn's own per-connection server
+(`hypercorn.trio.tcp_server.TCPServer`), as `hypercorn.trio.serve` would run it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import logging
 import socket
-from collections.abc import Callable
+import ssl
+import struct
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from appliance.config import Config
+from appliance.security.guard import Reporter
 from appliance.station import Stations
 from appliance.store.web_queries import WebReader
 from appliance.web.access import Access, load_secret
@@ -45,6 +59,19 @@ GRACE_SEC = 1.0
 #: for this long is aborted by the kernel: Hypercorn's writes cannot be cancelled, and
 #: one that waits for ever would keep the appliance from stopping
 STALLED_MS = 3_000
+#: connections waiting to be accepted: a page's burst of requests, a few browsers
+LISTEN_BACKLOG = 1024
+#: a 503 for an address at its cap asks to come back after this many seconds
+RETRY_AFTER_SEC = 10
+#: how long a refused connection may take to read its 503 (what it sends meanwhile is
+#: read and dropped, so that the close does not reset the answer away), and how many such
+#: goodbyes run at once (beyond that: closed at once)
+REFUSAL_LINGER_SEC = 1.0
+REFUSAL_LINGER_BYTES = 65_536
+REFUSALS_LINGERING = 32
+#: accept(2) errors that say the process or the system is out of something
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY_SEC = 0.1
 
 
 def bind(config: Config) -> socket.socket:
@@ -57,7 +84,7 @@ def bind(config: Config) -> socket.socket:
         if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux; accepted sockets inherit it
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, STALLED_MS)
         sock.bind((host, config.web.port))
-        sock.listen(128)
+        sock.listen(LISTEN_BACKLOG)
     except OSError:
         sock.close()
         raise
@@ -77,10 +104,13 @@ class Dashboard:
         stations: Stations | None,
         sock: socket.socket,
         unready: Callable[[], str | None] = lambda: None,
+        status: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.config = config
         #: why the process should get no new charge points, or None (`/healthz`)
         self.unready = unready
+        #: the process's own state (`/api/status`)
+        self.status = status
         self.sock = sock
         self.port: int = sock.getsockname()[1]
         self.stopping = trio.Event()
@@ -91,6 +121,10 @@ class Dashboard:
         self.access = Access(lambda: config().web, load_secret(secret_path(current)))
         #: the Starlette application, built with the first connection (with [tls]: at start)
         self.app: Any = None
+        #: open connections per source address ([web] max_connections_per_address)
+        self.connected: Counter[str] = Counter()
+        self.reporter = Reporter()
+        self._lingering = trio.CapacityLimiter(REFUSALS_LINGERING)
 
     async def _run(self, fn: Callable, *args: object) -> object:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
@@ -99,7 +133,9 @@ class Dashboard:
         from appliance.web.routes import Web, build
 
         reader = WebReader(self.config().database_path)
-        web = Web(self.config, reader, self.live, self.access, self.limiter, self.unready)
+        web = Web(
+            self.config, reader, self.live, self.access, self.limiter, self.unready, self.status
+        )
         self.app = build(web, self.tls)
 
     @property
@@ -111,8 +147,8 @@ class Dashboard:
 
         current = self.config()
         settings = HypercornConfig()
-        # the socket is ours, bound at start; Hypercorn takes its descriptor over
-        settings.bind = [f"fd://{self.sock.detach()}"]
+        # the socket is ours, bound at start, and so is the accepting (`_accept`)
+        settings.bind = []
         if current.tls is not None:
             settings.certfile = str(current.path(current.tls.cert))
             settings.keyfile = str(current.path(current.tls.key))
@@ -139,8 +175,7 @@ class Dashboard:
                         await self._serve()
                 outer.cancel_scope.cancel()
         finally:
-            # the port is free again when the appliance stops (once Hypercorn has the
-            # socket, this one is detached and closing it does nothing)
+            # the port is free again when the appliance stops
             self.sock.close()
 
     async def _first_connection(self) -> bool:
@@ -167,26 +202,151 @@ class Dashboard:
         return True
 
     async def _serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from hypercorn.trio import serve
+        """What `hypercorn.trio.serve` does, with our accept loop: each connection gets
+        Hypercorn's TCPServer; on stop, idle connections close, open event streams end
+        and requests in progress get GRACE_SEC."""
+        from hypercorn.trio.tcp_server import TCPServer
+        from hypercorn.trio.worker_context import WorkerContext
+        from hypercorn.typing import ConnectionState
+        from hypercorn.utils import wrap_app
 
         settings = self.hypercorn_config()
-        async with trio.open_nursery() as inner:
-            await inner.start(
-                lambda task_status: serve(
-                    self.app,
-                    settings,
-                    shutdown_trigger=self.stopping.wait,
-                    task_status=task_status,
-                )
-            )
-            task_status.started()
-            await self.stopping.wait()
-            # open event streams end now; other requests get GRACE_SEC from Hypercorn
+        app = wrap_app(self.app, settings.wsgi_max_body_size, "asgi")
+        context = WorkerContext(None)
+        tls = settings.create_ssl_context() if settings.ssl_enabled else None
+
+        async def serve(stream: trio.abc.Stream) -> None:
+            await TCPServer(app, settings, context, ConnectionState({}), stream)  # type: ignore[arg-type]
+
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(self.sock))
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as accepting:
+                accepting.start_soon(self._accept, listener, connections, tls, serve)
+                task_status.started()
+                await self.stopping.wait()
+                accepting.cancel_scope.cancel()
+            # open event streams end now; idle connections close when Hypercorn hears
+            # `terminated`; other requests get GRACE_SEC
             for stream in list(self.live.streams):
                 self.live.close(stream)
+            await context.terminated.set()
+            connections.cancel_scope.deadline = trio.current_time() + GRACE_SEC
+
+    async def _accept(
+        self,
+        listener: trio.SocketListener,
+        nursery: trio.Nursery,
+        tls: ssl.SSLContext | None,
+        serve: Callable[[trio.abc.Stream], Awaitable[None]],
+    ) -> None:
+        while True:
+            try:
+                tcp = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                report = self.reporter.refusal("-", f"accept: {exc.strerror}", trio.current_time())
+                if report.log:
+                    log.error("web: cannot accept connections: %s%s", exc.strerror, report.log_note)
+                await trio.sleep(ACCEPT_RETRY_SEC)
+                continue
+            host, remote = _peer(tcp)
+            cap = self.config().web.max_connections_per_address
+            if cap and self.connected[host] >= cap:
+                self._refuse(tcp, host, remote, cap, nursery, tls is not None)
+                continue
+            self.connected[host] += 1
+            nursery.start_soon(self._connection, tcp, host, tls, serve)
+
+    async def _connection(
+        self,
+        tcp: trio.SocketStream,
+        host: str,
+        tls: ssl.SSLContext | None,
+        serve: Callable[[trio.abc.Stream], Awaitable[None]],
+    ) -> None:
+        stream: trio.abc.Stream = tcp
+        if tls is not None:
+            stream = trio.SSLStream(tcp, tls, server_side=True, https_compatible=True)
+        try:
+            await serve(stream)
+        finally:
+            await trio.aclose_forcefully(stream)
+            self.connected[host] -= 1
+            if self.connected[host] <= 0:
+                del self.connected[host]
+
+    def _refuse(
+        self,
+        tcp: trio.SocketStream,
+        host: str,
+        remote: str,
+        cap: int,
+        nursery: trio.Nursery,
+        secure: bool,
+    ) -> None:
+        """An address at its cap: one log line per address (per 10 minutes), and for
+        plain http a 503 the peer can read; https, or too many goodbyes at once: reset."""
+        reason = f"connections from this address at max_connections_per_address = {cap}"
+        report = self.reporter.refusal(host, reason, trio.current_time())
+        if report.log:
+            log.warning("web: refused from %s: %s%s", remote, reason, report.log_note)
+        if not secure:
+            borrower = object()
+            with contextlib.suppress(trio.WouldBlock):
+                self._lingering.acquire_on_behalf_of_nowait(borrower)
+                nursery.start_soon(self._goodbye, tcp, cap, borrower)
+                return
+        _reset(tcp)
+
+    async def _goodbye(self, tcp: trio.SocketStream, cap: int, borrower: object) -> None:
+        """The 503, our end closed, and what the peer still sends read and dropped for a
+        moment: closing with its request unread would reset the answer away."""
+        text = (
+            f"too many connections from your address (at most {cap}); "
+            f"try again in {RETRY_AFTER_SEC} s\n"
+        ).encode()
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\n"
+            f"Retry-After: {RETRY_AFTER_SEC}\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(text)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        try:
+            with trio.move_on_after(REFUSAL_LINGER_SEC):
+                await tcp.send_all(head + text)
+                await tcp.send_eof()
+                drained = 0
+                while drained < REFUSAL_LINGER_BYTES:
+                    data = await tcp.receive_some(REFUSAL_LINGER_BYTES)
+                    if not data:
+                        break
+                    drained += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._lingering.release_on_behalf_of(borrower)
+            await trio.aclose_forcefully(tcp)
 
     def stop(self) -> None:
         self.stopping.set()
+
+
+def _peer(tcp: trio.SocketStream) -> tuple[str, str]:
+    """The peer's host (the cap's key) and host:port (what the log shows)."""
+    try:
+        host, port, *_ = tcp.socket.getpeername()
+    except (OSError, ValueError):
+        return "?", "?"
+    return host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _reset(tcp: trio.SocketStream) -> None:
+    """Close at once with a TCP reset (SO_LINGER 0): nothing read, nothing sent."""
+    with contextlib.suppress(OSError):
+        tcp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    tcp.socket.close()
 
 
 def _import_web_side() -> None:
