@@ -218,9 +218,14 @@ def test_a_step_is_logged_once_and_sessions_spanning_it_keep_their_duration(
     assert ended and short(ended[0]), ended
 
     # frames: `seq` is the order they crossed the wire; `ts` is the clock, which went back
-    frames = appliance.query(
-        "SELECT seq, ts, payload FROM messages WHERE identity = 'STEP-GOOD' ORDER BY seq"
-    )
+    # (the last Heartbeat's answer, after the step back, may land a commit later)
+    def stored() -> list[tuple]:
+        return appliance.query(
+            "SELECT seq, ts, payload FROM messages WHERE identity = 'STEP-GOOD' ORDER BY seq"
+        )
+
+    wait_for(lambda: [1 for _, _, p in stored() if json.loads(p)[0] == 3][5:], 10, "6 answers")
+    frames = stored()
     stamps = [ts for _, ts, _ in frames]
     jumps = [b - a for a, b in itertools.pairwise(stamps)]
     assert max(jumps) > (FORWARD - 60) * 1000  # the step forward is in the history
