@@ -11,6 +11,7 @@ import hmac
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 # ------------------------------------------------------------------- credentials
 
@@ -251,3 +252,13 @@ class Reporter:
         )
         row_note = f" ({unrecorded} more like it not recorded)" if record and unrecorded else ""
         return Report(log, record, log_note, row_note)
+
+
+def peer(stream: Any) -> tuple[str, str]:
+    """A connection's source host (what the per-address bookkeeping counts by) and
+    host:port (what the log shows); "?" when the socket cannot say."""
+    try:
+        host, port, *_ = stream.socket.getpeername()
+    except (OSError, ValueError):
+        return "?", "?"
+    return host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -200,7 +200,7 @@ class Server:
                 except BaseException:
                     self.handshakes.release_on_behalf_of(place)
                     raise
-                host, remote = _peer(tcp)
+                host, remote = guard.peer(tcp)
                 cap = self.config.limits.max_handshakes_per_address
                 if cap and self.handshaking[host] >= cap:
                     # the handshake is what the cap bounds: not a byte is read or sent
@@ -532,15 +532,6 @@ def _innermost(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return f"{type(exc).__name__}: {exc}"
-
-
-def _peer(stream: trio.SocketStream) -> tuple[str, str]:
-    """The peer's host (the throttle's key) and host:port (what the log shows)."""
-    try:
-        host, port, *_ = stream.socket.getpeername()
-    except (OSError, ValueError):
-        return "?", "?"
-    return host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _discount(counts: Counter[str], host: str) -> None:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from appliance.config import Config
-from appliance.security.guard import Reporter
+from appliance.security.guard import Reporter, peer
 from appliance.station import Stations
 from appliance.store.web_queries import WebReader
 from appliance.web.access import Access, load_secret
@@ -250,7 +250,7 @@ class Dashboard:
                     log.error("web: cannot accept connections: %s%s", exc.strerror, report.log_note)
                 await trio.sleep(ACCEPT_RETRY_SEC)
                 continue
-            host, remote = _peer(tcp)
+            host, remote = peer(tcp)
             cap = self.config().web.max_connections_per_address
             if cap and self.connected[host] >= cap:
                 self._refuse(tcp, host, remote, cap, nursery, tls is not None)
@@ -331,15 +331,6 @@ class Dashboard:
 
     def stop(self) -> None:
         self.stopping.set()
-
-
-def _peer(tcp: trio.SocketStream) -> tuple[str, str]:
-    """The peer's host (the cap's key) and host:port (what the log shows)."""
-    try:
-        host, port, *_ = tcp.socket.getpeername()
-    except (OSError, ValueError):
-        return "?", "?"
-    return host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _reset(tcp: trio.SocketStream) -> None:
