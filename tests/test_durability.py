@@ -199,15 +199,31 @@ def test_the_buffer_sheds_frame_copies_first_then_meter_values():
     session = TransactionRow("CP", "1", 1, 1, None, None, None, 0, None, None, 0, 0, None, 0)
     batch.absorb(session)
     batch.absorb(States([StateWrite("CP.info.vendor", "V", None)], 1))
-    assert batch.shed(limit=9) == "4 frame copies"
+    assert batch.shed(9, 10**9) == "4 frame copies"
     assert [r[0] for r in batch.appended[INSERT_MESSAGE]] == [4, 5]  # the newest kept
-    assert batch.shed(limit=3) == "2 frame copies, 4 meter values"
+    assert batch.shed(3, 10**9) == "2 frame copies, 4 meter values"
     assert batch.appended[INSERT_MESSAGE] == []
     assert [r.value for r in batch.appended[INSERT_METER_VALUE]] == [4, 5]
     assert [r[0] for r in batch.rows] == [TRANSACTION_EVENT]
     assert batch.states()["CP.info.vendor"][0] == "V"  # states are never shed
-    assert batch.shed(limit=0) == "2 meter values"
+    assert batch.shed(0, 10**9) == "2 meter values"
     assert [r[0] for r in batch.rows] == [TRANSACTION_EVENT]
+
+
+def test_the_buffer_sheds_by_weight_too():
+    """Few rows but large frames: the weight bound drops the oldest frame copies until
+    what remains weighs at most the limit (rows not shed count too)."""
+    from appliance.store.writer import ITEM_WEIGHT
+
+    batch = _Batch()
+    for i in range(5):
+        batch.absorb(FrameRow(i, "CP", "ocpp1.6", "in", 2, "1", "X", "x" * 1000, None))
+    session = TransactionRow("CP", "1", 1, 1, None, None, None, 0, None, None, 0, 0, None, 0)
+    batch.absorb(session)
+    assert batch.shed(100, 2 * (1000 + ITEM_WEIGHT) + ITEM_WEIGHT) == "3 frame copies"
+    assert [r[0] for r in batch.appended[INSERT_MESSAGE]] == [3, 4]
+    assert batch.shed(100, 0) == "2 frame copies"
+    assert [r[0] for r in batch.rows] == [TRANSACTION_EVENT]  # never shed
 
 
 def test_retention_prunes_months_of_rows_in_small_batches(tmp_path):
@@ -280,14 +296,15 @@ def test_a_long_commit_interval_does_not_hold_a_busy_appliance(tmp_path):
     burst past the backlog limit is written within a moment, readable by another
     connection, and the pause ends — not a minute later."""
     from appliance.store import Store
-    from appliance.store.writer import MAX_BACKLOG
+    from appliance.store.writer import MAX_BACKLOG, weigh
 
     store = Store(tmp_path / "busy.db", commit_interval_ms=60_000)
     store.open()
+    text = '[2,"1","Heartbeat",{}]'
+    frame = FrameRow(0, "CP", "ocpp1.6", "in", 2, "1", "Heartbeat", text, None)
+    count = MAX_BACKLOG // weigh(frame) + 5_000
     try:
-        text = '[2,"1","Heartbeat",{}]'
-        frame = FrameRow(0, "CP", "ocpp1.6", "in", 2, "1", "Heartbeat", text, None)
-        for _ in range(MAX_BACKLOG + 5_000):
+        for _ in range(count):
             store.put(frame)
         assert store.overloaded
         wait_for(lambda: not store.overloaded, timeout=10, what="the backlog written ahead")
@@ -297,4 +314,39 @@ def test_a_long_commit_interval_does_not_hold_a_busy_appliance(tmp_path):
     finally:
         assert store.close()
     with sqlite3.connect(tmp_path / "busy.db") as reader:
-        assert reader.execute("SELECT count(*) FROM messages").fetchone()[0] == MAX_BACKLOG + 5_000
+        assert reader.execute("SELECT count(*) FROM messages").fetchone()[0] == count
+
+
+def test_large_frames_while_the_database_is_locked_stay_within_the_memory_bound(
+    tmp_path, monkeypatch, caplog
+):
+    """While the database cannot be written, what the appliance buffers is bounded by
+    what the rows weigh, not only by how many they are (issue 27 point 3): 500 KB frames
+    past the bound drop the oldest frame copies (said once in the log), and the newest
+    are written once the lock is gone."""
+    from appliance.store import Store, writer
+
+    monkeypatch.setattr(writer, "MAX_PENDING_BYTES", 4 * 2**20)
+    path = tmp_path / "locked.db"
+    store = Store(path, commit_interval_ms=200)
+    store.open()
+    lock = sqlite3.connect(path, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    big = json.dumps([2, "id", "DataTransfer", {"vendorId": "v", "data": "x" * 500_000}])
+    try:
+        for i in range(40):  # 20 MB of frames
+            store.put(FrameRow(i, "CP", "ocpp1.6", "in", 2, str(i), "DataTransfer", big, None))
+        wait_for(
+            lambda: "dropping the oldest buffered rows" in caplog.text,
+            timeout=30,
+            what="the buffer's bound",
+        )
+        assert "32 frame copies" in caplog.text and "4 MB of memory" in caplog.text
+        assert store.health.startswith("failing: database is locked")
+    finally:
+        lock.execute("COMMIT")
+        lock.close()
+        assert store.close()
+    with sqlite3.connect(path) as reader:
+        kept = reader.execute("SELECT message_id FROM messages ORDER BY seq").fetchall()
+    assert kept == [(str(i),) for i in range(32, 40)]

@@ -19,9 +19,10 @@ import sqlite3
 import ssl
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -434,19 +435,12 @@ class Flood:
         self.sock.close()
 
 
-async def test_a_flood_faster_than_the_database_waits_in_tcp_not_in_memory(tmp_path, monkeypatch):
-    """While the writer cannot keep up (here: another program holds the write lock, for
-    less than the busy timeout), a charge point that keeps sending is no longer read
-    once the writer's backlog is full: its frames wait in TCP's buffers and its own
-    send blocks, the appliance's memory holds at most the backlog. Once the writer
-    catches up every frame is read, answered and stored: nothing lost."""
-    from appliance.store import writer
-
-    # the bound, lowered so that a few hundred frames reach it (the default is 30 000
-    # rows: a second of the writer's work)
-    monkeypatch.setattr(writer, "MAX_BACKLOG", 300)
-    monkeypatch.setattr(writer, "RESUME_BACKLOG", 150)
-    count = 20_000
+@asynccontextmanager
+async def paused_flood(tmp_path: Path, count: int) -> AsyncIterator[tuple[Any, Flood]]:
+    """A charge point flooding DataTransfers while another program holds the database's
+    write lock (for less than the busy timeout): yields once the flood is no longer
+    read (its answers and its sending have stopped); afterwards the lock goes and every
+    frame is answered before the appliance stops."""
     with trio.fail_after(60):
         async with in_process_server(tmp_path) as running:
             store = running.server.store
@@ -458,17 +452,11 @@ async def test_a_flood_faster_than_the_database_waits_in_tcp_not_in_memory(tmp_p
                     flood.start()
                     while not store.overloaded:
                         await trio.sleep(0.01)
-                    # the charge point is no longer read: answers stop, and so does its
-                    # sending, long before all of it is sent
                     seen: tuple[int, int] | None = None
                     while (flood.answered, flood.sent) != seen:
                         seen = (flood.answered, flood.sent)
                         await trio.sleep(QUIET_SEC)
-                    assert store.overloaded
-                    assert flood.sent < count, "the flood was read in full: no backpressure"
-                    # each DataTransfer is two rows (in and out): what was taken in is bounded
-                    # by the backlog, not by what the charge point sent
-                    assert flood.answered <= writer.MAX_BACKLOG // 2 + 10, flood.answered
+                    yield running, flood
                 finally:
                     lock.execute("COMMIT")
                     lock.close()
@@ -476,6 +464,29 @@ async def test_a_flood_faster_than_the_database_waits_in_tcp_not_in_memory(tmp_p
                     await trio.sleep(0.05)
             finally:
                 await trio.to_thread.run_sync(flood.close)
+
+
+async def test_a_flood_faster_than_the_database_waits_in_tcp_not_in_memory(tmp_path, monkeypatch):
+    """While the writer cannot keep up (here: another program holds the write lock, for
+    less than the busy timeout), a charge point that keeps sending is no longer read
+    once the writer's backlog is full: its frames wait in TCP's buffers and its own
+    send blocks, the appliance's memory holds at most the backlog. Once the writer
+    catches up every frame is read, answered and stored: nothing lost."""
+    from appliance.store import writer
+
+    # the bound, lowered so that a hundred frames reach it (the default is 10 MB: a
+    # second of the writer's work)
+    monkeypatch.setattr(writer, "MAX_BACKLOG", 200_000)
+    count = 20_000
+    async with paused_flood(tmp_path, count) as (running, flood):
+        # the charge point is no longer read: answers stop, and so does its sending,
+        # long before all of it is sent
+        assert running.server.store.overloaded
+        assert flood.sent < count, "the flood was read in full: no backpressure"
+        # each DataTransfer weighs at least its kilobyte and two rows (in and out): what
+        # was taken in is bounded by the backlog, not by what the charge point sent
+        most = writer.MAX_BACKLOG // (1000 + 2 * writer.ITEM_WEIGHT) + 10
+        assert flood.answered <= most, flood.answered
     # the appliance has stopped: everything it took is in the file
 
     with sqlite3.connect(running.db) as db:
@@ -484,3 +495,42 @@ async def test_a_flood_faster_than_the_database_waits_in_tcp_not_in_memory(tmp_p
             " AND direction = 'in'"
         ).fetchone()[0]
     assert stored == count
+
+
+async def test_backpressure_pauses_the_charge_point_that_floods_not_the_others(
+    tmp_path, monkeypatch
+):
+    """Backpressure is per connection (issue 21, README "Bad peers"): while the writer
+    falls behind because one charge point floods it, that one is no longer read, and
+    another charge point's Heartbeats are answered one after another meanwhile — not
+    held until the writer has caught up."""
+    from appliance.store import writer
+
+    monkeypatch.setattr(writer, "MAX_BACKLOG", 200_000)
+    count = 20_000
+    async with paused_flood(tmp_path, count) as (running, flood):
+        assert flood.sent < count, "the flood was read in full: no backpressure"
+        paused_at = flood.answered
+        url = f"ws://127.0.0.1:{running.port}/QUIET"
+
+        def heartbeats() -> list[Any]:
+            # connected now, while the flood is paused
+            with connect(url, subprotocols=["ocpp1.6"]) as quiet:  # type: ignore[list-item]
+                answers = []
+                for i in range(20):
+                    quiet.send(json.dumps([2, f"h{i}", "Heartbeat", {}]))
+                    answers.append(json.loads(quiet.recv(timeout=2)))
+                return answers
+
+        answers = await trio.to_thread.run_sync(heartbeats)
+        assert [a[:2] for a in answers] == [[3, f"h{i}"] for i in range(20)]
+        assert "currentTime" in answers[-1][2]
+        # the flood is still paused: the writer has not caught up
+        assert running.server.store.overloaded
+        assert flood.answered == paused_at
+    with sqlite3.connect(running.db) as db:
+        stored = db.execute(
+            "SELECT identity, count(*) FROM messages WHERE direction = 'in'"
+            " AND action IN ('DataTransfer', 'Heartbeat') GROUP BY identity ORDER BY identity"
+        ).fetchall()
+    assert stored == [("FLOOD", count), ("QUIET", 20)]

@@ -115,6 +115,8 @@ class Hub(Protocol):
     tree: Tree
     schemas: dict[str, SchemaSet]
     transaction_ids: TransactionIdSource
+    #: the stations connected now, by identity
+    stations: dict[str, Station]
 
     @property
     def config(self) -> Config: ...
@@ -185,13 +187,18 @@ class Station:
                 if self.tree.booted(self.identity):
                     nursery.start_soon(self._permit_after_grace)
                 store = hub.store
+                share = store.share()
                 async for text in self.link.messages():
-                    self._on_text(text)
+                    start = store.position
+                    self._on_text(text)  # synchronous: what it queued is this station's
+                    share.queued(start)
                     await self._send_outgoing()
                     if store.overloaded:
-                        # backpressure: the database writer falls behind (README
-                        # "Durability"); read on once it caught up
-                        await store.room()
+                        # backpressure (README "Bad peers"): while the database writer
+                        # falls behind, a connection with more than its share unwritten
+                        # reads on only once the writer has caught up with it
+                        while store.pause(share, len(hub.stations)):
+                            await store.progress()
                 nursery.cancel_scope.cancel()
         finally:
             self.calls.fail_pending("connection closed before the answer")

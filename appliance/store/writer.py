@@ -14,6 +14,7 @@ that anything was flushed.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -83,16 +84,22 @@ now_ms = clock.wall_ms
 #: rows per write transaction when a backlog is written: a few tenths of a second of
 #: lock on a Pi, so that a user's control write is not kept waiting
 ROWS_PER_TRANSACTION = 4_000
-#: rows kept in memory while the database cannot be written (locked, disk full): about
-#: 50 MB of frames, hours of a home installation, seconds of a load test
+#: rows kept in memory while the database cannot be written (locked, disk full): hours of
+#: a home installation, seconds of a load test; and at most MAX_PENDING_BYTES of them
 MAX_PENDING_ROWS = 50_000
-#: queue items (two to four per message) waiting to be written before the connections
-#: pause reading: several thousand messages, about a second of the writer's work. Normal
-#: traffic never gets near it; a load test does, and then a crash still loses only about
-#: one commit interval plus one commit
-MAX_BACKLOG = 30_000
-#: the connections read on once the backlog is below this again
-RESUME_BACKLOG = MAX_BACKLOG // 2
+#: what those rows may weigh (`weigh`: the frames' text and a fixed cost per row), so that
+#: large frames (a 500 KB DataTransfer) do not multiply the memory a Pi Zero has
+MAX_PENDING_BYTES = 48 * 2**20
+#: the backlog (`weigh`: the frames' text and a fixed cost per queued item) waiting to be
+#: written before connections pause reading: several thousand messages, about a second
+#: of the writer's work. Normal traffic never gets near it; a load test does, and then a
+#: crash still loses only about one commit interval plus one commit. Past it, only the
+#: connections that queued more than their share of it pause (`Store.pause`); past
+#: twice it, all do
+MAX_BACKLOG = 10 * 2**20
+#: what a queued item weighs beyond a frame's text (a record, its tuple, the states or
+#: meter rows it leads to): 30 000 items weigh about MAX_BACKLOG with their frames
+ITEM_WEIGHT = 200
 #: SQLite's INTEGER is 64 bits (https://sqlite.org/datatype3.html)
 INT64 = range(-(2**63), 2**63)
 
@@ -128,8 +135,8 @@ class _Batch:
         self._states: dict[str, _Latest] = {}
         self._lazy: dict[Hashable, tuple[Callable[[], list[StateWrite]], int]] = {}
         self.defaults: list[tuple[Any, ...]] = []
-        #: queue items absorbed (the store's backlog counts them)
-        self.items = 0
+        #: what the items absorbed weigh (`weigh`: the store's backlog counts it)
+        self.weight = 0
 
     @property
     def empty(self) -> bool:
@@ -144,7 +151,7 @@ class _Batch:
         return len(self.rows) + len(self._states) + len(self._lazy) + self.appended_count
 
     def absorb(self, item: Item) -> None:
-        self.items += 1
+        self.weight += weigh(item)
         kind = type(item)
         statement = STATEMENT.get(kind)
         if statement is not None:
@@ -207,18 +214,25 @@ class _Batch:
             frames[:] = kept
         return dropped
 
-    def shed(self, limit: int) -> str:
-        """Drop the oldest frame copies, then meter values, until `limit` rows remain."""
+    def shed(self, limit: int, limit_weight: int) -> str:
+        """Drop the oldest frame copies, then meter values, until at most `limit` rows
+        weighing at most `limit_weight` (`weigh`) remain."""
         excess = self.size - len(self._states) - len(self._lazy) - limit
+        excess_weight = (
+            sum(weigh(row) for rows in self.appended.values() for row in rows)
+            + ITEM_WEIGHT * len(self.rows)
+            - limit_weight
+        )
         dropped = []
         for kind, what in SHED_ORDER:
-            if excess <= 0:
-                break
             rows = self.appended[STATEMENT[kind]]
-            count = min(excess, len(rows))
+            count = 0
+            while count < len(rows) and (excess > 0 or excess_weight > 0):
+                excess -= 1
+                excess_weight -= weigh(rows[count])
+                count += 1
             if count:
                 del rows[:count]
-                excess -= count
                 dropped.append(f"{count} {what}")
         return ", ".join(dropped)
 
@@ -248,10 +262,11 @@ class Store:
         self._leaves: dict[str, tuple[type, Any]] = {}
         self._stopping = threading.Event()
         self._shedding = False
-        self._queued = 0
+        #: what has been queued and what of it written (`weigh`), in queue order
+        self._queued = 0  # event-loop thread only
         self._committed = 0  # writer thread only
-        #: the event loop waiting for the backlog to shrink, and how to wake it
-        self._room: trio.Event | None = None
+        #: the connections paused by backpressure wait for the writer's next progress
+        self._progress: trio.Event | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self.commits = 0
         #: rows the writer could not write in any form and skipped (logged each)
@@ -304,7 +319,7 @@ class Store:
     def put(self, item: Item) -> None:
         """Queue a typed record (see `rows`); never blocks. Committed within one commit
         interval."""
-        self._queued += 1  # event-loop thread only
+        self._queued += weigh(item)  # event-loop thread only
         self._queue.put(item)
 
     def set_states(self, writes: list[StateWrite], ts: int | None = None) -> None:
@@ -320,36 +335,56 @@ class Store:
 
     @property
     def overloaded(self) -> bool:
-        """The writer falls behind: more than MAX_BACKLOG items wait for a commit. Not
-        while the database cannot be written at all: then the charge points are answered
-        on and the buffer is bounded instead (see `_bound`)."""
+        """The writer falls behind: more than MAX_BACKLOG waits to be written. Not while
+        the database cannot be written at all: then the charge points are answered on
+        and the buffer is bounded instead (see `_bound`)."""
         return self._failing is None and self._queued - self._committed > MAX_BACKLOG
 
-    async def room(self) -> None:
-        """Wait until the backlog is below RESUME_BACKLOG again (backpressure: the
-        connections pause reading). The writer thread wakes the waiters after the commit
-        that brings it there; nobody polls."""
+    @property
+    def position(self) -> int:
+        """How much has been queued so far (`weigh`); what was queued before a position
+        is written once `written` reaches it."""
+        return self._queued
+
+    @property
+    def written(self) -> int:
+        return self._committed
+
+    def share(self) -> Share:
+        """A connection's account of what it queued (for `pause`)."""
+        return Share(self)
+
+    def pause(self, share: Share, connections: int) -> bool:
+        """Backpressure (README "Bad peers"): should the connection of `share` stop
+        reading for now? Only while `overloaded`, and then only one that has more than
+        its share (among `connections`) of the backlog unwritten: a charge point that
+        sends faster than the writer takes waits, the others read on. Past twice
+        MAX_BACKLOG (the backlog is not the connections'), every one waits."""
         if not self.overloaded:
-            return
-        if self._room is None:
+            return False
+        if self._queued - self._committed > 2 * MAX_BACKLOG:
+            return True
+        return share.unwritten() * max(connections, 1) > MAX_BACKLOG
+
+    async def progress(self) -> None:
+        """Wait until the writer has written more (a commit, or history written ahead).
+        The writer thread wakes the waiters; nobody polls."""
+        if self._progress is None:
             self._token = trio.lowlevel.current_trio_token()
-            self._room = trio.Event()
-        await self._room.wait()
+            self._progress = trio.Event()
+        await self._progress.wait()
 
     def _wake(self) -> None:
-        """Writer thread: after a commit, let the paused connections read on."""
-        room = self._room
-        if room is None or self._queued - self._committed > RESUME_BACKLOG:
-            return
-        token = self._token
-        if token is not None:
+        """Writer thread: after a commit, let the paused connections look again."""
+        progress, token = self._progress, self._token
+        if progress is not None and token is not None:
             with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(self._release, room)
+                token.run_sync_soon(self._release, progress)
 
-    def _release(self, room: trio.Event) -> None:
-        if self._room is room:
-            self._room = None
-        room.set()
+    def _release(self, progress: trio.Event) -> None:
+        if self._progress is progress:
+            self._progress = None
+        progress.set()
 
     # -------------------------------------------------------------- writer thread
 
@@ -429,14 +464,15 @@ class Store:
         """While the database cannot be written, memory stays bounded: past MAX_PENDING
         rows the oldest copies of frames go first, then the oldest meter values; states
         (one per id), sessions and the rest are always kept."""
-        dropped = batch.shed(MAX_PENDING_ROWS)
+        dropped = batch.shed(MAX_PENDING_ROWS, MAX_PENDING_BYTES)
         if dropped and not self._shedding:
             self._shedding = True
             log.error(
                 "database: unwritable for too long; dropping the oldest buffered rows"
-                " (%s) to stay within %d rows of memory",
+                " (%s) to stay within %d rows and %d MB of memory",
                 dropped,
                 MAX_PENDING_ROWS,
+                MAX_PENDING_BYTES >> 20,
             )
 
     def _guard(self, batch: _Batch, force: bool = False) -> None:
@@ -548,7 +584,7 @@ class Store:
         leaves.update(written)
         while len(leaves) > LEAVES_REMEMBERED:  # the oldest first: rewritten next time
             del leaves[next(iter(leaves))]
-        self._committed += batch.items
+        self._committed += batch.weight
         if self._failing is not None:
             log.warning(
                 "database: writing again (%s cleared), %d rows caught up", self._failing, batch.size
@@ -565,7 +601,8 @@ class Store:
         return (
             f": {mb(free_bytes(self.disk.folder))} MB free in {self.disk.folder}",
             f"; they are written once there is space again (nothing is lost up to"
-            f" {MAX_PENDING_ROWS} rows; beyond, the oldest frame copies go first)",
+            f" {MAX_PENDING_ROWS} rows or {MAX_PENDING_BYTES >> 20} MB; beyond, the oldest"
+            f" frame copies go first)",
         )
 
     def _flush(self, connection: sqlite3.Connection, batch: _Batch) -> bool:
@@ -592,8 +629,8 @@ class Store:
             appended.clear()
         # what these items held is on disk now (the states they carry are one per id):
         # the connections paused by backpressure read on, also with a long interval
-        self._committed += batch.items
-        batch.items = 0
+        self._committed += batch.weight
+        batch.weight = 0
         self._wake()
         return True
 
@@ -665,6 +702,44 @@ FLUSH_ROWS = 1000
 SLOW_PATH_LOG_SEC = 600
 #: how often retention runs (README "Storage design")
 PRUNE_EVERY_SEC = 60
+
+
+class Share:
+    """What one connection queued that is not written yet (backpressure: `Store.pause`).
+    `queued(start)` after the connection's synchronous work adds what the store's
+    position advanced by since `start`."""
+
+    __slots__ = ("_marks", "_store", "_unwritten")
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        #: (the store's position after it, its weight), oldest first
+        self._marks: collections.deque[tuple[int, int]] = collections.deque()
+        self._unwritten = 0
+
+    def queued(self, start: int) -> None:
+        end = self._store.position
+        if end > start:
+            self._marks.append((end, end - start))
+            self._unwritten += end - start
+
+    def unwritten(self) -> int:
+        written, marks = self._store.written, self._marks
+        while marks and marks[0][0] <= written:
+            self._unwritten -= marks.popleft()[1]
+        return self._unwritten
+
+
+def weigh(item: Any) -> int:
+    """What a queued item or a pending row weighs for the backlog's and the buffer's
+    bounds: its frame's text (the bulk of a large frame, and of the states flattened
+    from it) and a fixed cost per row."""
+    kind = type(item)
+    if kind is FrameRow:
+        return ITEM_WEIGHT + len(item.payload)
+    if kind is MeterValueRows:
+        return ITEM_WEIGHT * len(item.rows)
+    return ITEM_WEIGHT
 
 
 def _take(batch: _Batch, item: Item) -> None:
