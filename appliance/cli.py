@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 from appliance import __version__
 from appliance import config as configuration
+from appliance.domain import clock
 from appliance.errors import ReaderError
 from appliance.rpc.dialects import DIALECTS
 
@@ -179,7 +180,7 @@ def _down_now(config: configuration.Config) -> str | None:
 
     stale = reader.stale_after_ms(config.storage.commit_interval_ms)
     alive, stopped = reader.heartbeat(config.database_path)
-    if alive is None or not reader.is_down(alive, stopped, stale, time.time_ns() // 10**6):
+    if alive is None or not reader.is_down(alive, stopped, stale, clock.wall_ms()):
         return None
     if stopped is not None and stopped >= alive:
         return f"it stopped {reader.age(stopped)} ago"

@@ -4,10 +4,10 @@ appliance may be running; this opens connections of its own."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
+from appliance.domain import clock
 from appliance.store.disk import MB, Level, describe, free_bytes, level_for
 from appliance.store.queries import (
     carry_out,
@@ -30,7 +30,7 @@ def age(ms: int | None, now: float | None = None) -> str:
     """How long ago, in the largest unit that fits: 4 s, 12 min, 3 h, 2 d."""
     if ms is None:
         return "-"
-    seconds = max(0.0, (now or time.time()) - ms / 1000)
+    seconds = max(0.0, (now or clock.wall()) - ms / 1000)
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
             return f"{int(seconds // size)} {unit}"

@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from appliance.config import Config, Mqtt
+from appliance.domain import clock
 from appliance.errors import ReaderError
 from appliance.mqtt import topics
 from appliance.mqtt.client import RECONNECT_MAX_SEC, Broker, Down, Message, Up
@@ -306,4 +307,4 @@ def _json(config: dict[str, Any]) -> str:
 
 
 def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return clock.wall_ms()

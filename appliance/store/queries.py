@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.domain import clock
 from appliance.errors import DatabaseUnavailable, ReaderError
 from appliance.store.commands import write_controls as _write
 from appliance.store.disk import META_KEY as DISK_META_KEY
@@ -286,7 +287,7 @@ def wait_done(path: Path, seq: int, timeout: float, stale_ms: int | None = None)
         while time.monotonic() < deadline:
             if db.execute("SELECT 1 FROM control_queue WHERE seq = ?", (seq,)).fetchone() is None:
                 return "done"
-            if stale_ms is not None and is_down(*_heartbeat(db), stale_ms, time.time_ns() // 10**6):
+            if stale_ms is not None and is_down(*_heartbeat(db), stale_ms, clock.wall_ms()):
                 return "down"
             time.sleep(0.1)
     return "timeout"
@@ -323,7 +324,7 @@ def carry_out(
     """Write controls as any tool does and wait for the outcome of the last: `set`,
     `call` and a command from the centre end the same way. `base`: where a trigger's
     outcome is written (`CP1.control`); None for a parameter (refused or taken)."""
-    written_at = time.time_ns() // 1_000_000 - 1
+    written_at = clock.wall_ms() - 1
     seq = write_controls(path, values)
     waited = wait_done(path, seq, patience, stale_ms)
     if waited != "done":

@@ -15,11 +15,11 @@ Blocking; run in a worker thread, on a connection of its own.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.domain import clock
 from appliance.store.migrations import reading
 
 
@@ -183,7 +183,7 @@ def backlog(path: Path) -> dict[str, Any]:
         found = reader.backlog(reader.watermarks())
     finally:
         reader.close()
-    now = time.time_ns() // 1_000_000
+    now = clock.wall_ms()
     tables = {
         name: {"rows": count, "lag_s": None if oldest is None else round((now - oldest) / 1000, 1)}
         for name, (count, oldest) in found.items()

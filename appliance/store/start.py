@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
-from appliance.domain import start_key
+from appliance.domain import clock, start_key
 from appliance.domain.meter import DEFAULT_MEASURAND, INSTANTANEOUS_UNITS
 from appliance.store.rows import MetaValue
 
@@ -78,7 +77,7 @@ class Opened:
 
 
 def read_start_state(connection: sqlite3.Connection) -> Opened:
-    now = time.time_ns() // 1_000_000
+    now = clock.wall_ms()
     row = connection.execute(
         "SELECT value FROM meta WHERE key = 'transaction_id_reserved'"
     ).fetchone()
