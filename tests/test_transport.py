@@ -744,3 +744,40 @@ def test_sigint_closes_with_1001_and_exits_0(appliance):
         ("in", "hb"),
         ("out", "hb"),
     ]
+
+
+async def test_a_frame_in_the_same_read_as_the_101_is_not_lost():
+    """The appliance's own client (upstream links, the simulator) hands out a frame the
+    server sent right behind its 101 in the same TCP segment: an upstream that sends a
+    CALL at once (a GetConfiguration after connect) is heard."""
+    import hashlib
+
+    from appliance.transport.client import open_websocket
+
+    call = '[2,"first","GetConfiguration",{}]'
+
+    async def server(stream: trio.SocketStream) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some(4096)
+        key = re.search(rb"Sec-WebSocket-Key: (\S+)", request, re.IGNORECASE)
+        assert key is not None
+        magic = key.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+        accept = base64.b64encode(hashlib.sha1(magic).digest())
+        head = (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\nSec-WebSocket-Protocol: ocpp1.6\r\n\r\n"
+        )
+        frame = bytes([0x81, len(call)]) + call.encode()
+        await stream.send_all(head + frame)  # one write: one segment on loopback
+        await trio.sleep(5)
+
+    async with trio.open_nursery() as nursery:
+        serve = functools.partial(trio.serve_tcp, server, 0, host="127.0.0.1")
+        listeners = await nursery.start(serve)
+        port = listeners[0].socket.getsockname()[1]
+        with trio.fail_after(5):
+            ws = await open_websocket(f"ws://127.0.0.1:{port}", "CP", "ocpp1.6")
+            assert await ws.receive_messages() == [call]
+        await ws.aclose()
+        nursery.cancel_scope.cancel()

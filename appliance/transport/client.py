@@ -95,11 +95,14 @@ async def open_websocket(
         ws = WebSocket(stream, protocol)
         await ws.flush()
         while not ws.done:
-            for event in await ws.receive():
+            events = await ws.receive()
+            for at, event in enumerate(events):
                 if isinstance(event, Response):
                     _check_response(protocol, event, target)
                     if watched is not None:
                         ws.stream = watched.stream
+                    # a server may send its first frame right behind the 101
+                    ws.hold(events[at + 1 :])
                     return ws
         await ws.aclose()
         if watched is not None and watched.failure is not None:

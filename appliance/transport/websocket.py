@@ -46,9 +46,14 @@ class WebSocket:
         self.pong_received = False
         #: this read failed the connection: later messages of it are not passed on
         self._failed = False
+        #: events parsed but not yet handed out (what came in the read of the handshake)
+        self._held: list[Request | Response | Frame] = []
 
     async def receive(self) -> list[Request | Response | Frame]:
         """Read once and return what the state machine parsed; `done` tells when to stop."""
+        if self._held:
+            held, self._held = self._held, []
+            return held
         data = b""
         if self.eof_sent:
             # closing: read on only to let the peer read our close frame (see module doc)
@@ -70,6 +75,11 @@ class WebSocket:
         # the state machine may have something to say (pong, close echo, 1009 on a big frame)
         await self.flush()
         return events
+
+    def hold(self, events: list[Request | Response | Frame]) -> None:
+        """Give `events` back: the next `receive` returns them without reading (a peer
+        may send its first frame in the same read as the handshake's end)."""
+        self._held = events + self._held
 
     async def _receive_some(self) -> bytes:
         try:
