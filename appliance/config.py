@@ -11,6 +11,7 @@ line, and the few checks that span keys. The effective config is written by toml
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -77,6 +78,11 @@ class Limits(_Table, frozen=True):
     max_connections_per_address: NonNegative = 0
     #: handshakes in progress from one source address; 0: no cap of its own
     max_handshakes_per_address: NonNegative = 0
+    #: addresses or networks ("10.0.0.5", "10.0.0.0/24", "::1") of load balancers that
+    #: send the PROXY protocol (HAProxy's `send-proxy-v2`): their connections must start
+    #: with it, and the address it names stands for the connection's own; from any other
+    #: address a PROXY header is not read (README "A big site on several processes")
+    proxy_from: list[str] = msgspec.field(default_factory=list)
     # OCPP payloads nest about 8 levels deep (2.x NotifyReport, charging profiles); 64
     # leaves room for vendor data and keeps the JSON parser's recursion far from its limit.
     max_json_depth: Positive = 64
@@ -656,6 +662,11 @@ def _cross_checks(config: Config) -> Iterator[_Problem]:
         except ValueError as exc:
             yield _Problem(("web", "api_token_hashes", number), "bad", str(exc))
     yield from _measurand_checks(config.readings.measurands, ("readings", "measurands"))
+    for number, entry in enumerate(config.limits.proxy_from):
+        try:
+            ipaddress.ip_network(entry)
+        except ValueError:
+            yield _Problem(("limits", "proxy_from", number), "bad", _network_problem(entry))
     for identity, settings in config.charge_points.items():
         at: KeyPath = ("charge_points", Key(identity))
         if settings.readings is not None and settings.readings.measurands is not None:
@@ -676,6 +687,23 @@ def _cross_checks(config: Config) -> Iterator[_Problem]:
         if not url.startswith(("postgresql://", "postgres://")):
             detail = f"expected postgresql://user@host/database, not {_shown(redact_url(url))}"
             yield _Problem(("central", "postgresql_url"), "bad", detail)
+
+
+def _network_problem(entry: str) -> str:
+    try:
+        network = ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return (
+            'expected an IP address or a network ("10.0.0.5", "10.0.0.0/24", "::1"),'
+            f" not {_shown(entry)}"
+        )
+    # "10.0.0.5/24": one address or its whole network? trusting either by mistake lets
+    # the wrong hosts claim any address
+    address = entry.partition("/")[0]
+    return (
+        f"{_shown(entry)} is neither one address nor a network: write {_shown(address)} or"
+        f" {_shown(str(network))}"
+    )
 
 
 def _upstream_checks(upstreams: list[Upstream]) -> Iterator[_Problem]:
@@ -926,6 +954,9 @@ max_handshakes = 32             # TLS/WebSocket handshakes at once; more wait, n
 max_connections_per_address = 0 # per source address; 0: no cap of its own (charge
                                 # points behind one router or HAProxy share an address)
 max_handshakes_per_address = 0  # per source address; 0: no cap of its own
+proxy_from = []                 # behind HAProxy with send-proxy-v2: its address(es), e.g.
+                                # ["127.0.0.1"]; their connections must start with the
+                                # PROXY header, whose address then counts as the peer's
 max_json_depth = 64             # deeper payloads are refused as malformed
 
 [device_model]

@@ -50,7 +50,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_fleet import p99_of, percentile, summaries_of
-from haproxy import HAProxy
+from haproxy import PROXY_FROM, HAProxy
 from pg import Postgres
 
 import conftest
@@ -360,7 +360,8 @@ def main() -> None:
         url = server.url(database)
         extra = central(server, database)
 
-        site = make_site(folder / "site", args.processes, extra)
+        # behind HAProxy: its PROXY headers give the processes each charge point's address
+        site = make_site(folder / "site", args.processes, extra + PROXY_FROM)
         processes = start_processes(site, args.processes)
         started += processes
         proxy = HAProxy([(p.port, p.web_port) for p in processes])

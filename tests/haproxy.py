@@ -24,6 +24,9 @@ BIN = shutil.which("haproxy") or next(
 )
 #: the sample's backend, whose servers are the processes
 BACKEND = "ocpp_processes"
+#: what the processes behind it need in their config: the sample sends them a PROXY
+#: header (send-proxy-v2) from its address on loopback
+PROXY_FROM = '\n[limits]\nproxy_from = ["127.0.0.1"]\n'
 
 
 def sections(text: str) -> list[list[str]]:

@@ -182,9 +182,11 @@ def test_a_killed_process_behind_haproxy_hands_its_charge_points_to_the_other(
     session ends there and is one session in PostgreSQL with its start, stop and energy,
     presence says the other process, and a command from the centre reaches a moved
     charge point there."""
+    from haproxy import PROXY_FROM
+
     database = postgres.database()
     with site.config.open("a") as config:
-        config.write(central(postgres, database, "yard"))
+        config.write(central(postgres, database, "yard") + PROXY_FROM)
     one, two = site.start(1), site.start(2)
     proxy = haproxy([(one.port, one.web_port), (two.port, two.web_port)])
     proxy.wait_for("p1", "UP")

@@ -84,7 +84,10 @@ def test_a_string_where_a_list_is_expected_is_rejected(tmp_path, path):
 
 @pytest.mark.parametrize("path", LIST_KEYS, ids=[".".join(p) for p in LIST_KEYS])
 def test_a_list_of_one_is_taken(tmp_path, path):
-    one = "SoC" if path == ("readings", "measurands") else "SIM001"  # a measurand's name
+    # a measurand's name, an address
+    one = {("readings", "measurands"): "SoC", ("limits", "proxy_from"): "192.0.2.1"}.get(
+        path, "SIM001"
+    )
     result = check(toml_line(path, f'["{one}"]'), tmp_path)
     assert result.returncode == 0, result.stderr
     value: Any = tomllib.loads(result.stdout)
@@ -162,6 +165,33 @@ def test_a_range_error_names_the_key_the_line_and_the_value(tmp_path):
     result = check(text, tmp_path)
     assert_rejected(result, "limits.max_frame_bytes", 15)
     assert "not 0" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("entry", "said"),
+    [
+        ("localhost", 'expected an IP address or a network ("10.0.0.5", "10.0.0.0/24", "::1"),'
+         ' not "localhost"'),
+        ("10.0.0.300", 'expected an IP address or a network ("10.0.0.5", "10.0.0.0/24",'
+         ' "::1"), not "10.0.0.300"'),
+        ("10.0.0.5/24", '"10.0.0.5/24" is neither one address nor a network: write "10.0.0.5"'
+         ' or "10.0.0.0/24"'),
+    ],
+)  # fmt: skip
+def test_a_proxy_from_entry_that_is_no_address_names_the_key_the_line_and_the_item(
+    tmp_path, entry, said
+):
+    text = f'[limits]\nproxy_from = ["127.0.0.1",\n  "{entry}"]\n'
+    result = check(text, tmp_path)
+    assert_rejected(result, "limits.proxy_from", 2)
+    assert f"item 2: {said}" in result.stderr
+
+
+def test_proxy_from_takes_addresses_and_networks_of_both_families(tmp_path):
+    entries = ["127.0.0.1", "10.0.0.0/8", "::1", "fd00::/8"]
+    result = check(f"[limits]\nproxy_from = {entries!r}\n".replace("'", '"'), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert tomllib.loads(result.stdout)["limits"]["proxy_from"] == entries
 
 
 def test_a_secret_in_a_bad_value_is_not_shown(tmp_path):

@@ -55,7 +55,12 @@ def connects(process: Appliance) -> dict[str, int]:
 def behind_haproxy(
     site: Site, haproxy: Callable[..., HAProxy]
 ) -> tuple[Appliance, Appliance, HAProxy]:
-    """Processes 1 and 2 of the site, and HAProxy in front of them with both up."""
+    """Processes 1 and 2 of the site (HAProxy's address in their proxy_from), and
+    HAProxy in front of them with both up."""
+    from haproxy import PROXY_FROM
+
+    with site.config.open("a") as config:
+        config.write(PROXY_FROM)
     one, two = site.start(1), site.start(2)
     proxy = haproxy([(one.port, one.web_port), (two.port, two.web_port)])
     proxy.wait_for("p1", "UP")

@@ -261,4 +261,9 @@ def peer(stream: Any) -> tuple[str, str]:
         host, port, *_ = stream.socket.getpeername()
     except (OSError, ValueError):
         return "?", "?"
-    return host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host, host_port(host, port)
+
+
+def host_port(host: str, port: int) -> str:
+    """`192.0.2.7:51000`, `[2001:db8::7]:51000`: an address as the log shows it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -5,6 +5,7 @@ and half of a new one."""
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from dataclasses import dataclass, field
 
@@ -21,6 +22,8 @@ class Policy:
     credentials: dict[str, Credential] = field(default_factory=dict, repr=False)
     #: casefolded; empty: every token is accepted
     id_tokens: frozenset[str] = frozenset()
+    #: `[limits] proxy_from`: whose connections start with a PROXY header
+    proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @classmethod
     def build(cls, config: Config) -> Policy:
@@ -37,6 +40,7 @@ class Policy:
             credentials,
             # OCPP 1.6 §7 IdToken and 2.0.1 IdTokenType: "case insensitive"
             frozenset(token.casefold() for token in config.authorization.id_tokens),
+            tuple(ipaddress.ip_network(entry) for entry in config.limits.proxy_from),
         )
 
     @property
@@ -46,6 +50,19 @@ class Policy:
     @property
     def mutual_tls(self) -> bool:
         return self.tls is not None and self.tls.verify_mode == ssl.CERT_REQUIRED
+
+    def from_proxy(self, host: str) -> bool:
+        """Whether a connection from `host` (as the socket names its peer) comes from a
+        load balancer of `[limits] proxy_from`, and so starts with a PROXY header."""
+        if not self.proxies:
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # an IPv4 peer of a dual-stack socket
+        return any(address in network for network in self.proxies)
 
     def allowed(self, identity: str) -> bool:
         allowlist = self.config.identity_allowlist

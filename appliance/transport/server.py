@@ -11,6 +11,11 @@ the event loop. Per source address, `max_handshakes_per_address` handshakes (mor
 connection is reset at once, nothing read) and `max_connections_per_address` open
 connections (more: 503 with Retry-After, like `max_connections`).
 
+Behind a load balancer (`[limits] proxy_from`, README "A big site on several
+processes") a connection starts with a PROXY header, read first (before TLS and the
+upgrade, within the same handshake_timeout_sec): the address it names is the peer's
+for everything after, the per-address caps, connection_log and the log included.
+
 What a connection carries is not this module's business: each accepted `Link` (text
 messages in and out) is handed to `serve_link`, which the app sets to the station layer.
 This is also every connection's error boundary (README "Bad peers"): whatever escapes
@@ -43,7 +48,9 @@ from appliance.security.guard import AuthFailed, Credential, Reporter, Throttle,
 from appliance.security.policy import Policy
 from appliance.security.tls import common_names
 from appliance.store import ConnectionRow, Store, now_ms
+from appliance.transport import proxy
 from appliance.transport.link import Link
+from appliance.transport.prefixed import PrefixedStream
 from appliance.transport.websocket import WebSocket
 
 log = logging.getLogger("appliance")
@@ -68,6 +75,10 @@ ACCEPT_RETRY_SEC = 0.1
 #: the KDF runs in worker threads, at most this many at once: a storm of guesses from
 #: many addresses then costs the appliance one core, not all of them
 KDF_THREADS = 1
+
+#: bytes read at a time while the PROXY header is awaited: what follows it in the same
+#: read (a ClientHello, the upgrade request) is handed on (PrefixedStream)
+PROXY_READ_SIZE = 4096
 
 #: OpenSSL's reasons for a failed TLS handshake, in plain words (the rest as OpenSSL says)
 TLS_FAILURES = {
@@ -201,16 +212,29 @@ class Server:
                     self.handshakes.release_on_behalf_of(place)
                     raise
                 host, remote = guard.peer(tcp)
-                cap = self.config.limits.max_handshakes_per_address
-                if cap and self.handshaking[host] >= cap:
+                if self.policy.from_proxy(host):
+                    # a load balancer's: its PROXY header names the peer, and the
+                    # per-address cap applies to that one once it is read (`_handle`)
+                    nursery.start_soon(self._handle, tcp, host, remote, place, True)
+                    continue
+                if self._at_handshake_cap(
+                    host, remote, self.config.limits.max_handshakes_per_address
+                ):
                     # the handshake is what the cap bounds: not a byte is read or sent
                     self.handshakes.release_on_behalf_of(place)
-                    reason = f"handshakes from this address at max_handshakes_per_address = {cap}"
-                    self._refused(None, host, remote, None, reason)
                     _reset(tcp)
                     continue
                 self.handshaking[host] += 1
                 nursery.start_soon(self._handle, tcp, host, remote, place)
+
+    def _at_handshake_cap(self, host: str, remote: str, cap: int) -> bool:
+        """`host` has `max_handshakes_per_address` handshakes in progress: this one is
+        refused (logged and recorded here; the caller resets the connection)."""
+        if not cap or self.handshaking[host] < cap:
+            return False
+        reason = f"handshakes from this address at max_handshakes_per_address = {cap}"
+        self._refused(None, host, remote, None, reason)
+        return True
 
     def _cannot_accept(self, exc: OSError) -> None:
         """Out of descriptors or memory: one line per 10 minutes, not one per attempt."""
@@ -237,33 +261,74 @@ class Server:
 
     # ------------------------------------------------------------------ handshake
 
-    async def _handle(self, tcp: trio.SocketStream, host: str, remote: str, place: object) -> None:
+    async def _handle(
+        self,
+        tcp: trio.SocketStream,
+        host: str,
+        remote: str,
+        place: object,
+        proxied: bool = False,
+    ) -> None:
+        """One connection, from the accept on: `host` and `remote` name its peer (for a
+        `proxied` one: the load balancer, until its PROXY header names the peer)."""
         self.streams += 1
         handshaking = True
+        # the address whose count of handshakes (`self.handshaking`) this one holds: a
+        # proxied connection's is taken once its header is read, with the address it names
+        counted = None if proxied else host
 
         def handshake_over() -> None:
             nonlocal handshaking
             if handshaking:
                 handshaking = False
                 self.handshakes.release_on_behalf_of(place)
-                _discount(self.handshaking, host)
+                if counted is not None:
+                    _discount(self.handshaking, counted)
 
         try:
             # one policy judges the whole handshake, whatever a SIGHUP swaps meanwhile
             policy = self.policy
             limits = policy.config.limits
+            # the PROXY header and the TLS handshake count against handshake_timeout_sec
+            # too (slowloris)
+            deadline = trio.current_time() + limits.handshake_timeout_sec
+            stream: trio.abc.Stream = tcp
+            if proxied:
+                header: proxy.Proxied | None = None
+                rest = b""
+                failure = f"no PROXY header within {limits.handshake_timeout_sec:g} s"
+                with trio.move_on_at(deadline):
+                    try:
+                        header, rest = await _proxy_header(tcp)
+                    except proxy.ProxyError as exc:
+                        failure = str(exc)
+                if header is None:
+                    # refused as from the balancer: one line per its address and reason
+                    handshake_over()
+                    self._refused(None, host, remote, None, failure)
+                    return
+                if header.source is not None:  # else LOCAL: the balancer's own check
+                    host = header.source[0]
+                    remote = guard.host_port(*header.source)
+                if self._at_handshake_cap(host, remote, limits.max_handshakes_per_address):
+                    handshake_over()
+                    _reset(tcp)
+                    return
+                self.handshaking[host] += 1
+                counted = host
+                if rest:
+                    # what came with the header: the start of the ClientHello or request
+                    stream = PrefixedStream(tcp, rest)
             handshake = ServerProtocol(
                 select_subprotocol=self._subprotocol_selector,
                 max_size=limits.max_frame_bytes,
             )
-            stream: trio.abc.Stream = tcp
             if policy.tls is not None:
-                stream = trio.SSLStream(tcp, policy.tls, server_side=True)
+                stream = trio.SSLStream(stream, policy.tls, server_side=True)
             ws = WebSocket(stream, handshake)
             request = None
             tls_failure = peer_certificate = None
-            # the TLS handshake counts against handshake_timeout_sec too (slowloris)
-            with trio.move_on_after(limits.handshake_timeout_sec):
+            with trio.move_on_at(deadline):
                 if isinstance(stream, trio.SSLStream):
                     try:
                         await stream.do_handshake()
@@ -515,6 +580,24 @@ class Server:
         self.store.put(
             ConnectionRow(now_ms(), link.identity, link.remote, link.subprotocol, event, reason)
         )
+
+
+async def _proxy_header(tcp: trio.SocketStream) -> tuple[proxy.Proxied, bytes]:
+    """Read a PROXY header: it, and what arrived after it in the same read. Raises
+    ProxyError for a malformed one, or none (the parser refuses more bytes than the
+    longest header it accepts: what is buffered here is bounded by that and one read)."""
+    data = b""
+    while True:
+        try:
+            chunk = await tcp.receive_some(PROXY_READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            chunk = b""
+        if not chunk:
+            raise proxy.ProxyError("connection closed before its PROXY header")
+        data += chunk
+        header = proxy.parse(data)
+        if header is not None:
+            return header, data[header.length :]
 
 
 async def _read_request(ws: WebSocket) -> Request | None:
