@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +248,7 @@ def phase(
         **memory,
         "reconnects": sum(s.get("reconnects", 0) for s in summaries),
         "errors": sum(sum(s.get("errors", {}).values()) for s in summaries),
+        "error_kinds": dict(sum((Counter(s.get("errors", {})) for s in summaries), Counter())),
     }
 
 
