@@ -172,7 +172,8 @@ class ChargePoint:
                     if first and not self.fleet.reached:
                         self.fleet.fatal(str(exc))
                         return
-                    self.fleet.stats.error("reconnect failed")
+                    # a first connection retried (its server busy) is not a reconnect
+                    self.fleet.stats.error("connect failed" if first else "reconnect failed")
                     wait = delay * self.rng.uniform(0.8, 1.2)
                     self.fleet.notice(f"{self.identity} {exc}; trying again in {wait:.0f} s")
                     await trio.sleep(wait)
