@@ -54,6 +54,8 @@ def test_each_upstreams_state_is_in_the_view_the_cli_the_api_and_the_dashboard(
                 (found := upstreams_of(appliance, "UP-S"))
                 and found.get("ere", {}).get("waiting") == 1
                 and found.get("billing", {}).get("connected")
+                # billing's answers arrive after the upstream took the calls
+                and found["billing"].get("waiting") == 0
                 and found
             ),
             15,
