@@ -159,7 +159,9 @@ def test_a_full_disk_is_survived_and_writes_resume(tmp_path):
 
             heartbeat("before")
             appliance.wait_rows("SELECT 1 FROM messages WHERE message_id = 'before'")
-            with filler.open("wb") as f:  # fill the disk to the last byte
+            with filler.open(
+                "wb", buffering=0
+            ) as f:  # to the last byte; nothing left to flush at close
                 try:
                     while True:
                         f.write(b"\0" * 65536)
