@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import socket
 import threading
 import time
 from datetime import UTC, datetime
@@ -123,15 +124,27 @@ class Upstream:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.server: Any = None
+        self.context: Any = None  # an ssl.SSLContext serves wss://
+        #: holds the port while stopped: bound, not listening (a connect is refused), so
+        #: no other test's server takes it meanwhile and the link talks to a stranger
+        self.placeholder: socket.socket | None = None
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ocpp"
 
     def start(self) -> Upstream:
+        if self.placeholder is not None:
+            self.placeholder.close()
+            self.placeholder = None
+
         async def serve() -> Any:
             return await websockets.serve(
-                self._connection, "127.0.0.1", self.port, subprotocols=[self.version]
+                self._connection,
+                "127.0.0.1",
+                self.port,
+                subprotocols=[self.version],
+                ssl=self.context,
             )
 
         self.server = asyncio.run_coroutine_threadsafe(serve(), self.loop).result(10)
@@ -143,6 +156,9 @@ class Upstream:
             await self.server.wait_closed()
 
         asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        self.placeholder = socket.socket()
+        self.placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.placeholder.bind(("127.0.0.1", self.port))
 
     async def _connection(self, ws: Any) -> None:
         identity = ws.request.path.rsplit("/", 1)[-1]

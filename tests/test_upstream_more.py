@@ -20,7 +20,6 @@ import time
 from typing import Any, ClassVar
 
 import pytest
-import websockets
 from ocpp.routing import on
 from ocpp.v16 import call as call16
 from ocpp.v21 import ChargePoint as Cp21
@@ -120,19 +119,6 @@ class TlsUpstream(Upstream):
     def url(self) -> str:
         return f"wss://127.0.0.1:{self.port}/ocpp"
 
-    def start(self) -> TlsUpstream:
-        async def serve() -> Any:
-            return await websockets.serve(
-                self._connection,
-                "127.0.0.1",
-                self.port,
-                subprotocols=[self.version],
-                ssl=self.context,
-            )
-
-        self.server = asyncio.run_coroutine_threadsafe(serve(), self.loop).result(10)
-        return self
-
 
 # --------------------------------------------------------------------- helpers
 
@@ -144,7 +130,12 @@ def state(appliance: conftest.Appliance, key: str) -> Any:
 
 
 def wait_state(appliance: conftest.Appliance, key: str, value: Any, timeout: float = 15) -> None:
-    conftest.wait_for(lambda: state(appliance, key) == value, timeout, f"{key} = {value!r}")
+    try:
+        conftest.wait_for(lambda: state(appliance, key) == value, timeout, f"{key} = {value!r}")
+    except AssertionError as exc:
+        prefix = key.rsplit(".", 1)[0]
+        shown = appliance.query("SELECT id, val FROM states WHERE id LIKE ?", prefix + ".%")
+        raise AssertionError(f"{exc}; the states: {shown}; log: {appliance.log()[-2000:]}") from exc
 
 
 def queue_length(appliance: conftest.Appliance) -> int:
