@@ -190,9 +190,15 @@ class Station:
                 share = store.share()
                 async for text in self.link.messages():
                     start = store.position
-                    self._on_text(text)  # synchronous: what it queued is this station's
+                    store.gather()  # what one message leads to: one item for the writer
+                    try:
+                        self._on_text(text)  # synchronous: what it queued is this station's
+                        texts = self._take_outgoing()
+                    finally:
+                        store.release()
                     share.queued(start)
-                    await self._send_outgoing()
+                    if texts:
+                        await self.link.send(texts)
                     if store.overloaded:
                         # backpressure (README "Bad peers"): while the database writer
                         # falls behind, a connection with more than its share unwritten
@@ -381,9 +387,16 @@ class Station:
         )
 
     async def _send_outgoing(self) -> None:
+        texts = self._take_outgoing()
+        if texts:
+            await self.link.send(texts)
+
+    def _take_outgoing(self) -> list[str]:
+        """The frames due to the charge point, recorded; [] while closing (nothing more
+        may be sent; the waiters fail when it ends)."""
         frames = self.session.take_outgoing()
         if not frames or not self.link.open:
-            return  # closing: nothing more may be sent; the waiters fail when it ends
+            return []
         for frame in frames:
             if secrets.may_hold(frame.text):
                 # the wire carries the secret the user wrote; the database never does
@@ -391,7 +404,7 @@ class Station:
                 self._record(stored.frame, redacted)
             else:
                 self._record(frame)
-        await self.link.send([frame.text for frame in frames])
+        return [frame.text for frame in frames]
 
     def _call_queued(self, action: str, payload: dict[str, Any]) -> None:
         shown, _ = secrets.redact(payload)
