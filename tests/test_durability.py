@@ -352,3 +352,38 @@ def test_large_frames_while_the_database_is_locked_stay_within_the_memory_bound(
     with sqlite3.connect(path) as reader:
         kept = reader.execute("SELECT message_id FROM messages ORDER BY seq").fetchall()
     assert kept == [(str(i),) for i in range(32, 40)]
+
+
+def test_a_connection_that_is_never_paused_keeps_no_marks_of_what_was_written(tmp_path):
+    """What each connection queued is counted for backpressure (`Store.pause`) until it
+    is written, and forgotten then, also while nothing is ever paused: a year of
+    messages must not pile up in memory (issue 27, the soak). Each message's work goes
+    to the writer as one bundle (`gather`/`release`), all of it written."""
+    from appliance.store import Store
+
+    store = Store(tmp_path / "marks.db", commit_interval_ms=50)
+    store.open()
+    share = store.share()
+    text = '[2,"1","Heartbeat",{}]'
+    frame = FrameRow(0, "CP", "ocpp1.6", "in", 2, "1", "Heartbeat", text, None)
+    answer = FrameRow(0, "CP", "ocpp1.6", "out", 3, "1", "Heartbeat", '[3,"1",{}]', None)
+    try:
+        for n in range(2_000):
+            start = store.position
+            store.gather()
+            store.put(frame)
+            store.put(answer)
+            store.release()
+            share.queued(start)
+            if n % 500 == 499:
+                wait_for(lambda: store.written == store.position, 10, "the writer caught up")
+        start = store.position
+        store.put(frame)
+        share.queued(start)
+        assert len(share) <= 1, len(share)
+        assert share.unwritten() <= 2 * len(text) + 1000
+    finally:
+        assert store.close()
+    with sqlite3.connect(tmp_path / "marks.db") as reader:
+        rows = reader.execute("SELECT direction, count(*) FROM messages GROUP BY 1").fetchall()
+    assert sorted(rows) == [("in", 2_001), ("out", 2_000)]

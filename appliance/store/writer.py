@@ -752,12 +752,21 @@ class Share:
         if end > start:
             self._marks.append((end, end - start))
             self._unwritten += end - start
+            self._settle()  # else the marks of a connection never paused pile up
 
     def unwritten(self) -> int:
+        self._settle()
+        return self._unwritten
+
+    def __len__(self) -> int:
+        """How many marks are kept: those not known to be written yet."""
+        return len(self._marks)
+
+    def _settle(self) -> None:
+        """Forget the marks the writer has written past."""
         written, marks = self._store.written, self._marks
         while marks and marks[0][0] <= written:
             self._unwritten -= marks.popleft()[1]
-        return self._unwritten
 
 
 def weigh(item: Any) -> int:
