@@ -190,15 +190,9 @@ class Station:
                 share = store.share()
                 async for text in self.link.messages():
                     start = store.position
-                    store.gather()  # what one message leads to: one item for the writer
-                    try:
-                        self._on_text(text)  # synchronous: what it queued is this station's
-                        texts = self._take_outgoing()
-                    finally:
-                        store.release()
+                    self._on_text(text)  # synchronous: what it queued is this station's
                     share.queued(start)
-                    if texts:
-                        await self.link.send(texts)
+                    await self._send_outgoing()
                     if store.overloaded:
                         # backpressure (README "Bad peers"): while the database writer
                         # falls behind, a connection with more than its share unwritten
@@ -387,16 +381,9 @@ class Station:
         )
 
     async def _send_outgoing(self) -> None:
-        texts = self._take_outgoing()
-        if texts:
-            await self.link.send(texts)
-
-    def _take_outgoing(self) -> list[str]:
-        """The frames due to the charge point, recorded; [] while closing (nothing more
-        may be sent; the waiters fail when it ends)."""
         frames = self.session.take_outgoing()
         if not frames or not self.link.open:
-            return []
+            return  # closing: nothing more may be sent; the waiters fail when it ends
         for frame in frames:
             if secrets.may_hold(frame.text):
                 # the wire carries the secret the user wrote; the database never does
@@ -404,7 +391,7 @@ class Station:
                 self._record(stored.frame, redacted)
             else:
                 self._record(frame)
-        return [frame.text for frame in frames]
+        await self.link.send([frame.text for frame in frames])
 
     def _call_queued(self, action: str, payload: dict[str, Any]) -> None:
         shown, _ = secrets.redact(payload)

@@ -250,17 +250,5 @@ Row = (
     | UpstreamDelivered
     | UpstreamTransaction
 )
-#: what one item of the store's queue may be, apart from a Bundle of them
-Single = Row | list[Row] | MeterValueRows | CommandDone | States | DefaultStates | LazyStates
-
-
-class Bundle(NamedTuple):
-    """What one incoming message led to, queued as one item (`Store.gather`): its frame,
-    the answer's, meter rows and states — one hand-over to the writer instead of eight."""
-
-    items: list[Single]
-    weight: int
-
-
 #: everything the store's queue carries
-Item = Single | Bundle
+Item = Row | list[Row] | MeterValueRows | CommandDone | States | DefaultStates | LazyStates

@@ -43,7 +43,6 @@ from appliance.store.disk import META_KEY as DISK_META_KEY
 from appliance.store.migrations import NewerSchema, connect, create_private, migrate
 from appliance.store.retention import Retention, prune
 from appliance.store.rows import (
-    Bundle,
     CommandDone,
     DefaultStates,
     FrameRow,
@@ -51,7 +50,6 @@ from appliance.store.rows import (
     LazyStates,
     Meta,
     MeterValueRows,
-    Single,
     States,
     StateWrite,
 )
@@ -153,11 +151,6 @@ class _Batch:
         return len(self.rows) + len(self._states) + len(self._lazy) + self.appended_count
 
     def absorb(self, item: Item) -> None:
-        if type(item) is Bundle:
-            assert isinstance(item, Bundle)
-            for each in item.items:
-                _take(self, each)  # one item's error costs only that item
-            return
         self.weight += weigh(item)
         kind = type(item)
         statement = STATEMENT.get(kind)
@@ -272,9 +265,6 @@ class Store:
         #: what has been queued and what of it written (`weigh`), in queue order
         self._queued = 0  # event-loop thread only
         self._committed = 0  # writer thread only
-        #: what is put between `gather` and `release` (event-loop thread only)
-        self._gathered: list[Single] | None = None
-        self._gathered_from = 0
         #: the connections paused by backpressure wait for the writer's next progress
         self._progress: trio.Event | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -330,27 +320,7 @@ class Store:
         """Queue a typed record (see `rows`); never blocks. Committed within one commit
         interval."""
         self._queued += weigh(item)  # event-loop thread only
-        gathered = self._gathered
-        if gathered is not None:
-            gathered.append(item)  # type: ignore[arg-type]
-        else:
-            self._queue.put(item)
-
-    def gather(self) -> None:
-        """Event loop: from now until `release`, what is put is queued as one Bundle (the
-        work of one incoming message; a queue hand-over each costs the writer more than
-        most of the items themselves)."""
-        self._gathered = []
-        self._gathered_from = self._queued
-
-    def release(self) -> None:
-        gathered, self._gathered = self._gathered, None
-        if not gathered:
-            return
-        if len(gathered) == 1:
-            self._queue.put(gathered[0])
-        else:
-            self._queue.put(Bundle(gathered, self._queued - self._gathered_from))
+        self._queue.put(item)
 
     def set_states(self, writes: list[StateWrite], ts: int | None = None) -> None:
         self.put(States(writes, ts or now_ms()))
@@ -778,8 +748,6 @@ def weigh(item: Any) -> int:
         return ITEM_WEIGHT + len(item.payload)
     if kind is MeterValueRows:
         return ITEM_WEIGHT * len(item.rows)
-    if kind is Bundle:
-        return item.weight
     return ITEM_WEIGHT
 
 
