@@ -103,6 +103,9 @@ CONTEXT_RANK = {
 }
 
 
+_new = tuple.__new__
+
+
 class Reading(NamedTuple):
     """One sampled value, normalised. (A named tuple: a message carries dozens of them,
     and tuples are the cheapest thing Python builds.)"""
@@ -209,8 +212,11 @@ def reading(
         value *= factor  # type: ignore[operator]
     if not math.isfinite(value):
         raise Unusable(f"value {raw_value} × 10^{multiplier} is beyond a double")
-    return Reading(
-        kind.name, kind.measurand, phase, location, kind.context, kind.unit, value, sampled_at
+    # tuple.__new__ as NamedTuple._make does, without its Python-level checks: a message
+    # carries dozens of readings
+    return _new(
+        Reading,
+        (kind.name, kind.measurand, phase, location, kind.context, kind.unit, value, sampled_at),
     )
 
 
