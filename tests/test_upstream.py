@@ -248,12 +248,28 @@ def upstream_config(upstream: Upstream, extra: str = "") -> str:
     return f'\n[[upstream]]\nurl = "{upstream.url}"\nname = "billing"\n{extra}'
 
 
-def wait_calls(upstream: Upstream, identity: str, count: int, timeout: float = 20) -> list:
-    return conftest.wait_for(
-        lambda: len(upstream.calls(identity)) >= count and upstream.calls(identity),
-        timeout,
-        f"{count} calls upstream",
-    )
+def wait_calls(
+    upstream: Upstream,
+    identity: str,
+    count: int,
+    timeout: float = 20,
+    appliance: conftest.Appliance | None = None,
+) -> list:
+    """The calls the upstream got from `identity`, once there are `count`; on a timeout
+    the message shows what did arrive and, given the appliance, its link states and log."""
+    try:
+        return conftest.wait_for(
+            lambda: len(upstream.calls(identity)) >= count and upstream.calls(identity),
+            timeout,
+            f"{count} calls upstream",
+        )
+    except AssertionError as exc:
+        seen = [action for action, _ in upstream.calls(identity)]
+        shown = f"{exc}; the upstream got {seen} in {upstream.subprotocols}"
+        if appliance is not None:
+            links = appliance.query("SELECT identity, upstreams FROM charge_point_status")
+            shown += f"; links: {links}; log: {appliance.log()[-3000:]}"
+        raise AssertionError(shown) from exc
 
 
 # ===================================================================== tests
@@ -269,7 +285,7 @@ def test_a_whole_session_arrives_upstream_with_the_upstreams_own_transaction_id(
     upstream = Upstream("ocpp1.6").start()
     appliance = start_appliance(upstream_config(upstream))
     answers = asyncio.run(session16(appliance.url, "UP-1", charge16))
-    calls = wait_calls(upstream, "UP-1", 6)
+    calls = wait_calls(upstream, "UP-1", 6, appliance=appliance)
     assert [a for a, _ in calls] == [
         "BootNotification", "StatusNotification", "StartTransaction", "MeterValues",
         "MeterValues", "StopTransaction",
@@ -415,7 +431,7 @@ def test_a_201_charge_point_is_forwarded_in_its_own_version(start_appliance):
             )
 
     asyncio.run(ocpp_session(appliance.url, "UP-4", "ocpp2.0.1", Cp201, scenario))
-    calls = wait_calls(upstream, "UP-4", 3)
+    calls = wait_calls(upstream, "UP-4", 3, appliance=appliance)
     assert upstream.subprotocols == ["ocpp2.0.1"]
     events = [p for a, p in calls if a == "TransactionEvent"]
     assert [e["eventType"] for e in events] == ["Started", "Ended"]

@@ -271,7 +271,7 @@ def test_a_21_charge_point_is_forwarded_in_21_in_order(start_appliance):
     try:
         answers = asyncio.run(ocpp_session(appliance.url, "UP-21", "ocpp2.1", Cp21, scenario))
         assert answers[0].status == "Accepted"
-        calls = wait_calls(upstream, "UP-21", 5)
+        calls = wait_calls(upstream, "UP-21", 5, appliance=appliance)
         assert upstream.subprotocols == ["ocpp2.1"]
         assert [a for a, _ in calls] == [
             "BootNotification", "StatusNotification", "TransactionEvent", "TransactionEvent",
@@ -342,7 +342,11 @@ def test_with_authorize_upstream_its_idtokeninfo_answers_a_transaction_event(
     try:
         found = asyncio.run(ocpp_session(appliance.url, identity, version, cls, scenario(True)))
         assert found == {"BAD1": "Blocked", "GOOD1": "Accepted"}
-        events = [p for a, p in wait_calls(upstream, identity, 3) if a == "TransactionEvent"]
+        events = [
+            p
+            for a, p in wait_calls(upstream, identity, 3, appliance=appliance)
+            if a == "TransactionEvent"
+        ]
         assert [e["idToken"]["idToken"] for e in events] == ["BAD1", "GOOD1"]
         wait_state(
             appliance,

@@ -20,6 +20,7 @@ import conftest
 
 selenium = pytest.importorskip("selenium")
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions  # noqa: E402
@@ -170,6 +171,13 @@ def test_dashboard_in_a_browser(start_appliance, browser, tmp_path):
 
         errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert errors == []
+    except TimeoutException as exc:
+        # a wait that ran out says what the page and the appliance showed (CI races)
+        page = browser.find_element(By.TAG_NAME, "body").text[:1500]
+        raise AssertionError(
+            f"timed out on {browser.current_url}; the page: {page!r};"
+            f" log: {appliance.log()[-3000:]}"
+        ) from exc
     finally:
         simulator.terminate()
         simulator.wait(10)
