@@ -366,6 +366,53 @@ def test_2x_schema_defaults_and_a_repeated_sample(start_appliance):
     assert rows == [("Transaction.Begin", 1000.0), ("Sample.Periodic", 3000.0)]
 
 
+def test_a_repeated_sample_is_stored_once_after_many_others(start_appliance):
+    """The memory of samples already stored forgets its oldest in batches (issue 21): after
+    1 500 samples of one transaction, 100 of the newest 300 repeated in the Ended event
+    are still known and give no second row."""
+    appliance = start_appliance()
+    cp = "MANYSAMPLES"
+    with Station(appliance, cp, V201).open() as station:
+        booted(station)
+        sent: list[dict] = []
+        for seq in range(15):
+            when = stamp()
+            values = [
+                {"value": seq * 1000 + n, "measurand": "Energy.Active.Import.Register"}
+                for n in range(100)
+            ]
+            sent.append({"timestamp": when, "sampled_value": values})
+            station.send(
+                station.call.TransactionEvent(
+                    event_type="Started" if seq == 0 else "Updated",
+                    timestamp=when,
+                    trigger_reason="Authorized" if seq == 0 else "MeterValuePeriodic",
+                    seq_no=seq,
+                    transaction_info={"transaction_id": "tx-many"},
+                    evse={"id": 1, "connector_id": 1},
+                    meter_value=[sent[-1]],
+                )
+            )
+        station.send(
+            station.call.TransactionEvent(
+                event_type="Ended",
+                timestamp=stamp(),
+                trigger_reason="EVCommunicationLost",
+                seq_no=15,
+                transaction_info={"transaction_id": "tx-many"},
+                evse={"id": 1, "connector_id": 1},
+                meter_value=[sent[12]],
+            )
+        )
+        station.heartbeat()
+        appliance.wait_rows(
+            "SELECT 1 FROM transactions WHERE identity = ? AND stopped_at IS NOT NULL", cp
+        )
+    assert appliance.query(
+        "SELECT count(*), count(DISTINCT value) FROM meter_values WHERE identity = ?", cp
+    ) == [(1500, 1500)]
+
+
 # =========================================================== 5-7. controls in force
 
 

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
+from itertools import islice
 from typing import Any, ClassVar
 
 from appliance import domain
@@ -38,6 +39,9 @@ Write = tuple[str, Any, Meta | None]
 #: samples remembered per charge point to store a sample repeated in a later event of
 #: the same transaction once (MicroOcpp repeats Transaction.Begin in the Ended event)
 SAMPLES_REMEMBERED = 1024
+#: forgotten a batch at a time: a dict emptied from the front one key at a time makes
+#: every later front lookup skip the holes (~1 µs a sample at 1 024, issue 21)
+SAMPLES_FORGOTTEN_TOGETHER = 256
 
 #: how many stopped sessions per charge point are remembered, so that a late event for
 #: one of them never reopens it
@@ -575,8 +579,8 @@ class Tree:
             found = best.get(r.name)
             if found is None or rank > found[0] or (rank == found[0] and newer(when, found[1])):
                 best[r.name] = (rank, when, r)
-        while len(samples) > SAMPLES_REMEMBERED:
-            del samples[next(iter(samples))]
+        if len(samples) > SAMPLES_REMEMBERED + SAMPLES_FORGOTTEN_TOGETHER:
+            station.samples = dict.fromkeys(islice(samples, SAMPLES_FORGOTTEN_TOGETHER, None))
         if rows:
             self.store.put(MeterValueRows(rows))
             station.last_reading = received
