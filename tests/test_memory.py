@@ -98,13 +98,21 @@ def test_the_hub_remembers_the_latest_retried_calls() -> None:
     assert hub.repeated("CP1", "MeterValues", "a")
     assert not hub.repeated("CP1", "StatusNotification", "a")  # another action
     assert not hub.repeated("CP2", "MeterValues", "a")  # another charge point
-    for n in range(REMEMBERED_CALLS - 2):
+    # "a" seen again every 100 calls stays; the oldest others are forgotten, a batch at
+    # a time (domain/recent.py): never fewer than REMEMBERED_CALLS, at most a quarter more
+    sizes = []
+    many = 3 * REMEMBERED_CALLS
+    for n in range(many):
         assert not hub.repeated("CP1", "MeterValues", str(n))
-    assert hub.repeated("CP1", "MeterValues", "a")  # now the most recently seen
-    assert not hub.repeated("CP1", "MeterValues", "b")  # one too many: the oldest goes
-    assert not hub.repeated("CP1", "StatusNotification", "a")
+        if n % 100 == 99:
+            assert hub.repeated("CP1", "MeterValues", "a")
+        sizes.append(len(hub._applied["CP1"]))
+    assert min(sizes[REMEMBERED_CALLS:]) >= REMEMBERED_CALLS
+    assert max(sizes) <= REMEMBERED_CALLS * 5 // 4
+    newest = [str(n) for n in range(many - REMEMBERED_CALLS + 1, many)]
+    assert all(hub.repeated("CP1", "MeterValues", text) for text in newest)
     assert hub.repeated("CP1", "MeterValues", "a")
-    assert len(hub._applied["CP1"]) == REMEMBERED_CALLS
+    assert not hub.repeated("CP1", "MeterValues", "0")  # the oldest: forgotten
 
 
 def test_simulate_offers_the_simulators_protocols() -> None:

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import trio
 
 from appliance.config import Config
+from appliance.domain.recent import forget_oldest
 from appliance.rpc import SchemaSet
 from appliance.security.policy import Policy
 from appliance.station.station import Connected, Decision, Disconnected, Event, Station
@@ -157,8 +158,7 @@ class Stations:
             applied[key] = None
             return True
         applied[key] = None
-        if len(applied) > REMEMBERED_CALLS:
-            del applied[next(iter(applied))]
+        self._applied[identity] = forget_oldest(applied, REMEMBERED_CALLS)
         return False
 
     def log_violation_once(self, identity: str, action: str | None, kind: str, text: str) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from appliance.domain import clock, start_key
 from appliance.domain.meter import DEFAULT_MEASURAND, INSTANTANEOUS_UNITS
+from appliance.domain.recent import forget_oldest
 from appliance.store.rows import MetaValue
 
 log = logging.getLogger("appliance.store")
@@ -283,8 +284,7 @@ class TransactionIds:
                 transaction_id,
             )
         self._recent[key] = transaction_id
-        if len(self._recent) > RECENT_STARTS:
-            del self._recent[next(iter(self._recent))]
+        self._recent = forget_oldest(self._recent, RECENT_STARTS)
         return transaction_id, True
 
     @property
