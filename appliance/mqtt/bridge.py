@@ -43,8 +43,9 @@ class Bridge:
         self.stations = stations
         self.limiter = trio.CapacityLimiter(1)
         self._session_scope: trio.CancelScope | None = None
-        #: topic → payload last published (retained or not): what the broker has
-        self._published: dict[str, str] = {}
+        #: topic → hash of the payload last published (retained or not): what the broker
+        #: has; a hash, not the text (100 charge points' discovery configs are 1.8 MB)
+        self._published: dict[str, int] = {}
         #: prefix → monotonic time of the last publish of its FAST readings
         self._fast_at: dict[str, float] = {}
         #: config topics published per charge point (to empty them when it is gone)
@@ -221,10 +222,10 @@ class Bridge:
 
     def _send(self, broker: Broker, topic: str, payload: str, retain: bool) -> bool:
         """Publish unless it is what the broker has already; False if it could not be."""
-        if self._published.get(topic) == payload:
+        if self._published.get(topic) == hash(payload):
             return True
         if broker.publish(topic, payload, retain):
-            self._published[topic] = payload
+            self._published[topic] = hash(payload)
             return True
         return False
 
@@ -259,7 +260,7 @@ class Bridge:
                 if column in topics.NOT_PUBLISHED:
                     continue
                 topic, payload = f"{here}/{column}", topics.text(value)
-                if self._published.get(topic) == payload:
+                if self._published.get(topic) == hash(payload):
                     continue
                 if column in topics.FAST and not fast_due:
                     self._force = True  # published at the next look
