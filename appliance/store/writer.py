@@ -30,6 +30,7 @@ from typing import Any
 import trio
 
 from appliance.domain import clock, jsontext
+from appliance.domain.recent import forget_oldest
 from appliance.store.disk import (
     HIGH_RATE_ACTIONS,
     PAYLOAD_STATE,
@@ -258,6 +259,8 @@ class Store:
         self._stopped: str | None = None
         #: what `objects` already says, by id (writer thread only)
         self._described: dict[str, tuple[Any, ...]] = {}
+        #: each description once: 100 charge points share a few hundred (writer thread only)
+        self._metas: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         #: the value last written of each `changes_only` state (writer thread only)
         self._leaves: dict[str, tuple[type, Any]] = {}
         self._stopping = threading.Event()
@@ -579,11 +582,13 @@ class Store:
             self._failing = str(exc)
             return False
         self.disk.states_dropped += held_back
+        metas = self._metas
         for state_id, *meta in new_objects:
-            self._described[state_id] = tuple(meta)
+            described = tuple(meta)
+            self._described[state_id] = metas.setdefault(described, described)
         leaves.update(written)
-        while len(leaves) > LEAVES_REMEMBERED:  # the oldest first: rewritten next time
-            del leaves[next(iter(leaves))]
+        # the oldest first: rewritten next time
+        self._leaves = forget_oldest(leaves, LEAVES_REMEMBERED)
         self._committed += batch.weight
         if self._failing is not None:
             log.warning(
