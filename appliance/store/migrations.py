@@ -451,11 +451,21 @@ def connect(path: Path) -> sqlite3.Connection:
     return connection
 
 
-def reading(path: Path) -> sqlite3.Connection:
-    """A connection of a reader of its own (the controls, replication), used from one
-    worker thread at a time; it waits for the writer rather than fail."""
-    connection = sqlite3.connect(path, check_same_thread=False, timeout=5)
+#: the page cache of a reader: a look reads most pages once, and the writer's next
+#: commit makes them stale. With SQLite's default each reader held 2.1 MB; with this,
+#: 0.34 MB, for the same CPU (all `states` of 100 charge points and 2 000 meter values,
+#: once a second; issue 21)
+READER_CACHE_KB = 256
+
+
+def reading(path: Path, read_only: bool = False) -> sqlite3.Connection:
+    """A connection of a reader of its own (the controls, replication, the dashboard,
+    MQTT), used from one worker thread at a time; it waits for the writer rather than
+    fail."""
+    where = f"file:{path}?mode=ro" if read_only else str(path)
+    connection = sqlite3.connect(where, uri=read_only, check_same_thread=False, timeout=5)
     connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    connection.execute(f"PRAGMA cache_size = -{READER_CACHE_KB}")
     return connection
 
 

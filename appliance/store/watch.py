@@ -5,12 +5,11 @@ worker thread. Cheap while nothing is committed (PRAGMA data_version)."""
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.store.migrations import BUSY_TIMEOUT_MS
+from appliance.store.migrations import reading
 
 #: states under `<prefix>.` that discovery and the switch/number entities need beside
 #: the status view: the device (BootNotification) and controls the view does not show
@@ -43,10 +42,7 @@ class Snapshot:
 
 class StatusReader:
     def __init__(self, path: Path) -> None:
-        self.connection = sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=5
-        )
-        self.connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self.connection = reading(path, read_only=True)
         self._data_version: int | None = None
 
     def close(self) -> None:

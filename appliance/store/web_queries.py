@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from appliance.store.migrations import BUSY_TIMEOUT_MS, status_row
+from appliance.store.migrations import reading, status_row
 
 #: at most this many points per series in one answer: a phone draws 500 points as fast as
 #: 50, and a week of 10 s samples (60 480) would be a 2 MB answer
@@ -58,10 +58,7 @@ class WebReader:
             return self._shared
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(
-                f"file:{self.path}?mode=ro", uri=True, timeout=5, check_same_thread=False
-            )
-            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            db = reading(self.path, read_only=True)
             db.row_factory = sqlite3.Row
             self._local.db = db
             if self._is_shared:
