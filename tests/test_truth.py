@@ -367,50 +367,60 @@ def test_2x_schema_defaults_and_a_repeated_sample(start_appliance):
 
 
 def test_a_repeated_sample_is_stored_once_after_many_others(start_appliance):
-    """The memory of samples already stored forgets its oldest in batches (issue 21): after
-    1 500 samples of one transaction, 100 of the newest 300 repeated in the Ended event
-    are still known and give no second row."""
+    """MicroOcpp repeats the Transaction.Begin sample in the Ended event, however long the
+    session ran: after 1 500 other samples it gives no second row, nor do the newest 100
+    samples repeated with it (the memory of the others is bounded, README "Readings")."""
     appliance = start_appliance()
     cp = "MANYSAMPLES"
+    begin = {
+        "timestamp": stamp(),
+        "sampled_value": [
+            {
+                "value": 0.5,
+                "measurand": "Energy.Active.Import.Register",
+                "context": "Transaction.Begin",
+            }
+        ],
+    }
     with Station(appliance, cp, V201).open() as station:
         booted(station)
-        sent: list[dict] = []
-        for seq in range(15):
-            when = stamp()
+
+        def event(kind: str, seq: int, values: list) -> None:
+            station.send(
+                station.call.TransactionEvent(
+                    event_type=kind,
+                    timestamp=stamp(),
+                    trigger_reason={"Started": "Authorized", "Ended": "EVCommunicationLost"}.get(
+                        kind, "MeterValuePeriodic"
+                    ),
+                    seq_no=seq,
+                    transaction_info={"transaction_id": "tx-many"},
+                    evse={"id": 1, "connector_id": 1},
+                    meter_value=values,
+                )
+            )
+
+        event("Started", 0, [begin])
+        periodic: list[dict] = []
+        for seq in range(1, 16):
             values = [
                 {"value": seq * 1000 + n, "measurand": "Energy.Active.Import.Register"}
                 for n in range(100)
             ]
-            sent.append({"timestamp": when, "sampled_value": values})
-            station.send(
-                station.call.TransactionEvent(
-                    event_type="Started" if seq == 0 else "Updated",
-                    timestamp=when,
-                    trigger_reason="Authorized" if seq == 0 else "MeterValuePeriodic",
-                    seq_no=seq,
-                    transaction_info={"transaction_id": "tx-many"},
-                    evse={"id": 1, "connector_id": 1},
-                    meter_value=[sent[-1]],
-                )
-            )
-        station.send(
-            station.call.TransactionEvent(
-                event_type="Ended",
-                timestamp=stamp(),
-                trigger_reason="EVCommunicationLost",
-                seq_no=15,
-                transaction_info={"transaction_id": "tx-many"},
-                evse={"id": 1, "connector_id": 1},
-                meter_value=[sent[12]],
-            )
-        )
+            periodic.append({"timestamp": stamp(), "sampled_value": values})
+            event("Updated", seq, [periodic[-1]])
+        event("Ended", 16, [begin, periodic[-1]])
         station.heartbeat()
         appliance.wait_rows(
             "SELECT 1 FROM transactions WHERE identity = ? AND stopped_at IS NOT NULL", cp
         )
     assert appliance.query(
         "SELECT count(*), count(DISTINCT value) FROM meter_values WHERE identity = ?", cp
-    ) == [(1500, 1500)]
+    ) == [(1501, 1501)]
+    assert appliance.query(
+        "SELECT count(*) FROM meter_values WHERE identity = ? AND context = 'Transaction.Begin'",
+        cp,
+    ) == [(1,)]
 
 
 # =========================================================== 5-7. controls in force

@@ -37,8 +37,12 @@ from appliance.tree.vin import find_vin
 Write = tuple[str, Any, Meta | None]
 
 #: samples remembered per charge point to store a sample repeated in a later event of
-#: the same transaction once (MicroOcpp repeats Transaction.Begin in the Ended event)
-SAMPLES_REMEMBERED = 1024
+#: the same transaction once (README "Readings"): the latest of any context (a retried
+#: or re-sent event, a StopTransaction's transactionData), as 64-bit hashes
+SAMPLES_REMEMBERED = 256
+#: ... and the Transaction.Begin samples of its latest sessions, however long ago:
+#: MicroOcpp repeats them in the Ended event, hours of other samples later
+BEGIN_SAMPLES_REMEMBERED = 64
 
 #: how many stopped sessions per charge point are remembered, so that a late event for
 #: one of them never reopens it
@@ -218,6 +222,8 @@ class _Station:
     evses: dict[int, _Evse] = field(default_factory=dict)
     #: samples of transactions already stored (see SAMPLES_REMEMBERED)
     samples: dict[int, None] = field(default_factory=dict)
+    #: Transaction.Begin samples already stored (see BEGIN_SAMPLES_REMEMBERED)
+    begins: dict[int, None] = field(default_factory=dict)
     connected: bool = False
     #: when it last reported a reading (ms, `info.lastReading`)
     last_reading: int | None = None
@@ -535,7 +541,7 @@ class Tree:
         rows: list[tuple[Any, ...]] = []  # in MeterValueRow's order
         best: dict[str, tuple[int, Stamp, Any]] = {}
         clock: dict[str | None, tuple[int, Stamp]] = {}  # per timestamp text: parsed once
-        samples = station.samples
+        samples, begins = station.samples, station.begins
         for r in update.readings:
             sampled_at = r.sampled_at
             parsed = clock.get(sampled_at)
@@ -547,11 +553,12 @@ class Tree:
             suspect, when = parsed
             if tid is not None:
                 # the same sample in a later event of its transaction is stored once
-                # a 64-bit hash, not the sample: 1 024 per charge point (README "Readings")
                 key = hash((tid, r))
-                if key in samples:
+                if key in samples or key in begins:
                     continue
                 samples[key] = None
+                if r.context == "Transaction.Begin":
+                    begins[key] = None
             rows.append(
                 (
                     identity,
@@ -577,6 +584,7 @@ class Tree:
             if found is None or rank > found[0] or (rank == found[0] and newer(when, found[1])):
                 best[r.name] = (rank, when, r)
         station.samples = forget_oldest(samples, SAMPLES_REMEMBERED)
+        station.begins = forget_oldest(begins, BEGIN_SAMPLES_REMEMBERED)
         if rows:
             self.store.put(MeterValueRows(rows))
             station.last_reading = received
