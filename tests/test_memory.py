@@ -98,13 +98,14 @@ def test_the_hub_remembers_the_latest_retried_calls() -> None:
     assert hub.repeated("CP1", "MeterValues", "a")
     assert not hub.repeated("CP1", "StatusNotification", "a")  # another action
     assert not hub.repeated("CP2", "MeterValues", "a")  # another charge point
-    # "a" seen again every 100 calls stays; the oldest others are forgotten, a batch at
-    # a time (domain/recent.py): never fewer than REMEMBERED_CALLS, at most a quarter more
+    # "a" seen again every REMEMBERED_CALLS // 2 calls stays; the oldest others are
+    # forgotten a batch at a time (domain/recent.py): never fewer than REMEMBERED_CALLS,
+    # at most a quarter more
     sizes = []
     many = 3 * REMEMBERED_CALLS
     for n in range(many):
         assert not hub.repeated("CP1", "MeterValues", str(n))
-        if n % 100 == 99:
+        if n % (REMEMBERED_CALLS // 2) == 0:
             assert hub.repeated("CP1", "MeterValues", "a")
         sizes.append(len(hub._applied["CP1"]))
     assert min(sizes[REMEMBERED_CALLS:]) >= REMEMBERED_CALLS
