@@ -435,6 +435,13 @@ class NewerSchema(sqlite3.DatabaseError):
     """The file was written by a newer appliance."""
 
 
+#: the writer's page cache: the pages it appends to stay in it; the states it updates
+#: here and there come back from the OS's page cache when they are not (bench_pipeline,
+#: 100 charge points: 2 more read calls and ~3 µs of system time a call, 1.5 MB less
+#: than SQLite's default 2 MB; issue 21)
+WRITER_CACHE_KB = 512
+
+
 def connect(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -447,6 +454,7 @@ def connect(path: Path) -> sqlite3.Connection:
     connection.execute("PRAGMA journal_mode = WAL")
     # FULL: each commit is fsynced, so at most one commit interval is lost on power loss.
     connection.execute("PRAGMA synchronous = FULL")
+    connection.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KB}")
     connection.isolation_level = "DEFERRED"
     return connection
 
