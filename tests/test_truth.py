@@ -366,6 +366,23 @@ def test_2x_schema_defaults_and_a_repeated_sample(start_appliance):
     assert rows == [("Transaction.Begin", 1000.0), ("Sample.Periodic", 3000.0)]
 
 
+def transaction_event(station: Any, transaction_id: str, kind: str, seq: int, values: list) -> None:
+    """A 2.x TransactionEvent on EVSE 1 now, with `values` as its meter values."""
+    station.send(
+        station.call.TransactionEvent(
+            event_type=kind,
+            timestamp=stamp(),
+            trigger_reason={"Started": "Authorized", "Ended": "EVCommunicationLost"}.get(
+                kind, "MeterValuePeriodic"
+            ),
+            seq_no=seq,
+            transaction_info={"transaction_id": transaction_id},
+            evse={"id": 1, "connector_id": 1},
+            meter_value=values,
+        )
+    )
+
+
 def test_a_repeated_sample_is_stored_once_after_many_others(start_appliance):
     """MicroOcpp repeats the Transaction.Begin sample in the Ended event, however long the
     session ran: after 1 500 other samples it gives no second row, nor do the newest 100
@@ -386,19 +403,7 @@ def test_a_repeated_sample_is_stored_once_after_many_others(start_appliance):
         booted(station)
 
         def event(kind: str, seq: int, values: list) -> None:
-            station.send(
-                station.call.TransactionEvent(
-                    event_type=kind,
-                    timestamp=stamp(),
-                    trigger_reason={"Started": "Authorized", "Ended": "EVCommunicationLost"}.get(
-                        kind, "MeterValuePeriodic"
-                    ),
-                    seq_no=seq,
-                    transaction_info={"transaction_id": "tx-many"},
-                    evse={"id": 1, "connector_id": 1},
-                    meter_value=values,
-                )
-            )
+            transaction_event(station, "tx-many", kind, seq, values)
 
         event("Started", 0, [begin])
         periodic: list[dict] = []
@@ -421,6 +426,39 @@ def test_a_repeated_sample_is_stored_once_after_many_others(start_appliance):
         "SELECT count(*) FROM meter_values WHERE identity = ? AND context = 'Transaction.Begin'",
         cp,
     ) == [(1,)]
+
+
+def test_samples_of_one_moment_are_remembered_together(start_appliance):
+    """A later event repeating part of an earlier moment's samples with a new one of that
+    moment stores only the new one; a sample twice in one message gives one row (the
+    samples memory keeps them by transaction and timestamp, README "Readings")."""
+    appliance = start_appliance()
+    cp = "MOMENTS"
+    moment = stamp()
+
+    def values(*numbers: float) -> list:
+        return [
+            {
+                "timestamp": moment,
+                "sampled_value": [
+                    {"value": n, "measurand": "Energy.Active.Import.Register"} for n in numbers
+                ],
+            }
+        ]
+
+    with Station(appliance, cp, V201).open() as station:
+        booted(station)
+        for seq, (kind, numbers) in enumerate(
+            [("Started", (1.0, 2.0)), ("Updated", (2.0, 3.0, 3.0)), ("Ended", (1.0, 3.0))]
+        ):
+            transaction_event(station, "tx-moments", kind, seq, values(*numbers))
+        station.heartbeat()
+        appliance.wait_rows(
+            "SELECT 1 FROM transactions WHERE identity = ? AND stopped_at IS NOT NULL", cp
+        )
+    assert appliance.query(
+        "SELECT value FROM meter_values WHERE identity = ? ORDER BY seq", cp
+    ) == [(1.0,), (2.0,), (3.0,)]
 
 
 # =========================================================== 5-7. controls in force

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from appliance import domain
 from appliance.domain.clock import Stamp, check, iso_now, newer, stamp, time_suspect, wall
 from appliance.domain.meter import CONTEXT_RANK, INSTANTANEOUS_UNITS
-from appliance.domain.recent import forget_oldest
+from appliance.domain.recent import GroupedHashes
 from appliance.domain.status import state_of
 from appliance.store import (
     ChargePointRow,
@@ -38,7 +38,8 @@ Write = tuple[str, Any, Meta | None]
 
 #: samples remembered per charge point to store a sample repeated in a later event of
 #: the same transaction once (README "Readings"): the latest of any context (a retried
-#: or re-sent event, a StopTransaction's transactionData), as 64-bit hashes
+#: or re-sent event, a StopTransaction's transactionData), as 64-bit hashes grouped by
+#: transaction and timestamp
 SAMPLES_REMEMBERED = 256
 #: ... and the Transaction.Begin samples of its latest sessions, however long ago:
 #: MicroOcpp repeats them in the Ended event, hours of other samples later
@@ -220,10 +221,11 @@ class _Station:
     #: the raw status of each connector: (evse, connector) → status
     statuses: dict[tuple[int, int | None], str] = field(default_factory=dict)
     evses: dict[int, _Evse] = field(default_factory=dict)
-    #: samples of transactions already stored (see SAMPLES_REMEMBERED)
-    samples: dict[int, None] = field(default_factory=dict)
+    #: samples of transactions already stored, by transaction and timestamp (see
+    #: SAMPLES_REMEMBERED)
+    samples: GroupedHashes = field(default_factory=lambda: GroupedHashes(SAMPLES_REMEMBERED))
     #: Transaction.Begin samples already stored (see BEGIN_SAMPLES_REMEMBERED)
-    begins: dict[int, None] = field(default_factory=dict)
+    begins: GroupedHashes = field(default_factory=lambda: GroupedHashes(BEGIN_SAMPLES_REMEMBERED))
     connected: bool = False
     #: when it last reported a reading (ms, `info.lastReading`)
     last_reading: int | None = None
@@ -540,25 +542,35 @@ class Tree:
         tid = update.transaction_id
         rows: list[tuple[Any, ...]] = []  # in MeterValueRow's order
         best: dict[str, tuple[int, Stamp, Any]] = {}
-        clock: dict[str | None, tuple[int, Stamp]] = {}  # per timestamp text: parsed once
+        # per timestamp text: parsed once, with its samples' group in the samples memory,
+        # whether that group is known there, and the group's samples first seen now
+        clock: dict[str | None, tuple[int, Stamp, int, bool, list[int]]] = {}
         samples, begins = station.samples, station.begins
+        fresh: dict[int, list[int]] = {}
+        taken: set[int] = set()  # a sample twice in this message is stored once too
+        fresh_begins: list[tuple[int, int]] = []
         for r in update.readings:
             sampled_at = r.sampled_at
             parsed = clock.get(sampled_at)
             if parsed is None:
+                group = hash((tid, sampled_at))
                 parsed = clock[sampled_at] = (
                     int(time_suspect(sampled_at)),
                     stamp(sampled_at, arrived),
+                    group,
+                    group in samples.groups or group in begins.groups,
+                    fresh.setdefault(group, []),
                 )
-            suspect, when = parsed
+            suspect, when, group, known, new = parsed
             if tid is not None:
                 # the same sample in a later event of its transaction is stored once
                 key = hash((tid, r))
-                if key in samples or key in begins:
+                if key in taken or (known and (samples.has(group, key) or begins.has(group, key))):
                     continue
-                samples[key] = None
+                taken.add(key)
+                new.append(key)
                 if r.context == "Transaction.Begin":
-                    begins[key] = None
+                    fresh_begins.append((group, key))
             rows.append(
                 (
                     identity,
@@ -583,8 +595,11 @@ class Tree:
             found = best.get(r.name)
             if found is None or rank > found[0] or (rank == found[0] and newer(when, found[1])):
                 best[r.name] = (rank, when, r)
-        station.samples = forget_oldest(samples, SAMPLES_REMEMBERED)
-        station.begins = forget_oldest(begins, BEGIN_SAMPLES_REMEMBERED)
+        for group, keys in fresh.items():
+            if keys:
+                samples.add(group, keys)
+        for group, key in fresh_begins:
+            begins.add(group, [key])
         if rows:
             self.store.put(MeterValueRows(rows))
             station.last_reading = received
