@@ -14,7 +14,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,12 +46,14 @@ from appliance.store.queries import heartbeat as last_heartbeat
 from appliance.store.start import OPEN_SESSION_MAX_AGE_MS
 from appliance.transport import Server
 from appliance.tree import Tree
-from appliance.upstream import Upstreams
 
 if TYPE_CHECKING:
     # imported by `running` only when [mqtt] is configured (paho-mqtt: 1.4 MB of RSS)
     from appliance.central import Central
     from appliance.mqtt import Bridge
+
+    # imported when an [[upstream]] is configured, at start or at a SIGHUP (issue 21)
+    from appliance.upstream import Upstreams
 
 log = logging.getLogger("appliance")
 
@@ -130,8 +132,11 @@ class Running:
     mqtt: Bridge | None = None
     #: replication into the fleet's PostgreSQL, when [central] is configured
     central: Central | None = None
-    #: the second backends ([[upstream]]; README "A second backend")
+    #: the second backends ([[upstream]]; README "A second backend"), None until one is
+    #: configured
     upstreams: Upstreams | None = None
+    #: starts `upstreams` (at a SIGHUP that adds the first [[upstream]])
+    start_upstreams: Callable[[Config], Awaitable[None]] | None = None
 
 
 class CannotListen(Exception):
@@ -447,9 +452,18 @@ async def running(config: Config, policy: Policy | None = None) -> AsyncIterator
                     running.dashboard.port,
                 )
             running.mqtt = bridge
-            # always running, so that a SIGHUP can add an [[upstream]]
-            running.upstreams = Upstreams(stations, store, config)
-            await nursery.start(running.upstreams.run)
+
+            async def start_upstreams(config: Config) -> None:
+                from appliance.upstream import Upstreams
+
+                assert running is not None
+                running.upstreams = Upstreams(stations, store, config)
+                await nursery.start(running.upstreams.run)
+                running.upstreams.connect_all()  # those connected before a SIGHUP added it
+
+            running.start_upstreams = start_upstreams
+            if config.upstream:
+                await start_upstreams(config)
             if config.central is not None:
                 from appliance.central import Central
 
@@ -559,4 +573,6 @@ async def reload(appliance: Running) -> None:
         appliance.central.reload(new)
     if appliance.upstreams is not None:
         appliance.upstreams.reload(new)
+    elif new.upstream and appliance.start_upstreams is not None:
+        await appliance.start_upstreams(new)
     log.info("SIGHUP: config reloaded from %s", old.source)

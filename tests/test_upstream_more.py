@@ -616,3 +616,55 @@ def test_upstream_tls_files_that_do_not_load_are_a_reason_not_a_crash(start_appl
     assert status == "Accepted"
     assert reason.startswith("cannot connect: cannot load TLS files"), reason
     assert appliance.proc.poll() is None
+
+
+def test_a_sighup_adds_the_first_upstream_for_a_charge_point_already_connected(
+    start_appliance,
+):
+    """Started without [[upstream]] (its code is not even loaded then, issue 21), the
+    appliance takes one at a SIGHUP: the charge point connected before gets its link at
+    once, and its next calls arrive upstream (README "A second backend")."""
+    import signal
+
+    upstream = Upstream("ocpp1.6").start()
+    appliance = start_appliance()
+    added = threading.Event()
+
+    async def scenario(cp: Any) -> None:
+        await cp.call(call16.BootNotification(charge_point_model="Up", charge_point_vendor="T"))
+        assert await asyncio.to_thread(added.wait, 20), "no SIGHUP"
+        await asyncio.to_thread(
+            conftest.wait_for,
+            lambda: (
+                appliance.query(
+                    "SELECT upstreams FROM charge_point_status WHERE identity = 'HUP-1'"
+                )[0][0]
+                not in (None, "{}")
+            ),
+            20,
+            "the link",
+        )
+        await cp.call(
+            call16.StatusNotification(connector_id=1, error_code="NoError", status="Available")
+        )
+        await cp.call(call16.Heartbeat())
+
+    def sighup() -> None:
+        conftest.wait_for(
+            lambda: appliance.query("SELECT 1 FROM charge_points WHERE identity = 'HUP-1'"),
+            20,
+            "the boot",
+        )
+        config = appliance.folder / "appliance.toml"
+        config.write_text(config.read_text() + upstream_config(upstream))
+        appliance.proc.send_signal(signal.SIGHUP)
+        added.set()
+
+    hup = threading.Thread(target=sighup)
+    hup.start()
+    asyncio.run(session16(appliance.url, "HUP-1", scenario))
+    hup.join()
+    calls = wait_calls(upstream, "HUP-1", 2, appliance=appliance)
+    assert [a for a, _ in calls][-2:] == ["StatusNotification", "Heartbeat"]
+    assert "SIGHUP: config reloaded" in appliance.log()
+    upstream.stop()

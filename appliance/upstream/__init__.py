@@ -162,6 +162,10 @@ class Upstreams:
         for links in list(self._links.values()):
             for link in list(links):
                 link.stop()
+        self.connect_all()
+
+    def connect_all(self) -> None:
+        """Links for every charge point connected now."""
         for station in list(self.stations.stations.values()):
             self._connect(station)
 
