@@ -2,12 +2,15 @@
 still compiles, a fresh appliance still refuses bad frames of every version with that
 version's code), the dashboard built with its first connection (it answers; a stop
 before any frees its port), the retried calls the hub remembers, the CLI's list of
-simulator protocols, and the task that gives memory back after a peak."""
+simulator protocols, the task that gives memory back after a peak, and a closed
+connection's station freed without waiting for a garbage collection."""
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
+import weakref
 
 import httpx
 import pytest
@@ -65,6 +68,35 @@ async def test_a_fresh_appliance_refuses_a_bad_frame_with_the_versions_code(
 
         answer = await trio.to_thread.run_sync(charge_point)
     assert answer[:3] == [4, "1", DIALECTS[version].error_code(Fault.OCCURRENCE)]
+
+
+async def test_a_closed_connections_station_is_freed_at_once(tmp_path) -> None:
+    """Without a garbage collection (in the field the collector's oldest generation runs
+    rarely): after a charge point disconnects and another comes and goes, nothing keeps
+    the first one's station, its session and its connection's buffers."""
+    async with in_process_server(tmp_path) as running:
+
+        def charge_point(identity: str) -> weakref.ref:
+            with connect(f"{running.url}/{identity}", subprotocols=["ocpp1.6"]) as ws:
+                ws.send(json.dumps([2, "1", *BOOT["ocpp1.6"]]))
+                ws.recv()
+                return weakref.ref(running.stations[identity])
+
+        async def visit(identity: str) -> weakref.ref:
+            station = await trio.to_thread.run_sync(charge_point, identity)
+            with trio.fail_after(10):
+                while identity in running.stations:
+                    await trio.sleep(0.01)
+            await trio.sleep(0.2)  # every subscriber has had the Disconnected event
+            return station
+
+        gc.disable()
+        try:
+            first = await visit("GONE-1")
+            await visit("GONE-2")
+            assert first() is None
+        finally:
+            gc.enable()
 
 
 async def test_the_dashboard_is_built_with_its_first_connection(tmp_path) -> None:

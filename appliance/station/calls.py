@@ -97,6 +97,13 @@ class Calls:
         for call in self.session.close():
             self.resolve(call.message_id, error=reason)
 
+    def let_go(self) -> None:
+        """The station's connection has ended for good: drop its callbacks. They refer to
+        the station, which refers to this: a reference cycle that would keep the station,
+        its connection and their buffers until a full garbage collection (issue 21)."""
+        self._flush = _nothing
+        self._queued = None
+
     async def expire(self) -> None:
         """Run in the connection's nursery: time out calls at their deadlines."""
         while True:
@@ -110,3 +117,7 @@ class Calls:
                 log.warning("%s: %s: %s", self.identity, event.call.action, event.reason)
                 self.resolve(event.call.message_id, error=event.reason)
             await self._flush()
+
+
+async def _nothing() -> None:
+    """What a let-go Calls flushes: nothing, its connection is gone."""

@@ -210,6 +210,8 @@ class Station:
                     break
                 job.abandon("not connected")
             hub.detach(self)
+            self.calls.let_go()
+            self._nursery = None
 
     async def call(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Send a CALL to the charge point and wait for its result (CallFailed says why
