@@ -23,7 +23,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -191,20 +191,30 @@ class _Batch:
         else:
             self.rows.append((statement, row))
 
-    def states(self) -> dict[str, _Latest]:
-        """The latest value per id: lazy producers in arrival order, explicit writes on top.
-        A producer that fails costs only its own states (logged), never the batch."""
-        latest: dict[str, _Latest] = {}
+    def states(self) -> Iterator[tuple[str, Any, int, Meta | None, bool]]:
+        """Each state to write once, as (id, value, ts, description, changes only): lazy
+        producers one at a time in arrival order, then the explicit writes, which win over
+        a producer's value of the same id. Streamed: a commit of a hundred charge points'
+        payloads never holds all their flattened leaves at once (issue 21). A producer
+        that fails costs only its own states (logged), never the batch."""
         for key, (produce, ts) in self._lazy.items():
-            try:
-                produced = produce()
-            except Exception:
-                log.exception("database: the states of %.100r could not be computed", key)
-                continue
-            for state_id, value, meta, own, changes_only in produced:
-                latest[state_id] = (value, own or ts, meta, changes_only)
-        latest.update(self._states)
-        return latest
+            yield from self._produced(key, produce, ts)
+        for state_id, (value, ts, meta, changes_only) in self._states.items():
+            yield state_id, value, ts, meta, changes_only
+
+    def _produced(
+        self, key: Hashable, produce: Callable[[], list[StateWrite]], ts: int
+    ) -> Iterator[tuple[str, Any, int, Meta | None, bool]]:
+        # a generator of its own: its list is let go before the next producer runs
+        try:
+            produced = produce()
+        except Exception:
+            log.exception("database: the states of %.100r could not be computed", key)
+            return
+        explicit = self._states
+        for state_id, value, meta, own, changes_only in produced:
+            if state_id not in explicit:
+                yield state_id, value, own or ts, meta, changes_only
 
     def drop_frames(self, actions: frozenset[str]) -> int:
         """The disk guard: forget the frames of `actions` gathered so far; how many."""
@@ -521,15 +531,19 @@ class Store:
 
     def _write(self, connection: sqlite3.Connection, batch: _Batch) -> bool:
         self._guard(batch)
-        latest = batch.states()
         held_back = 0
-        if self.disk.level >= Level.LEAVES:
-            kept = {i: v for i, v in latest.items() if not PAYLOAD_STATE.search(i)}
-            held_back, latest = len(latest) - len(kept), kept
-        leaves = self._leaves
-        state_rows = []
+        holding = self.disk.level >= Level.LEAVES
+        leaves, described = self._leaves, self._described
+        state_rows: list[tuple[Any, ...]] = []
         written: list[tuple[str, tuple[type, Any]]] = []
-        for i, (value, ts, _, changes_only) in latest.items():
+        new_objects: list[tuple[Any, ...]] = []
+        for i, value, ts, meta, changes_only in batch.states():
+            if holding and PAYLOAD_STATE.search(i):
+                held_back += 1
+                continue
+            description = tuple(meta or infer_meta(value))
+            if described.get(i) != description:
+                new_objects.append((i, *description))
             encoded = encode(value)
             if changes_only:
                 # typed: 1, 1.0 and True are different values of a leaf
@@ -538,12 +552,7 @@ class Store:
                     continue
                 written.append((i, seen))
             state_rows.append((i, encoded, ts, ts))
-        new_objects = [
-            (state_id, *(meta or infer_meta(value)))
-            for state_id, (value, _, meta, _) in latest.items()
-            if self._described.get(state_id) != tuple(meta or infer_meta(value))
-        ]
-        new_objects += [d for d in batch.defaults if self._described.get(d[0]) != d[1:]]
+        new_objects += [d for d in batch.defaults if described.get(d[0]) != d[1:]]
         try:
             try:
                 self._commit(connection, batch, state_rows, new_objects)
@@ -583,9 +592,9 @@ class Store:
             return False
         self.disk.states_dropped += held_back
         metas = self._metas
-        for state_id, *meta in new_objects:
-            described = tuple(meta)
-            self._described[state_id] = metas.setdefault(described, described)
+        for state_id, *fields in new_objects:
+            shared = tuple(fields)
+            described[state_id] = metas.setdefault(shared, shared)
         leaves.update(written)
         # the oldest first: rewritten next time
         self._leaves = forget_oldest(leaves, LEAVES_REMEMBERED)
