@@ -247,6 +247,28 @@ def test_a_commit_computes_one_payloads_leaves_at_a_time():
     ]  # fmt: skip
 
 
+def test_a_leaf_of_a_commit_that_failed_is_written_again(tmp_path):
+    """The writer remembers each leaf's value as it makes its row (issue 21: a commit's
+    rows are streamed). A commit that fails after that, here on a value SQLite cannot
+    bind (beyond 64 bits: the slow path writes it as text), forgets them again: the leaf
+    and its description are written all the same."""
+    from appliance.store import Store
+
+    path = tmp_path / "leaves.db"
+    leaf = "CP.ocpp.v16.in.MeterValues.data.connectorId"
+    store = Store(path, commit_interval_ms=100)
+    store.open()
+    store.set_states(
+        [StateWrite(leaf, 2, None, None, True), StateWrite("CP.info.huge", 2**70, None)]
+    )
+    assert store.close()  # what is queued is written first
+    with sqlite3.connect(path) as reader:
+        rows = reader.execute("SELECT id, val FROM states ORDER BY id").fetchall()
+        described = reader.execute("SELECT id FROM objects ORDER BY id").fetchall()
+    assert rows == [("CP.info.huge", str(2**70)), (leaf, 2)]
+    assert described == [("CP.info.huge",), (leaf,)]
+
+
 def test_the_buffer_sheds_by_weight_too():
     """Few rows but large frames: the weight bound drops the oldest frame copies until
     what remains weighs at most the limit (rows not shed count too)."""
