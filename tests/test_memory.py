@@ -11,6 +11,7 @@ import gc
 import json
 import socket
 import weakref
+from collections import Counter
 
 import httpx
 import pytest
@@ -97,6 +98,51 @@ async def test_a_closed_connections_station_is_freed_at_once(tmp_path) -> None:
             assert first() is None
         finally:
             gc.enable()
+
+
+def _tasks() -> list[str]:
+    """The names of every task of the running appliance (the test's own included)."""
+    names: list[str] = []
+    pending = [trio.lowlevel.current_root_task()]
+    while pending:
+        task = pending.pop()
+        names.append(task.name)
+        pending.extend(t for n in task.child_nurseries for t in n.child_tasks)
+    return names
+
+
+async def test_an_idle_connection_runs_no_command_worker(tmp_path) -> None:
+    """Issue 21: a charge point's command worker runs only while it has commands (the
+    tests of controls and readings give it some); an idle connection is its handler,
+    its keep-alive and its calls' timer."""
+    async with in_process_server(tmp_path) as running:
+        before = _tasks()
+
+        frames: list = []
+
+        def charge_point(ready: trio.Event, done: trio.Event) -> None:
+            with connect(f"{running.url}/IDLE", subprotocols=["ocpp1.6"]) as ws:
+                ws.send(json.dumps([2, "1", *BOOT["ocpp1.6"]]))
+                frames.append(json.loads(ws.recv()))
+                ws.send(json.dumps([2, "2", "Heartbeat", {}]))
+                frames.append(json.loads(ws.recv()))
+                trio.from_thread.run_sync(ready.set)
+                trio.from_thread.run(done.wait)
+
+        ready, done = trio.Event(), trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, charge_point, ready, done)
+            await ready.wait()
+            await trio.sleep(0.2)
+            added = (Counter(_tasks()) - Counter(before)).elements()
+            done.set()
+    assert [frame[:2] for frame in frames] == [[3, "1"], [3, "2"]]
+    assert sorted(name.rsplit(".", 1)[-1] for name in added) == [
+        "_handle",
+        "expire",
+        "keep_alive",
+        "run_sync",
+    ]
 
 
 async def test_the_dashboard_is_built_with_its_first_connection(tmp_path) -> None:

@@ -10,10 +10,10 @@ its frame and the error in `messages`, nothing else.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -167,8 +167,11 @@ class Station:
             hub.token_accepted,
         )
         self.calls = Calls(identity, self.session, self._send_outgoing, self._call_queued)
-        send, receive = trio.open_memory_channel[Job](math.inf)
-        self._jobs, self._job_queue = send, receive
+        #: the command worker's queue; the worker runs only while it holds jobs (issue 21:
+        #: no idle task and channel per connection)
+        self._jobs: collections.deque[Job] = collections.deque()
+        self._working = False
+        self._closed = False
         self._nursery: trio.Nursery | None = None
         #: the Device Model report being gathered after boot (2.x)
         self._report: _Report | None = None
@@ -183,7 +186,7 @@ class Station:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self.calls.expire)
-                nursery.start_soon(self._work)
+                self._work_on()  # what was submitted before
                 if self.tree.booted(self.identity):
                     nursery.start_soon(self._permit_after_grace)
                 store = hub.store
@@ -201,17 +204,13 @@ class Station:
                             await store.progress()
                 nursery.cancel_scope.cancel()
         finally:
+            self._closed = True
+            self._nursery = None
             self.calls.fail_pending("connection closed before the answer")
-            self._jobs.close()
-            while True:
-                try:
-                    job = self._job_queue.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                job.abandon("not connected")
+            while self._jobs:
+                self._jobs.popleft().abandon("not connected")
             hub.detach(self)
             self.calls.let_go()
-            self._nursery = None
 
     async def call(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Send a CALL to the charge point and wait for its result (CallFailed says why
@@ -220,10 +219,11 @@ class Station:
 
     def submit(self, job: Job) -> None:
         """Queue work for this charge point's command worker (one job at a time)."""
-        try:
-            self._jobs.send_nowait(job)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+        if self._closed:
             job.abandon("not connected")
+            return
+        self._jobs.append(job)
+        self._work_on()
 
     async def close(self, code: int, reason: str) -> None:
         await self.link.close(code, reason)
@@ -243,9 +243,19 @@ class Station:
             session.permit(trio.current_time())
             await self._send_outgoing()
 
+    def _work_on(self) -> None:
+        """Start the command worker if there is work and it is not running."""
+        if self._jobs and not self._working and self._nursery is not None:
+            self._working = True
+            self._nursery.start_soon(self._work)
+
     async def _work(self) -> None:
-        async for job in self._job_queue:
-            await job.run(self)
+        # one job at a time, in the order submitted; done when none is left
+        try:
+            while self._jobs:
+                await self._jobs.popleft().run(self)
+        finally:
+            self._working = False
 
     # ------------------------------------------------------------------ reading
 
