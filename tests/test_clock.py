@@ -276,7 +276,7 @@ def test_an_unsynchronised_clock_teaches_the_newest_time_it_knows(test_clock, st
     test_clock.set(-3 * DAY, False)
     appliance = start_appliance(name="pi")
     assert "clock: the system says its clock is not synchronised" in appliance.log()
-    ahead = time.time() + 2 * 3600
+    ahead = seconds(iso(time.time() + 2 * 3600))  # to the millisecond, as the charge point says it
 
     async def scenario() -> dict[str, Any]:
         answers: dict[str, Any] = {}
