@@ -664,7 +664,8 @@ def test_a_sighup_adds_the_first_upstream_for_a_charge_point_already_connected(
     hup.start()
     asyncio.run(session16(appliance.url, "HUP-1", scenario))
     hup.join()
-    calls = wait_calls(upstream, "HUP-1", 2, appliance=appliance)
-    assert [a for a, _ in calls][-2:] == ["StatusNotification", "Heartbeat"]
+    # the link's own BootNotification comes first; the charge point's calls follow
+    calls = wait_calls(upstream, "HUP-1", 3, appliance=appliance)
+    assert [a for a, _ in calls] == ["BootNotification", "StatusNotification", "Heartbeat"]
     assert "SIGHUP: config reloaded" in appliance.log()
     upstream.stop()
