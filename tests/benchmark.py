@@ -92,11 +92,49 @@ async def _charge_point(
                 await asyncio.sleep(max(0.0, pace - took))
 
 
-async def _load(url: str, count: int, duration: float, pace: float = 0.0) -> dict:
-    latencies: list[float] = []
+class _Ended(list):
+    """Latencies that also remember when each call ended (for --timeline)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended: list[float] = []
+        self.started = 0.0
+
+    def append(self, took: float) -> None:
+        super().append(took)
+        self.ended.append(time.perf_counter())
+
+
+def timeline(load_latencies: _Ended, slice_sec: float = 0.1) -> dict:
+    """Where the slowest 1 % of calls ended: spread over the run, or bunched in a few
+    slices (a stall that holds many connections at once)."""
+    pairs = list(zip(load_latencies.ended, load_latencies, strict=True))
+    start = load_latencies.started
+    ordered = sorted(took for _, took in pairs)
+    p99 = ordered[int(0.99 * len(ordered))]
+    slices: dict[int, list[float]] = {}
+    for ended, took in pairs:
+        slices.setdefault(int((ended - start) / slice_sec), []).append(took)
+    slow = sorted((sum(took >= p99 for took in tooks), index) for index, tooks in slices.items())
+    bunched = [(round(index * slice_sec, 1), n) for n, index in slow if n]
+    return {
+        "slices": len(slices),
+        "slices_with_answers": sum(1 for tooks in slices.values() if tooks),
+        "slices_holding_the_slowest_1pct": len(bunched),
+        "slowest_1pct_by_slice_s": sorted(bunched),
+        "fewest_answers_in_a_slice": min(len(tooks) for tooks in slices.values()),
+    }
+
+
+async def _load(
+    url: str, count: int, duration: float, pace: float = 0.0, latencies: list | None = None
+) -> dict:
+    latencies = [] if latencies is None else latencies
     errors: list = []
     wire: list[int] = []
     started = time.perf_counter()
+    if isinstance(latencies, _Ended):
+        latencies.started = started
     await asyncio.gather(
         *(
             _charge_point(url, i, started + duration, latencies, errors, pace, wire)
@@ -104,10 +142,10 @@ async def _load(url: str, count: int, duration: float, pace: float = 0.0) -> dic
         )
     )
     elapsed = time.perf_counter() - started
-    latencies.sort()
+    ordered = sorted(latencies)  # not in place: --timeline pairs them with their ends
 
     def quantile(q: float) -> float:
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
     return {
         "n": count,
@@ -208,6 +246,7 @@ def measure(
     database: Path | None = None,
     simulator: bool = False,
     env: dict[str, str] | None = None,
+    history: float = 0,
 ) -> list:
     server = subprocess.Popen(_pin(0) + command, stderr=subprocess.DEVNULL, env=env)
     results = []
@@ -216,6 +255,12 @@ def measure(
         if hasattr(os, "sched_setaffinity") and shutil.which("taskset"):
             os.sched_setaffinity(0, {1})
         for count in counts:
+            if history:
+                # the same charge points first send back to back, unmeasured: the tables
+                # and their per-identity indexes then hold history of each of them, as
+                # after days of use (a fresh file's first pages are shared by all)
+                asyncio.run(_load(f"ws://127.0.0.1:{port}", count, history))
+                time.sleep(2)  # its last commit
             cpu0, disk0 = _cpu_seconds(server.pid), _written_bytes(server.pid)
             size0 = _size(database)
             url = f"ws://127.0.0.1:{port}"
@@ -467,9 +512,30 @@ def main() -> None:
         "(e.g. -n 10 --paced 1 --duration 60 for the disk-write measure)",
     )
     parser.add_argument(
+        "--history",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="before each measurement the same charge points send back to back for SECONDS,"
+        " unmeasured, so the database holds history of each as after days of use (e.g. -n 10"
+        " --history 30 --paced 1 --duration 120: the disk-write measure in the steady state)",
+    )
+    parser.add_argument(
         "--simulator",
         action="store_true",
         help="drive the load with `ocpp-appliance simulate --load` (adds its CPU per call)",
+    )
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="only the appliance, back to back: where in time the slowest 1 %% of calls ended"
+        " (by 100 ms slices)",
+    )
+    parser.add_argument(
+        "--commit-interval-ms",
+        type=int,
+        metavar="MS",
+        help='the appliance\'s commit_interval_ms (README "Configuration"; default its own)',
     )
     args = parser.parse_args()
     counts = [int(n) for n in args.n.split(",")]
@@ -485,7 +551,12 @@ def main() -> None:
     # fetch_on_boot off: the load generator answers no configuration requests
     config.write_text(
         f'host = "127.0.0.1"\nport = {args.port}\ndatabase = "bench.db"\n'
-        "[device_model]\nfetch_on_boot = false\n"
+        + (
+            f"[storage]\ncommit_interval_ms = {args.commit_interval_ms}\n"
+            if args.commit_interval_ms
+            else ""
+        )
+        + "[device_model]\nfetch_on_boot = false\n"
     )
     script = Path(sys.executable).with_name("ocpp-appliance")
     appliance = [str(script)] if script.exists() else [sys.executable, "-m", "appliance"]
@@ -508,6 +579,22 @@ def main() -> None:
                 "other_writer_wait_p50_ms": round(waits[len(waits) // 2] * 1000, 1),
                 "other_writer_wait_max_ms": round(waits[-1] * 1000, 1),
             }))  # fmt: skip
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(10)
+        return
+    if args.timeline:
+        server = subprocess.Popen(
+            [*_pin(0), *appliance, "serve", "--config", str(config)], stderr=subprocess.DEVNULL
+        )
+        try:
+            _wait_port(args.port)
+            if hasattr(os, "sched_setaffinity") and shutil.which("taskset"):
+                os.sched_setaffinity(0, {1})
+            ended = _Ended()
+            url = f"ws://127.0.0.1:{args.port}"
+            load = asyncio.run(_load(url, counts[-1], args.duration, latencies=ended))
+            print(json.dumps({**load, **timeline(ended)}))
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(10)
@@ -566,7 +653,16 @@ def main() -> None:
         elif name == "appliance_before":
             database = folder / "before" / "bench.db"
         rows = measure(
-            name, command, port, counts, args.duration, args.paced, database, args.simulator, env
+            name,
+            command,
+            port,
+            counts,
+            args.duration,
+            args.paced,
+            database,
+            args.simulator,
+            env,
+            args.history,
         )
         results[name] = {row["n"]: row["server_cpu_us_per_call"] for row in rows}
 
