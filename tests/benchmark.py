@@ -98,7 +98,6 @@ class _Ended(list):
     def __init__(self) -> None:
         super().__init__()
         self.ended: list[float] = []
-        self.started = 0.0
 
     def append(self, took: float) -> None:
         super().append(took)
@@ -107,22 +106,28 @@ class _Ended(list):
 
 def timeline(load_latencies: _Ended, slice_sec: float = 0.1) -> dict:
     """Where the slowest 1 % of calls ended: spread over the run, or bunched in a few
-    slices (a stall that holds many connections at once)."""
+    slices (a stall that holds many connections at once), from the first answer (the
+    connects and boots before it are not timed). Slices in which no call ended count
+    too, with none."""
     pairs = list(zip(load_latencies.ended, load_latencies, strict=True))
-    start = load_latencies.started
-    ordered = sorted(took for _, took in pairs)
-    p99 = ordered[int(0.99 * len(ordered))]
-    slices: dict[int, list[float]] = {}
+    start = min(load_latencies.ended)
+    p99 = sorted(load_latencies)[int(0.99 * len(pairs))]
+    answers: list[int] = []
+    slowest: list[int] = []
     for ended, took in pairs:
-        slices.setdefault(int((ended - start) / slice_sec), []).append(took)
-    slow = sorted((sum(took >= p99 for took in tooks), index) for index, tooks in slices.items())
-    bunched = [(round(index * slice_sec, 1), n) for n, index in slow if n]
+        index = int((ended - start) / slice_sec)
+        while len(answers) <= index:
+            answers.append(0)
+            slowest.append(0)
+        answers[index] += 1
+        slowest[index] += took >= p99
+    bunched = [(round(i * slice_sec, 1), n) for i, n in enumerate(slowest) if n]
     return {
-        "slices": len(slices),
-        "slices_with_answers": sum(1 for tooks in slices.values() if tooks),
+        "slices": len(answers),
+        "slices_without_answers": answers.count(0),
         "slices_holding_the_slowest_1pct": len(bunched),
-        "slowest_1pct_by_slice_s": sorted(bunched),
-        "fewest_answers_in_a_slice": min(len(tooks) for tooks in slices.values()),
+        "slowest_1pct_by_slice_s": bunched,
+        "fewest_answers_in_a_slice": min(answers),
     }
 
 
@@ -133,8 +138,6 @@ async def _load(
     errors: list = []
     wire: list[int] = []
     started = time.perf_counter()
-    if isinstance(latencies, _Ended):
-        latencies.started = started
     await asyncio.gather(
         *(
             _charge_point(url, i, started + duration, latencies, errors, pace, wire)
