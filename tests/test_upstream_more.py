@@ -618,54 +618,46 @@ def test_upstream_tls_files_that_do_not_load_are_a_reason_not_a_crash(start_appl
     assert appliance.proc.poll() is None
 
 
-def test_a_sighup_adds_the_first_upstream_for_a_charge_point_already_connected(
-    start_appliance,
-):
+def test_a_sighup_adds_the_first_upstream_for_a_charge_point_already_connected(tmp_path):
     """Started without [[upstream]] (its code is not even loaded then, issue 21), the
     appliance takes one at a SIGHUP: the charge point connected before gets its link at
-    once, and its next calls arrive upstream (README "A second backend")."""
+    once, and its next calls arrive upstream (README "A second backend"). The SIGHUP
+    comes before the commit that stores the charge point's boot (a 2 s commit interval
+    here): the link still sends that boot first."""
     import signal
 
     upstream = Upstream("ocpp1.6").start()
-    appliance = start_appliance()
-    added = threading.Event()
+    folder = tmp_path / "appliance"
+    folder.mkdir()
+    config = folder / "appliance.toml"
+    config.write_text(
+        conftest.test_config("").replace("commit_interval_ms = 50", "commit_interval_ms = 2000")
+    )
+    appliance = conftest.launch(["--config", str(config)], folder / "server.log")
+    try:
 
-    async def scenario(cp: Any) -> None:
-        await cp.call(call16.BootNotification(charge_point_model="Up", charge_point_vendor="T"))
-        assert await asyncio.to_thread(added.wait, 20), "no SIGHUP"
-        await asyncio.to_thread(
-            conftest.wait_for,
-            lambda: (
-                appliance.query(
-                    "SELECT upstreams FROM charge_point_status WHERE identity = 'HUP-1'"
-                )[0][0]
-                not in (None, "{}")
-            ),
-            20,
-            "the link",
-        )
-        await cp.call(
-            call16.StatusNotification(connector_id=1, error_code="NoError", status="Available")
-        )
-        await cp.call(call16.Heartbeat())
+        def linked() -> bool:
+            rows = appliance.query(
+                "SELECT upstreams FROM charge_point_status WHERE identity = 'HUP-1'"
+            )
+            return bool(rows) and rows[0][0] not in (None, "{}")
 
-    def sighup() -> None:
-        conftest.wait_for(
-            lambda: appliance.query("SELECT 1 FROM charge_points WHERE identity = 'HUP-1'"),
-            20,
-            "the boot",
-        )
-        config = appliance.folder / "appliance.toml"
-        config.write_text(config.read_text() + upstream_config(upstream))
-        appliance.proc.send_signal(signal.SIGHUP)
-        added.set()
+        async def scenario(cp: Any) -> None:
+            await cp.call(call16.BootNotification(charge_point_model="Up", charge_point_vendor="T"))
+            config.write_text(config.read_text() + upstream_config(upstream))
+            appliance.proc.send_signal(signal.SIGHUP)
+            await asyncio.to_thread(conftest.wait_for, linked, 20, "the link")
+            await cp.call(
+                call16.StatusNotification(connector_id=1, error_code="NoError", status="Available")
+            )
+            await cp.call(call16.Heartbeat())
 
-    hup = threading.Thread(target=sighup)
-    hup.start()
-    asyncio.run(session16(appliance.url, "HUP-1", scenario))
-    hup.join()
-    # the link's own BootNotification comes first; the charge point's calls follow
-    calls = wait_calls(upstream, "HUP-1", 3, appliance=appliance)
-    assert [a for a, _ in calls] == ["BootNotification", "StatusNotification", "Heartbeat"]
-    assert "SIGHUP: config reloaded" in appliance.log()
-    upstream.stop()
+        asyncio.run(session16(appliance.url, "HUP-1", scenario))
+        # the link's own BootNotification comes first; the charge point's calls follow
+        calls = wait_calls(upstream, "HUP-1", 3, appliance=appliance)
+        assert [a for a, _ in calls] == ["BootNotification", "StatusNotification", "Heartbeat"]
+        assert calls[0][1]["chargePointModel"] == "Up"
+        assert "SIGHUP: config reloaded" in appliance.log()
+    finally:
+        conftest.end(appliance.proc)
+        upstream.stop()

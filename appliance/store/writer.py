@@ -389,6 +389,14 @@ class Store:
             self._progress = trio.Event()
         await self._progress.wait()
 
+    async def committed(self) -> None:
+        """Wait until what was queued before this call is in the database: two commits
+        on (the one being made may have gathered its rows before). A database that cannot
+        be written keeps the caller waiting: it bounds the wait."""
+        until = self.commits + 2
+        while self.commits < until:
+            await self.progress()
+
     def _wake(self) -> None:
         """Writer thread: after a commit, let the paused connections look again."""
         progress, token = self._progress, self._token

@@ -20,6 +20,7 @@ charge point finds what its last connection left).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from collections import deque
@@ -63,6 +64,9 @@ LINGER_SEC = 10.0
 AUTHORIZE_WAIT_SEC = 5.0
 #: how long the upstream has to answer one forwarded call
 CALL_TIMEOUT_SEC = 30.0
+#: beyond two commit intervals, how long a new link waits for a boot not yet committed
+#: before it connects without it (a database that cannot be written)
+BOOT_WAIT_SEC = 5.0
 #: messages waiting for an upstream beyond this are logged (and shown); none is dropped
 #: from the durable queue, the live ones beyond it are
 WAITING_BOUND = 10_000
@@ -393,9 +397,16 @@ class Link:
             f"{tree.prefix(identity)}.ocpp.{subprotocol_segment(self.subprotocol)}"
             ".in.BootNotification.raw"
         )
-        rows, transactions, boot = await trio.to_thread.run_sync(
+        stored = functools.partial(
             stored_backlog, store.path, backlog.upstream, backlog.identity, boot_state
         )
+        rows, transactions, boot = await trio.to_thread.run_sync(stored)
+        if boot is None and backlog.boot is None and tree.booted(identity):
+            # It booted, and its BootNotification is not committed yet (an upstream a
+            # SIGHUP added right after the boot): the commits after this have it.
+            with trio.move_on_after(2 * store.commit_interval + BOOT_WAIT_SEC):
+                await store.committed()
+            rows, transactions, boot = await trio.to_thread.run_sync(stored)
         if not backlog.loaded:
             backlog.loaded = True
             if backlog.boot is None and boot is not None:
