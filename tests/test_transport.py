@@ -671,6 +671,16 @@ async def test_call_timeout_is_reported_and_stale_result_ignored(tmp_path, monke
                 what="the stale result in messages",
             )
             assert stale == 1
+
+            # the deadlines are kept again after a quiet spell with no call pending
+            await trio.sleep(1.5)
+            failure.clear()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reset)
+                late = json.loads(await in_thread(ws.recv, timeout=2))
+                assert late[2] == "Reset"
+            assert "1 s" in failure.get("message", ""), failure
+            assert 0.8 <= failure["after"] <= 3, failure
             await in_thread(ws.close)
 
 

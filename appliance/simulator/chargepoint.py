@@ -221,7 +221,7 @@ class ChargePoint:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self.calls.expire)
+                self.calls.attach(nursery)
                 nursery.start_soon(self._drive)
                 await self._read()
                 nursery.cancel_scope.cancel()

@@ -5,7 +5,6 @@ simulator's charge point each own one (composition: they say how frames are sent
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +52,14 @@ class Calls:
         self._queued = queued
         self._waiters: dict[str, _Waiter] = {}
         self._deadline_changed = trio.Event()
+        #: where the timer runs while calls are pending (issue 21: not one idle task per
+        #: connection for its whole life)
+        self._nursery: trio.Nursery | None = None
+        self._timing = False
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """The connection's nursery: each call's deadline is kept by a task in it."""
+        self._nursery = nursery
 
     async def call(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Send a CALL and wait for its result. Raises CallFailed with the reason (schema
@@ -65,6 +72,9 @@ class Calls:
             self._queued(action, payload)
         waiter = self._waiters[call.message_id] = _Waiter()
         self._deadline_changed.set()
+        if not self._timing and self._nursery is not None:
+            self._timing = True
+            self._nursery.start_soon(self._expire)
         await self._flush()
         await waiter.done.wait()
         if waiter.error is not None:
@@ -104,11 +114,15 @@ class Calls:
         self._flush = _nothing
         self._queued = None
 
-    async def expire(self) -> None:
-        """Run in the connection's nursery: time out calls at their deadlines."""
+    async def _expire(self) -> None:
+        """Time out calls at their deadlines; ends when none is pending (the next call
+        starts it again)."""
         while True:
             deadline = self.session.next_deadline()
-            with trio.move_on_at(math.inf if deadline is None else deadline):
+            if deadline is None:
+                self._timing = False
+                return
+            with trio.move_on_at(deadline):
                 await self._deadline_changed.wait()
                 self._deadline_changed = trio.Event()
                 continue

@@ -185,7 +185,7 @@ class Station:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self.calls.expire)
+                self.calls.attach(nursery)
                 self._work_on()  # what was submitted before
                 if self.tree.booted(self.identity):
                     nursery.start_soon(self._permit_after_grace)

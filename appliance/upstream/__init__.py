@@ -441,7 +441,7 @@ class Link:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self.calls.expire)
+                self.calls.attach(nursery)
                 nursery.start_soon(self._forward)
                 while not ws.done:
                     for text in await ws.receive_messages():
