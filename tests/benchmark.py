@@ -53,7 +53,14 @@ BOOT = {"chargePointVendor": "Bench", "chargePointModel": "Load"}
 
 
 async def _charge_point(
-    url: str, index: int, stop_at: float, latencies: list, errors: list, pace: float, wire: list
+    url: str,
+    index: int,
+    stop_at: float,
+    latencies: list,
+    errors: list,
+    pace: float,
+    wire: list,
+    offset: float = 0.0,
 ):
     async with websockets.connect(f"{url}/LOAD{index}", subprotocols=["ocpp1.6"]) as ws:
         counter = 0
@@ -79,6 +86,10 @@ async def _charge_point(
             return time.perf_counter() - started
 
         await call("BootNotification", BOOT)
+        # paced: each charge point at its own point of the interval, as wallboxes booted
+        # at different times are (with a 60 s interval they would otherwise all share
+        # one commit)
+        await asyncio.sleep(pace * offset)
         sample = json.loads(json.dumps(METER_VALUES))
         while time.perf_counter() < stop_at:
             # every message a new sample, as a wallbox sends them (an exact repeat would
@@ -140,7 +151,7 @@ async def _load(
     started = time.perf_counter()
     await asyncio.gather(
         *(
-            _charge_point(url, i, started + duration, latencies, errors, pace, wire)
+            _charge_point(url, i, started + duration, latencies, errors, pace, wire, i / count)
             for i in range(count)
         )
     )
@@ -511,8 +522,9 @@ def main() -> None:
         type=float,
         default=0,
         metavar="SECONDS",
-        help="each charge point sends one MeterValues every SECONDS instead of back to back "
-        "(e.g. -n 10 --paced 1 --duration 60 for the disk-write measure)",
+        help="each charge point sends one MeterValues every SECONDS instead of back to back, "
+        "each at its own point of the interval (e.g. -n 10 --paced 1 --duration 60 for the "
+        "disk-write measure)",
     )
     parser.add_argument(
         "--history",
