@@ -441,6 +441,15 @@ class NewerSchema(sqlite3.DatabaseError):
 #: than SQLite's default 2 MB; issue 21)
 WRITER_CACHE_KB = 512
 
+#: the WAL is copied into the database once it holds this many pages (SQLite's default is
+#: 1 000). A checkpoint writes each page changed since the last one once, and most
+#: commits change the same pages (the latest states, each charge point's index leaves):
+#: fewer checkpoints write them fewer times. At 10 charge points × one reading a second,
+#: with history: checkpoints 4.0–4.5 → 2.3 KB a call, 6–7 % of all the bytes written
+#: (10 000 pages: 1.6 KB, for a WAL of 40 MB and bursts 2.5 times as long); the WAL file
+#: stays near 16–19 MB instead of 4–5 (README "The cost of a stored call", issue 21).
+WAL_CHECKPOINT_PAGES = 4000
+
 
 def connect(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -455,6 +464,7 @@ def connect(path: Path) -> sqlite3.Connection:
     # FULL: each commit is fsynced, so at most one commit interval is lost on power loss.
     connection.execute("PRAGMA synchronous = FULL")
     connection.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KB}")
+    connection.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
     connection.isolation_level = "DEFERRED"
     return connection
 
