@@ -402,6 +402,7 @@ def test_refused_handshake_is_one_line_and_exit_1(tmp_path: Path) -> None:
     # TEST_CONFIG ends inside [storage]: this top-level key needs a config of its own
     (tmp_path / "appliance.toml").write_text(
         'host = "127.0.0.1"\nport = 0\ndatabase = "a.db"\nidentity_allowlist = ["SOMEONE-ELSE"]\n'
+        "[web]\nenabled = false\n"  # not the default port 9080: another appliance may hold it
     )
     log = tmp_path / "server.log"
     server = subprocess.Popen(
