@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -441,3 +442,58 @@ def test_a_connection_that_is_never_paused_keeps_no_marks_of_what_was_written(tm
     with sqlite3.connect(tmp_path / "marks.db") as reader:
         rows = reader.execute("SELECT direction, count(*) FROM messages GROUP BY 1").fetchall()
     assert sorted(rows) == [("in", 2_001), ("out", 2_000)]
+
+
+def _synced_writes(pid: int, folder: Path, during: Callable[[], object]) -> tuple[int, int]:
+    """(WAL frames written, fsyncs of the WAL) by the appliance while `during` runs, as
+    `strace` sees them: what the kernel is asked to put on the disk."""
+    trace = folder / f"strace-{time.monotonic_ns()}"
+    command = ["strace", "-f", "-qq", "-y", "-e", "trace=pwrite64,fdatasync,fsync"]
+    tracer = subprocess.Popen(
+        [*command, "-o", str(trace), "-p", str(pid)], stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(1)  # attached to every thread
+    if tracer.poll() is not None:
+        pytest.skip(f"strace cannot attach here: {tracer.stderr.read().strip()}")
+    try:
+        during()
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(10)
+    lines = [line for line in trace.read_text().splitlines() if "appliance.db-wal>" in line]
+    frames = sum(1 for line in lines if "pwrite64(" in line and ", 4096, " in line)
+    syncs = sum(1 for line in lines if "sync(" in line)
+    return frames, syncs
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (.ci/run installs it)")
+def test_a_commit_of_nothing_but_the_heartbeat_is_not_fsynced(tmp_path):
+    """Issue 21: idle, the heartbeat every 2 s was the appliance's only write, and each
+    was fsynced (43 200 a day on an SD card); it holds no data, so it is committed
+    without one. A commit of data is fsynced as before (README "Storage design")."""
+    appliance = start_appliance_process(tmp_path)
+    try:
+        time.sleep(3)  # what the start writes is committed
+        idle = _synced_writes(appliance.proc.pid, tmp_path, lambda: time.sleep(5))
+        assert idle[0] >= 2, f"no heartbeat was written in 5 s: {idle}"
+        assert idle[1] == 0, f"idle, the WAL was fsynced {idle[1]} times for {idle[0]} frames"
+
+        def boot() -> None:
+            with connect(f"{appliance.url}/SYNCED", subprotocols=["ocpp1.6"]) as ws:
+                ws.send(
+                    json.dumps(
+                        [
+                            2,
+                            "1",
+                            "BootNotification",
+                            {"chargePointVendor": "V", "chargePointModel": "M"},
+                        ]
+                    )
+                )
+                assert json.loads(ws.recv())[:2] == [3, "1"]
+            appliance.wait_rows("SELECT 1 FROM messages WHERE identity = 'SYNCED'")
+
+        data = _synced_writes(appliance.proc.pid, tmp_path, boot)
+        assert data[1] >= 1, f"a commit of a charge point's frames was not fsynced: {data}"
+    finally:
+        appliance.stop()
