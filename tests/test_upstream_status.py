@@ -29,9 +29,12 @@ def two_upstreams(up: Upstream, down_port: int) -> str:
 
 
 def upstreams_of(appliance: conftest.Appliance, identity: str) -> dict[str, Any] | None:
-    [(text,)] = appliance.query(
-        "SELECT upstreams FROM charge_point_status WHERE identity = ?", identity
-    )
+    """The charge point's `upstreams` column; None until its row is committed (an upstream
+    can take the charge point's calls within the commit interval of its boot)."""
+    rows = appliance.query("SELECT upstreams FROM charge_point_status WHERE identity = ?", identity)
+    if not rows:
+        return None
+    [(text,)] = rows
     return None if text is None else json.loads(text)
 
 
