@@ -252,6 +252,17 @@ def _size(database: Path | None) -> int:
     return sum(p.stat().st_size for p in database.parent.glob(database.name + "*"))
 
 
+def _checkpoint(database: Path) -> None:
+    """Copy what the WAL holds into the database from a connection of our own: what the
+    history left is then not written by the measured calls (at a 60 s pace that alone
+    would double the bytes a call)."""
+    with closing(sqlite3.connect(database, timeout=10)) as connection:
+        for _ in range(50):  # busy while a commit runs: try again
+            if not connection.execute("PRAGMA wal_checkpoint(FULL)").fetchone()[0]:
+                return
+            time.sleep(0.1)
+
+
 def measure(
     name: str,
     command: list[str],
@@ -278,14 +289,7 @@ def measure(
                 asyncio.run(_load(f"ws://127.0.0.1:{port}", count, history))
                 time.sleep(2)  # its last commit
                 if database is not None:
-                    # what the history left in the WAL is checkpointed now, not by the
-                    # measure (at a 60 s pace that alone would double the bytes a call)
-                    with closing(sqlite3.connect(database, timeout=10)) as connection:
-                        for _ in range(50):  # busy while a commit runs: try again
-                            busy = connection.execute("PRAGMA wal_checkpoint(FULL)").fetchone()[0]
-                            if not busy:
-                                break
-                            time.sleep(0.1)
+                    _checkpoint(database)
             cpu0, disk0 = _cpu_seconds(server.pid), _written_bytes(server.pid)
             size0 = _size(database)
             url = f"ws://127.0.0.1:{port}"

@@ -479,17 +479,9 @@ def test_a_commit_of_nothing_but_the_heartbeat_is_not_fsynced(tmp_path):
         assert idle[1] == 0, f"idle, the WAL was fsynced {idle[1]} times for {idle[0]} frames"
 
         def boot() -> None:
+            payload = {"chargePointVendor": "V", "chargePointModel": "M"}
             with connect(f"{appliance.url}/SYNCED", subprotocols=["ocpp1.6"]) as ws:
-                ws.send(
-                    json.dumps(
-                        [
-                            2,
-                            "1",
-                            "BootNotification",
-                            {"chargePointVendor": "V", "chargePointModel": "M"},
-                        ]
-                    )
-                )
+                ws.send(json.dumps([2, "1", "BootNotification", payload]))
                 assert json.loads(ws.recv())[:2] == [3, "1"]
             appliance.wait_rows("SELECT 1 FROM messages WHERE identity = 'SYNCED'")
 

@@ -698,16 +698,12 @@ class Store:
                 for statement, group in _runs(rows[:ROWS_PER_TRANSACTION]):
                     insert_many(connection, statement, group)
             rows = batch.rows = rows[ROWS_PER_TRANSACTION:]
-        if batch.sign_of_life_only:
-            # Nothing but the heartbeat: committed without an fsync (the next commit of
-            # data or checkpoint makes it durable). Idle, this was the only fsync, every
-            # 2 s; and a WAL frame is 4 120 bytes, so each synced beat wrote two 4 KB file
-            # pages where the kernel now writes the beats of half a minute in one go.
-            with unsynced(connection), connection:
-                for statement, group in _runs(rows):
-                    insert_many(connection, statement, group)
-            return
-        with connection:  # one transaction: commit, or roll back on error
+        # Nothing but the heartbeat: committed without an fsync (the next commit of data
+        # or a checkpoint makes it durable). Idle, this was the only fsync, every 2 s; and
+        # a WAL frame is 4 120 bytes, so each synced beat wrote two 4 KB file pages where
+        # the kernel now writes the beats of half a minute in one go.
+        sync = unsynced(connection) if batch.sign_of_life_only else contextlib.nullcontext()
+        with sync, connection:  # one transaction: commit, or roll back on error
             for statement, appended in batch.appended.items():
                 insert_many(connection, statement, appended)
             for statement, group in _runs(rows):
