@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -263,6 +264,67 @@ def _checkpoint(database: Path) -> None:
             time.sleep(0.1)
 
 
+#: where a thread waits rather than works: py-spy can count a sleeping thread as active
+#: (trio's idle worker thread on its lock, the writer on its condition)
+WAITS = ("Condition.wait (", "Event.wait (", "WorkerThread._work (", "get_events (")
+
+
+def _spy(pid: int, seconds: float, raw: Path) -> subprocess.Popen | None:
+    """py-spy sampling the server for `seconds` (None where py-spy is not installed)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        print(json.dumps({"profile": "skipped: py-spy not installed (pip install py-spy)"}))
+        return None
+    command = [spy, "record", "--threads", "-r", "250", "-f", "raw", "-o", str(raw)]
+    command += ["-d", str(max(1, int(seconds))), "-p", str(pid)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def profile_summary(raw: Path, top: int = 15) -> dict:
+    """A py-spy raw (collapsed) profile as each thread's share of the working samples and
+    the functions that spend most of them themselves (their lines added up)."""
+    threads: dict[str, int] = {}
+    functions: dict[str, int] = {}
+    working = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if len(frames) < 2 or frames[-1].startswith(WAITS):
+            continue
+        n = int(count)
+        working += n
+        thread = frames[0].partition("): ")[2] or frames[0]
+        threads[thread] = threads.get(thread, 0) + n
+        leaf = re.sub(r":\d+\)$", ")", frames[-1])
+        functions[leaf] = functions.get(leaf, 0) + n
+
+    def share(n: int) -> float:
+        return round(100 * n / max(working, 1), 1)
+
+    ranked = sorted(functions.items(), key=lambda item: -item[1])[:top]
+    return {
+        "samples": working,
+        "threads_pct": {t: share(n) for t, n in sorted(threads.items(), key=lambda i: -i[1])},
+        "self_pct": [[share(n), function] for function, n in ranked],
+    }
+
+
+def _profiled(name: str, pid: int, url: str, count: int, duration: float, pace: float) -> None:
+    """The same load once more with py-spy attached (sampling slows the server a little:
+    not in the figures above), and what it found."""
+    raw = Path(tempfile.mkdtemp(prefix="ocpp-spy-")) / "profile.raw"
+    try:
+        spy = _spy(pid, duration, raw)
+        if spy is None:
+            return
+        asyncio.run(_load(url, count, duration, pace))
+        spy.wait(duration + 30)
+        if raw.exists():
+            print(json.dumps({"profile": name, "n": count, **profile_summary(raw)}), flush=True)
+    finally:
+        shutil.rmtree(raw.parent, ignore_errors=True)
+
+
 def measure(
     name: str,
     command: list[str],
@@ -274,6 +336,7 @@ def measure(
     simulator: bool = False,
     env: dict[str, str] | None = None,
     history: float = 0,
+    profile: int | None = None,
 ) -> list:
     server = subprocess.Popen(_pin(0) + command, stderr=subprocess.DEVNULL, env=env)
     results = []
@@ -312,6 +375,8 @@ def measure(
                 row["db_growth_bytes_per_call"] = round((_size(database) - size0) / calls)
             print(json.dumps(row), flush=True)
             results.append(row)
+            if count == profile:
+                _profiled(name, server.pid, url, count, duration, pace)
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -556,6 +621,12 @@ def main() -> None:
         help="drive the load with `ocpp-appliance simulate --load` (adds its CPU per call)",
     )
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy samples the appliance (and --before's) during the largest count's"
+        " measure: each thread's share and the functions that spend the most (needs py-spy)",
+    )
+    parser.add_argument(
         "--timeline",
         action="store_true",
         help="only the appliance, back to back: where in time the slowest 1 %% of calls ended"
@@ -693,6 +764,7 @@ def main() -> None:
             args.simulator,
             env,
             args.history,
+            max(counts) if args.profile and name in ("appliance", "appliance_before") else None,
         )
         results[name] = {row["n"]: row["server_cpu_us_per_call"] for row in rows}
 
