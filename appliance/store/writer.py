@@ -739,8 +739,11 @@ class Store:
 #: while gathering a commit, the writer takes what has been queued this often
 GATHER_SLICE_SEC = 0.05
 #: history rows gathered that are written ahead of the commit (`_flush`): only a busy
-#: appliance has as many within one interval; a home installation never does
-FLUSH_ROWS = 1000
+#: appliance has as many within one interval; a home installation never does. Each flush
+#: writes every page it touched to the WAL, a leaf of each per-identity index for most
+#: charge points: at 1 000 rows a busy site flushed every slice (issue 21: 4 000 cost
+#: ~9 % less CPU a call and 14 % fewer bytes written at 100 charge points back to back)
+FLUSH_ROWS = 4000
 #: how often the slow path of `_write` may say so in the log
 SLOW_PATH_LOG_SEC = 600
 #: how often retention runs (README "Storage design")
