@@ -195,7 +195,10 @@ def test_a_second_appliance_as_the_upstream_holds_the_session_and_its_meter_valu
         f"SELECT {columns} FROM transactions WHERE identity = 'CHAIN' AND stopped_at IS NOT NULL",
         timeout=20,
     )
-    [here] = first.query(f"SELECT {columns} FROM transactions WHERE identity = 'CHAIN'")
+    # the second can have the stop before the first's commit interval is up: wait for both
+    [here] = first.wait_rows(
+        f"SELECT {columns} FROM transactions WHERE identity = 'CHAIN' AND stopped_at IS NOT NULL"
+    )
     remote = there[0]
     assert here[0] == str(local) and remote not in (str(local), str(taken))
     assert there[1:3] == (1, "TAG1")
@@ -210,7 +213,7 @@ def test_a_second_appliance_as_the_upstream_holds_the_session_and_its_meter_valu
         (remote, "Energy.Active.Import.Register", "Wh", 1500),
         (remote, "Energy.Active.Import.Register", "Wh", 2000),
     ]
-    assert first.query("SELECT local_id, remote_id FROM upstream_transactions") == [
+    assert first.wait_rows("SELECT local_id, remote_id FROM upstream_transactions") == [
         (str(local), int(remote))
     ]
     # the second saw the chain as the charge point itself: its identity and version
