@@ -277,7 +277,7 @@ def _spy(pid: int, seconds: float, raw: Path) -> subprocess.Popen | None:
         return None
     command = [spy, "record", "--threads", "-r", "250", "-f", "raw", "-o", str(raw)]
     command += ["-d", str(max(1, int(seconds))), "-p", str(pid)]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def profile_summary(raw: Path, top: int = 15) -> dict:
@@ -318,9 +318,15 @@ def _profiled(name: str, pid: int, url: str, count: int, duration: float, pace: 
         if spy is None:
             return
         asyncio.run(_load(url, count, duration, pace))
-        spy.wait(duration + 30)
+        try:
+            _, error = spy.communicate(timeout=duration + 30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            _, error = spy.communicate()
         if raw.exists():
             print(json.dumps({"profile": name, "n": count, **profile_summary(raw)}), flush=True)
+        else:  # e.g. not allowed to attach (ptrace): py-spy says why
+            print(json.dumps({"profile": name, "failed": error.strip()[-300:]}), flush=True)
     finally:
         shutil.rmtree(raw.parent, ignore_errors=True)
 
