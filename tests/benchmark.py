@@ -342,7 +342,7 @@ def measure(
     simulator: bool = False,
     env: dict[str, str] | None = None,
     history: float = 0,
-    profile: int | None = None,
+    profile: int | None = None,  # the count after whose measure py-spy samples a rerun
 ) -> list:
     server = subprocess.Popen(_pin(0) + command, stderr=subprocess.DEVNULL, env=env)
     results = []
@@ -629,8 +629,9 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="py-spy samples the appliance (and --before's) during the largest count's"
-        " measure: each thread's share and the functions that spend the most (needs py-spy)",
+        help="after the largest count's measure, the same load again with py-spy attached to"
+        " the appliance (and --before's): each thread's share and the functions that spend"
+        " the most (needs py-spy)",
     )
     parser.add_argument(
         "--timeline",
