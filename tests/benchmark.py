@@ -265,7 +265,8 @@ def _checkpoint(database: Path) -> None:
 
 
 #: where a thread waits rather than works: py-spy can count a sleeping thread as active
-#: (trio's idle worker thread on its lock, the writer on its condition)
+#: (trio's idle worker thread on its lock, the writer on its condition, the event loop
+#: in epoll with nothing ready)
 WAITS = ("Condition.wait (", "Event.wait (", "WorkerThread._work (", "get_events (")
 
 
